@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# bench/proxy.sh — added latency, throughput, CPU and memory of weft-proxy against nginx and
+# HAProxy, measured in one run on this machine. See bench/README.md for what is measured and
+# how to read the table. All traffic goes to 127.0.0.1 only; every process started here is
+# stopped on exit.
+#
+# Usage: bench/proxy.sh [--quick] [--record] [--no-weft] [--no-build] [--keep]
+#   --quick     3 s runs instead of 10 s (smoke test; numbers are not worth recording)
+#   --record    append the table, date and machine to bench/RESULTS.md
+#   --no-weft   measure only direct, nginx and HAProxy (harness check)
+#   --no-build  use the existing target/release/weft-proxy instead of building it
+#   --keep      keep the temp dir (configs, logs, raw oha/wrk output) and print its path
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+TOOLS="$BENCH_DIR/.tools"
+OHA="$TOOLS/bin/oha"
+WEFT_BIN="$REPO/target/release/weft-proxy"
+
+QUICK=0 RECORD=0 WEFT=1 BUILD=1 KEEP=0
+for arg in "$@"; do
+    case "$arg" in
+        --quick) QUICK=1 ;;
+        --record) RECORD=1 ;;
+        --no-weft) WEFT=0 ;;
+        --no-build) BUILD=0 ;;
+        --keep) KEEP=1 ;;
+        -h | --help)
+            sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "proxy.sh: unknown argument '$arg' (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+DUR=10      # seconds per measured run
+WARMUP=2    # seconds of closed-loop warm-up per path
+CONNS=64    # connections for oha and wrk
+RATES=(1000 10000)
+if ((QUICK)); then DUR=3 WARMUP=1; fi
+
+PROXY_CORE=0 # proxies under test
+LOAD_CORE=1  # load generator and upstream
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# ---------------------------------------------------------------- setup (idempotent)
+as_root() { if ((EUID == 0)); then "$@"; else sudo "$@"; fi; }
+
+setup_tools() {
+    local missing=()
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v pgrep >/dev/null || missing+=(procps)
+    command -v python3 >/dev/null || missing+=(python3)
+    if ((${#missing[@]})); then
+        log "installing with apt-get: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if [[ ! -x "$OHA" ]]; then
+        log "installing oha into $TOOLS (one-time, several minutes)"
+        cargo install oha --locked --root "$TOOLS" >&2
+    fi
+    PATH="$PATH:/usr/sbin"
+    NGINX=$(command -v nginx)
+    HAPROXY=$(command -v haproxy)
+}
+
+build_weft() {
+    ((WEFT)) || return 0
+    if ((BUILD)); then
+        log "cargo build --release -p weft-proxy"
+        if ! (cd "$REPO" && cargo build --release -p weft-proxy >&2); then
+            log "WARNING: weft-proxy does not build; measuring peers only"
+            WEFT=0
+            return 0
+        fi
+    fi
+    if [[ ! -x "$WEFT_BIN" ]]; then
+        log "WARNING: $WEFT_BIN missing; measuring peers only"
+        WEFT=0
+    fi
+}
+
+# ---------------------------------------------------------------- processes
+RUN=$(mktemp -d /tmp/weft-bench.XXXXXX)
+chmod 755 "$RUN" # nginx workers drop to 'nobody' when started as root
+declare -A PID=()
+
+cleanup() {
+    local rc=$? p
+    for p in "${PID[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        local alive=0
+        for p in "${PID[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.2
+    done
+    for p in "${PID[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    if ((KEEP)); then log "kept $RUN"; else rm -rf "$RUN"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# pin CORE CMD... — run CMD on one core; as root also at nice -10, so that a compile running
+# alongside (the machine is shared) disturbs the measurement less. Same for every path.
+NICE=()
+if ((EUID == 0)); then NICE=(nice -n -10); fi
+pin() {
+    local core=$1
+    shift
+    "${NICE[@]}" taskset -c "$core" "$@"
+}
+
+# start NAME CORE CMD... — start a server pinned to CORE, output to $RUN/NAME.log
+start() {
+    local name=$1 core=$2
+    shift 2
+    "${NICE[@]}" taskset -c "$core" "$@" >"$RUN/$name.log" 2>&1 &  # no function: $! is the server
+    PID[$name]=$!
+}
+
+stop() {
+    local name=$1 p=${PID[$1]:-}
+    [[ -n "$p" ]] || return 0
+    kill -TERM "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+    unset "PID[$name]"
+}
+
+free_ports() { # N -> N distinct free loopback ports, one per line
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+for s in socks:
+    print(s.getsockname()[1])
+EOF
+}
+
+# check_http NAME URL — wait up to 10 s for a 200 with a 1024-byte body; 0 if so
+check_http() {
+    local name=$1 url=$2 out
+    for _ in $(seq 1 50); do
+        if [[ -n "${PID[$name]:-}" ]] && ! kill -0 "${PID[$name]}" 2>/dev/null; then
+            log "$name exited; its log:"
+            tail -n 20 "$RUN/$name.log" >&2 || true
+            return 1
+        fi
+        out=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' --max-time 1 "$url" || true)
+        [[ "$out" == "200 1024" ]] && return 0
+        sleep 0.2
+    done
+    log "$name: no 200 with a 1 KiB body from $url (last: '${out:-none}'); its log:"
+    tail -n 20 "$RUN/$name.log" >&2 || true
+    return 1
+}
+
+# pids of a process and its children (nginx master + worker)
+tree() {
+    local p
+    for p in "$@"; do
+        echo "$p"
+        pgrep -P "$p" || true
+    done
+}
+
+cpu_ticks() { # PIDS... -> utime+stime summed, clock ticks
+    local total=0 p s f
+    for p in $(tree "$@"); do
+        s=$(<"/proc/$p/stat") || continue
+        s=${s##*) }
+        read -ra f <<<"$s"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+status_kb() { # FIELD PIDS... -> FIELD from /proc/PID/status summed, kB
+    local field=$1 total=0 p v
+    shift
+    for p in $(tree "$@"); do
+        v=$(awk -v k="$field:" '$1 == k {print $2}' "/proc/$p/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+now() { date +%s.%N; }
+
+# ---------------------------------------------------------------- configs
+BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
+
+nginx_conf() { # DIR PORT [UPSTREAMPORT] — upstream (return 1 KiB) or proxy
+    local dir=$1 port=$2 up=${3:-}
+    mkdir -p "$dir"
+    local location upstream=""
+    if [[ -z "$up" ]]; then
+        location="location / { default_type text/plain; return 200 \"$BODY\"; }"
+    else
+        upstream="upstream up { server 127.0.0.1:$up; keepalive 256; keepalive_requests 1000000; }"
+        location="location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }"
+    fi
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 8000; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 65s;
+    $upstream
+    server {
+        listen 127.0.0.1:$port;
+        $location
+    }
+}
+EOF
+}
+
+haproxy_conf() { # FILE PORT UPSTREAMPORT
+    cat >"$1" <<EOF
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+frontend bench
+    bind 127.0.0.1:$2
+    default_backend upstream
+backend upstream
+    server up 127.0.0.1:$3
+EOF
+}
+
+weft_conf() { # FILE PORT ADMINPORT UPSTREAMPORT — Envoy v3 bootstrap
+    cat >"$1" <<EOF
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: $3}}}
+static_resources:
+  listeners:
+  - name: bench
+    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{match: {prefix: "/"}, route: {cluster: upstream}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $4}}}}]}]
+EOF
+}
+
+start_weft() { # NAME CONFIG
+    start "$1" "$PROXY_CORE" env RUST_LOG=warn "$WEFT_BIN" -c "$2" --concurrency 1
+}
+
+# ---------------------------------------------------------------- measurement
+R="$RUN/results"
+mkdir -p "$R"
+
+# measure PATHNAME URL HOPS PROCESSNAMES... (no process names: nothing to sample)
+measure() {
+    local path=$1 url=$2 hops=$3
+    shift 3
+    local pids=() n
+    for n in "$@"; do pids+=("${PID[$n]}"); done
+    local d="$R/$path" rate t0 t1 w0 w1
+    mkdir -p "$d"
+    {
+        echo "hops=$hops"
+        echo "processes=$#"
+        if ((${#pids[@]})); then
+            echo "rss_idle_kb=$(status_kb VmRSS "${pids[@]}")"
+        fi
+    } >"$d/proc.txt"
+
+    log "$path: warm-up ${WARMUP}s"
+    pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null
+
+    for rate in "${RATES[@]}"; do
+        log "$path: oha at $rate rps for ${DUR}s"
+        ((${#pids[@]})) && t0=$(cpu_ticks "${pids[@]}")
+        w0=$(now)
+        pin "$LOAD_CORE" "$OHA" -q "$rate" --latency-correction --no-tui -z "${DUR}s" \
+            -c "$CONNS" --output-format json "$url" >"$d/oha_$rate.json" 2>"$d/oha_$rate.err" || true
+        w1=$(now)
+        if ((${#pids[@]})); then
+            t1=$(cpu_ticks "${pids[@]}")
+            {
+                echo "cpu_${rate}_ticks=$((t1 - t0))"
+                echo "cpu_${rate}_wall=$(python3 -c "print($w1 - $w0)")"
+            } >>"$d/proc.txt"
+        fi
+    done
+
+    log "$path: wrk max throughput for ${DUR}s"
+    pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$url" >"$d/wrk.txt" 2>&1 &
+    local wrk_pid=$!
+    if ((${#pids[@]})); then
+        sleep "$(python3 -c "print($DUR / 2)")"
+        echo "rss_load_kb=$(status_kb VmRSS "${pids[@]}")" >>"$d/proc.txt"
+    fi
+    wait "$wrk_pid" || true
+    if ((${#pids[@]})); then
+        echo "hwm_kb=$(status_kb VmHWM "${pids[@]}")" >>"$d/proc.txt"
+    fi
+}
+
+# ---------------------------------------------------------------- main
+setup_tools
+build_weft
+
+mapfile -t P < <(free_ports 9)
+UP=${P[0]} NGX=${P[1]} HAP=${P[2]} W1=${P[3]} W1A=${P[4]} W2A=${P[5]} W2AA=${P[6]} W2B=${P[7]} W2BA=${P[8]}
+
+nginx_conf "$RUN/upstream" "$UP"
+start upstream "$LOAD_CORE" "$NGINX" -p "$RUN/upstream" -e "$RUN/upstream/error.log" -c "$RUN/upstream/nginx.conf"
+check_http upstream "http://127.0.0.1:$UP/" || die "upstream nginx did not start"
+
+nginx_conf "$RUN/nginx" "$NGX" "$UP"
+start nginx "$PROXY_CORE" "$NGINX" -p "$RUN/nginx" -e "$RUN/nginx/error.log" -c "$RUN/nginx/nginx.conf"
+haproxy_conf "$RUN/haproxy.cfg" "$HAP" "$UP"
+start haproxy "$PROXY_CORE" "$HAPROXY" -f "$RUN/haproxy.cfg" -db
+check_http nginx "http://127.0.0.1:$NGX/" || die "nginx proxy did not start"
+check_http haproxy "http://127.0.0.1:$HAP/" || die "HAProxy did not start"
+
+if ((WEFT)); then
+    weft_conf "$RUN/weft1.yaml" "$W1" "$W1A" "$UP"
+    weft_conf "$RUN/weft2b.yaml" "$W2B" "$W2BA" "$UP"
+    weft_conf "$RUN/weft2a.yaml" "$W2A" "$W2AA" "$W2B"
+    start_weft weft1 "$RUN/weft1.yaml"
+    start_weft weft2b "$RUN/weft2b.yaml"
+    start_weft weft2a "$RUN/weft2a.yaml"
+    if ! check_http weft1 "http://127.0.0.1:$W1/" ||
+        ! check_http weft2b "http://127.0.0.1:$W2B/" ||
+        ! check_http weft2a "http://127.0.0.1:$W2A/"; then
+        log "WARNING: weft-proxy does not proxy yet; measuring peers only"
+        stop weft1
+        stop weft2a
+        stop weft2b
+        WEFT=0
+    fi
+fi
+
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "kernel=$(uname -r)"
+    echo "loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "clk_tck=$(getconf CLK_TCK)"
+    echo "duration_s=$DUR"
+    echo "connections=$CONNS"
+    echo "quick=$QUICK"
+    echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*version: //')"
+    echo "haproxy=$("$HAPROXY" -v | awk 'NR == 1 {print $3}')"
+    echo "oha=$("$OHA" --version | awk '{print $2}')"
+    echo "wrk=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}')"
+    echo "weft_rev=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo none)"
+} >"$R/meta.txt"
+
+est=$(((WEFT ? 5 : 3) * (WARMUP + (${#RATES[@]} + 1) * DUR)))
+log "measuring, about ${est}s"
+measure direct "http://127.0.0.1:$UP/" 0
+if ((WEFT)); then
+    measure weft1 "http://127.0.0.1:$W1/" 1 weft1
+    measure weft2 "http://127.0.0.1:$W2A/" 2 weft2a weft2b
+fi
+measure nginx "http://127.0.0.1:$NGX/" 1 nginx
+measure haproxy "http://127.0.0.1:$HAP/" 1 haproxy
+
+report_args=("$R")
+((RECORD)) && report_args+=(--record "$BENCH_DIR/RESULTS.md")
+python3 "$BENCH_DIR/report.py" "${report_args[@]}"

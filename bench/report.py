@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Turn the raw output of bench/proxy.sh into one markdown table (stdlib only).
+
+Reads RESULTS_DIR written by proxy.sh:
+  meta.txt                       key=value: date, machine, tool versions, run length
+  <path>/oha_<rate>.json         oha --json at a constant rate (latency-corrected)
+  <path>/wrk.txt                 wrk --latency, closed loop (max throughput)
+  <path>/proc.txt                key=value: hops, CPU ticks and wall time around each oha run,
+                                 VmRSS idle / under load, VmHWM (summed over the path's processes)
+for <path> in direct, weft1, weft2, nginx, haproxy (weft* may be missing).
+
+Prints the table to stdout; with --record FILE also appends it, with date and machine, to FILE.
+It only reads and formats: it never starts or measures anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+RATES = (1000, 10000)
+PCTS = (("p50", "p50"), ("p99", "p99"), ("p99.9", "p99.9"))
+# a constant-rate run counts as stable when it reached this share of the target rate
+# with every response a 200 and no transport error
+STABLE_SHARE = 0.95
+
+COLUMNS = (
+    ("direct", "direct (absolute)"),
+    ("weft1", "weft 1 hop"),
+    ("weft2", "weft 2 hops (per hop)"),
+    ("nginx", "nginx"),
+    ("haproxy", "HAProxy"),
+)
+
+NA = "—"
+
+
+def read_kv(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(errors="replace").splitlines():
+        if "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def num(value: object) -> float | None:
+    try:
+        f = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def parse_oha(path: Path, rate: int) -> dict | None:
+    """Latency percentiles (seconds), achieved rate and health of one oha run."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    summary = data.get("summary") or {}
+    pcts = data.get("latencyPercentiles") or {}
+    codes = data.get("statusCodeDistribution") or {}
+    errors = data.get("errorDistribution") or {}
+    ok = sum(int(v) for k, v in codes.items() if str(k) == "200")
+    total = sum(int(v) for v in codes.values()) + sum(int(v) for v in errors.values())
+    rps = num(summary.get("requestsPerSec"))
+    # oha counts requests cut by the end of the run (-z) as "aborted due to deadline":
+    # they are not failures
+    bad = total - ok - sum(int(v) for k, v in errors.items() if "deadline" in str(k).lower())
+    return {
+        "p50": num(pcts.get("p50")),
+        "p99": num(pcts.get("p99")),
+        "p99.9": num(pcts.get("p99.9")),
+        "rps": rps,
+        "bad": bad,
+        "errors": {str(k): int(v) for k, v in errors.items()},
+        "stable": rps is not None and rps >= STABLE_SHARE * rate and bad == 0,
+    }
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def wrk_duration(text: str) -> float | None:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text.strip())
+    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
+
+
+def parse_wrk(path: Path) -> dict | None:
+    """Requests/sec, latency distribution (seconds) and error counts of one wrk run."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^Requests/sec:\s*([0-9.]+)", text, re.M)
+    if not m:
+        return None
+    out: dict = {"rps": float(m.group(1)), "bad": 0}
+    for pct, dur in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", text, re.M):
+        out["p" + pct] = wrk_duration(dur)
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        out["bad"] += sum(int(g) for g in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        out["bad"] += int(m.group(1))
+    return out
+
+
+def load(results: Path) -> tuple[dict[str, str], dict[str, dict]]:
+    meta = read_kv(results / "meta.txt")
+    paths: dict[str, dict] = {}
+    for key, _ in COLUMNS:
+        d = results / key
+        if not d.is_dir():
+            continue
+        proc = read_kv(d / "proc.txt")
+        paths[key] = {
+            "proc": proc,
+            "hops": int(num(proc.get("hops")) or 0),
+            "oha": {r: parse_oha(d / f"oha_{r}.json", r) for r in RATES},
+            "wrk": parse_wrk(d / "wrk.txt"),
+        }
+    return meta, paths
+
+
+def metrics(meta: dict[str, str], paths: dict[str, dict]) -> list[tuple[str, str, dict]]:
+    """Rows of (label, kind, {path: value}); kind picks formatting and ratio sense."""
+    rows: list[tuple[str, str, dict]] = []
+    clk = num(meta.get("clk_tck")) or 100.0
+    direct = paths.get("direct", {}).get("oha", {})
+
+    for rate in RATES:
+        base = direct.get(rate)
+        for name, key in PCTS:
+            vals: dict = {}
+            for path, p in paths.items():
+                run = p["oha"].get(rate)
+                if run is None or run.get(key) is None:
+                    continue
+                if not run["stable"] or (base is not None and not base["stable"]):
+                    vals[path] = "unstable"
+                    continue
+                if path == "direct":
+                    vals[path] = run[key]
+                elif base is not None and base.get(key) is not None and p["hops"]:
+                    vals[path] = (run[key] - base[key]) / p["hops"]
+            rows.append((f"added {name} @ {rate // 1000}k rps", "latency", vals))
+
+    rows.append(("max rps (wrk -c64)", "rps", {
+        path: p["wrk"]["rps"] for path, p in paths.items() if p["wrk"] is not None
+    }))
+
+    for rate in RATES:
+        vals = {}
+        for path, p in paths.items():
+            proc, run = p["proc"], p["oha"].get(rate)
+            ticks = num(proc.get(f"cpu_{rate}_ticks"))
+            wall = num(proc.get(f"cpu_{rate}_wall"))
+            if ticks is None or not wall or run is None or not run["rps"] or not p["hops"]:
+                continue
+            # vCPU = CPU-seconds per second, per 1,000 rps, per hop
+            vals[path] = (ticks / clk) / wall / (run["rps"] / 1000.0) / p["hops"]
+        rows.append((f"CPU per 1k rps @ {rate // 1000}k rps (vCPU)", "cpu", vals))
+
+    for label, key in (
+        ("RSS idle (MiB, VmRSS)", "rss_idle_kb"),
+        ("RSS under load (MiB, VmRSS)", "rss_load_kb"),
+        ("RSS peak (MiB, VmHWM)", "hwm_kb"),
+    ):
+        vals = {}
+        for path, p in paths.items():
+            kb = num(p["proc"].get(key))
+            procs = num(p["proc"].get("processes")) or 1
+            if kb is not None and p["hops"]:
+                # a 2-hop path runs one process per hop: report one process
+                vals[path] = kb / 1024.0 / (procs if p["hops"] > 1 else 1)
+        rows.append((label, "mem", vals))
+    return rows
+
+
+def fmt(kind: str, v: object) -> str:
+    if v is None:
+        return NA
+    if isinstance(v, str):
+        return v
+    assert isinstance(v, float | int)
+    if kind == "latency":
+        return f"{v * 1e6:.0f} µs"
+    if kind == "rps":
+        return f"{v / 1000:.1f}k"
+    if kind == "cpu":
+        return f"{v:.3f}"
+    if kind == "mem":
+        return f"{v:.1f}"
+    return str(v)
+
+
+def ratio(a: object, b: object) -> str:
+    if not isinstance(a, float | int) or not isinstance(b, float | int):
+        return NA
+    if b <= 0 or a < 0:
+        return NA  # added latency at or below noise: a ratio would mean nothing
+    return f"{a / b:.2f}×"
+
+
+def table(meta: dict[str, str], paths: dict[str, dict]) -> str:
+    cols = [(k, title) for k, title in COLUMNS if k in paths]
+    head = ["metric"] + [t for _, t in cols] + ["weft/nginx", "weft/HAProxy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, kind, vals in metrics(meta, paths):
+        cells = [label] + [fmt(kind, vals.get(k)) for k, _ in cols]
+        w = vals.get("weft1")
+        cells += [ratio(w, vals.get("nginx")), ratio(w, vals.get("haproxy"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def health(paths: dict[str, dict]) -> list[str]:
+    """One line per run that was not clean, so a reader can distrust the right cells."""
+    out = []
+    for path, p in paths.items():
+        for rate, run in p["oha"].items():
+            if run is None:
+                out.append(f"{path} @ {rate} rps: no oha result")
+            elif not run["stable"]:
+                got = f"{run['rps']:.0f}" if run["rps"] is not None else "?"
+                errs = ", ".join(f"{k}: {v}" for k, v in run["errors"].items())
+                out.append(
+                    f"{path} @ {rate} rps: achieved {got} rps, {run['bad']} failed"
+                    + (f" ({errs})" if errs else "")
+                )
+        if p["wrk"] is None:
+            out.append(f"{path}: no wrk result")
+        elif p["wrk"]["bad"]:
+            out.append(f"{path}: wrk saw {p['wrk']['bad']} errors / non-2xx")
+    return out
+
+
+def render(meta: dict[str, str], paths: dict[str, dict]) -> str:
+    parts = [table(meta, paths), ""]
+    parts.append(
+        "Latency: oha constant rate, latency-corrected, -c {c}, {d} s per run; 'added' = path "
+        "minus direct at the same percentile, divided by hops. Ratios: weft 1 hop / peer "
+        "(below 1× is better, except max rps). Proxies pinned to core 0, load generator and "
+        "upstream (nginx, 1 KiB body) to core 1; 1 worker/thread each.".format(
+            c=meta.get("connections", "?"), d=meta.get("duration_s", "?")
+        )
+    )
+    if "weft1" not in paths:
+        parts.append("weft-proxy was not measured (did not build or did not proxy).")
+    if meta.get("quick") == "1":
+        parts.append("QUICK RUN (3 s per run): smoke test only, numbers are noisy.")
+    problems = health(paths)
+    if problems:
+        parts.append("Runs that were not clean: " + "; ".join(problems) + ".")
+    return "\n".join(parts)
+
+
+def machine(meta: dict[str, str]) -> str:
+    return (
+        f"{meta.get('nproc', '?')} vCPU, {meta.get('cpu', '?')}, kernel {meta.get('kernel', '?')}"
+        f"; load average before the run {meta.get('loadavg', '?')}; nginx {meta.get('nginx', '?')}"
+        f", HAProxy {meta.get('haproxy', '?')}, oha {meta.get('oha', '?')}"
+        f", wrk {meta.get('wrk', '?')}; weft rev {meta.get('weft_rev', '?')}"
+    )
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path, help="results dir written by bench/proxy.sh")
+    ap.add_argument("--record", type=Path, help="append the table to this markdown file")
+    args = ap.parse_args(argv)
+    meta, paths = load(args.results)
+    if "direct" not in paths:
+        print(f"report.py: no direct baseline in {args.results}", file=sys.stderr)
+        return 1
+    body = render(meta, paths)
+    print(body)
+    if args.record:
+        entry = f"\n## {meta.get('date', '?')}\n\nMachine: {machine(meta)}.\n\n{body}\n"
+        with args.record.open("a") as f:
+            if f.tell() == 0:
+                f.write("# Proxy benchmark results\n\nAppended by `bench/proxy.sh --record`.\n")
+            f.write(entry)
+        print(f"\nappended to {args.record}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

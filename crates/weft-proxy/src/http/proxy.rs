@@ -1,0 +1,770 @@
+//! The per-request path: route lookup, local replies, the router (cluster choice, load
+//! balancing, timeouts, retries with backoff, circuit breakers, outlier reporting), upgrades
+//! (WebSocket, CONNECT) and the bookkeeping at the end of each exchange (stats, access log).
+//!
+//! A request reads one config snapshot at its start and keeps it to the end. Everything that can
+//! be decided per config is decided when the config is compiled; this module only executes.
+
+use super::body::{Inner, OnDone, ReplayBody, ResponseBody};
+use super::{Hcm, Routes};
+use crate::access_log::LogRecord;
+use crate::flags::ResponseFlags;
+use crate::router::{Action, RequestView, Route, RouteAction, RouteTable, RetryOn, RetryPolicy, VirtualHost};
+use crate::runtime::Shared;
+use crate::upstream::host::{Host, LbContext};
+use crate::upstream::outlier::Outcome;
+use crate::upstream::pool::{Body, BoxError, UpstreamError};
+use crate::upstream::{Cluster, Protocol};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What a request knows about the connection it arrived on.
+#[derive(Debug)]
+pub struct Conn {
+    pub hcm: Arc<Hcm>,
+    pub shared: Arc<Shared>,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub sni: Option<Arc<str>>,
+    pub tls: bool,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
+static X_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+static X_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+static X_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Everything recorded about one exchange, handed to stats and access logs at its end.
+struct Exchange {
+    conn: Arc<Conn>,
+    start: Instant,
+    start_time: SystemTime,
+    /// Kept only when access logs are configured.
+    request: Option<http::request::Parts>,
+    protocol: &'static str,
+    status: u16,
+    response_headers: Option<HeaderMap>,
+    flags: ResponseFlags,
+    details: &'static str,
+    bytes_received: u64,
+    upstream_service_time: Option<Duration>,
+    upstream_host: Option<SocketAddr>,
+    cluster: Option<Arc<Cluster>>,
+    route_name: Option<String>,
+    authority: String,
+}
+
+impl OnDone for Exchange {
+    fn done(self: Box<Self>, bytes_sent: u64, trailers: Option<&HeaderMap>, completed: bool) {
+        let e = *self;
+        let duration = e.start.elapsed();
+        let hs = &e.conn.hcm.stats;
+        hs.downstream_rq_active.dec();
+        hs.record_status(e.status);
+        hs.downstream_rq_time.record(duration);
+        let mut flags = e.flags;
+        if !completed && e.status != 0 {
+            flags.insert(ResponseFlags::DC);
+        }
+        if e.conn.hcm.access_logs.is_empty() {
+            return;
+        }
+        let authority = e.authority.as_str();
+        let rec = LogRecord {
+            start_time: e.start_time,
+            duration,
+            request: e.request.as_ref(),
+            response_code: e.status,
+            response_headers: e.response_headers.as_ref(),
+            response_trailers: trailers,
+            protocol: e.protocol,
+            flags,
+            response_code_details: e.details,
+            connection_termination_details: None,
+            upstream_transport_failure_reason: None,
+            bytes_received: e.bytes_received,
+            bytes_sent,
+            upstream_service_time: e.upstream_service_time,
+            upstream_host: e.upstream_host,
+            upstream_cluster: e.cluster.as_ref().map_or("", |c| &*c.name),
+            upstream_local_address: None,
+            downstream_local_address: e.conn.local,
+            downstream_remote_address: e.conn.remote,
+            requested_server_name: e.conn.sni.as_deref(),
+            route_name: e.route_name.as_deref().unwrap_or(""),
+            authority,
+        };
+        for l in &e.conn.hcm.access_logs {
+            l.log(&rec);
+        }
+    }
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/0.9",
+    }
+}
+
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Envoy's mapping from HTTP status to gRPC status for local replies.
+fn grpc_status_for(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+fn request_id() -> HeaderValue {
+    let v: u128 = rand::random();
+    let b = v.to_be_bytes();
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        let byte = match i {
+            6 => (byte & 0x0f) | 0x40,
+            8 => (byte & 0x3f) | 0x80,
+            _ => *byte,
+        };
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{byte:02x}"));
+    }
+    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
+}
+
+struct Ctx {
+    ex: Box<Exchange>,
+    grpc: bool,
+}
+
+impl Ctx {
+    /// A reply generated by the proxy itself: status, flags, details and a short body naming
+    /// the cause. gRPC callers get a trailers-only gRPC response instead.
+    fn local(mut self, status: StatusCode, flags: ResponseFlags, details: &'static str, body: String, extra: &[(HeaderName, HeaderValue)]) -> Response<ResponseBody> {
+        self.ex.flags.insert(flags);
+        self.ex.details = details;
+        let mut resp = if self.grpc {
+            let mut r = Response::new(ResponseBody::full(Bytes::new()));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            r.headers_mut().insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(grpc_status_for(status))));
+            if let Ok(v) = HeaderValue::from_str(&body) {
+                r.headers_mut().insert(GRPC_MESSAGE.clone(), v);
+            }
+            r
+        } else {
+            let mut r = Response::new(ResponseBody::full(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        };
+        for (k, v) in extra {
+            resp.headers_mut().insert(k.clone(), v.clone());
+        }
+        self.finish(resp)
+    }
+
+    fn finish(mut self, mut resp: Response<ResponseBody>) -> Response<ResponseBody> {
+        if let Some(s) = &self.ex.conn.hcm.server_name {
+            resp.headers_mut().insert(header::SERVER, s.clone());
+        }
+        self.ex.status = resp.status().as_u16();
+        if !self.ex.conn.hcm.access_logs.is_empty() {
+            self.ex.response_headers = Some(resp.headers().clone());
+        }
+        resp.body_mut().set_on_done(self.ex);
+        resp
+    }
+}
+
+/// Serves one request. Never fails: every problem becomes a response that says why.
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    let hcm = conn.hcm.clone();
+    hcm.stats.downstream_rq_total.inc();
+    hcm.stats.downstream_rq_active.inc();
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default();
+    if hcm.generate_request_id && !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id());
+    }
+    let grpc = is_grpc(&parts.headers);
+    let logging = !hcm.access_logs.is_empty();
+    let ex = Box::new(Exchange {
+        conn: conn.clone(),
+        start,
+        start_time: SystemTime::now(),
+        request: logging.then(|| clone_parts(&parts)),
+        protocol: protocol_name(parts.version),
+        status: 0,
+        response_headers: None,
+        flags: ResponseFlags::NONE,
+        details: "via_upstream",
+        bytes_received: body.size_hint().exact().unwrap_or(0),
+        upstream_service_time: None,
+        upstream_host: None,
+        cluster: None,
+        route_name: None,
+        authority: if logging { authority.clone() } else { String::new() },
+    });
+    let cx = Ctx { ex, grpc };
+
+    // Request smuggling guard: a message with both framings is refused (hyper already rejects
+    // most malformed framing with 400 before we get here).
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+        return Ok(cx.local(StatusCode::BAD_REQUEST, ResponseFlags::DPE, "http1.content_length_and_chunked_not_allowed", "bad request: both Content-Length and Transfer-Encoding".into(), &[(header::CONNECTION, HeaderValue::from_static("close"))]));
+    }
+
+    let snapshot = conn.shared.snapshot();
+    let table: Arc<RouteTable> = match &hcm.routes {
+        Routes::Static(t) => t.clone(),
+        Routes::Rds(name) => match snapshot.routes.get(name) {
+            Some(t) => t.clone(),
+            None => {
+                return Ok(cx.local(StatusCode::NOT_FOUND, ResponseFlags::NR, "route_not_found", format!("route configuration `{name}` has not been received"), &[]));
+            }
+        },
+    };
+    let scheme = if conn.tls { "https" } else { parts.uri.scheme_str().unwrap_or("http") };
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let view = RequestView { method: &parts.method, authority: &authority, path_and_query, scheme, headers: &parts.headers, is_grpc: grpc };
+    let Some(vh) = table.vhost(&authority) else {
+        return Ok(cx.local(StatusCode::NOT_FOUND, ResponseFlags::NR, "route_not_found", format!("no virtual host for authority `{authority}`"), &[]));
+    };
+    let Some(route) = vh.route(&view) else {
+        return Ok(cx.local(StatusCode::NOT_FOUND, ResponseFlags::NR, "route_not_found", format!("no route in virtual host `{}` matches {} {}", vh.name, parts.method, path_and_query), &[]));
+    };
+    let mut cx = cx;
+    if logging {
+        cx.ex.route_name = Some(route.name.clone());
+    }
+    match &route.action {
+        Action::Direct { status, body } => {
+            let mut resp = Response::new(ResponseBody::full(body.clone()));
+            *resp.status_mut() = *status;
+            if !body.is_empty() {
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            }
+            apply_response_mutations(resp.headers_mut(), &table, vh, route, None);
+            cx.ex.details = "direct_response";
+            Ok(cx.finish(resp))
+        }
+        Action::Redirect(rd) => {
+            let prefix = match &route.matcher.path {
+                crate::router::PathMatch::Prefix(p) | crate::router::PathMatch::SeparatedPrefix(p) => Some(p.as_str()),
+                _ => None,
+            };
+            let loc = rd.location(scheme, &authority, path_and_query, prefix);
+            let mut resp = Response::new(ResponseBody::full(Bytes::new()));
+            *resp.status_mut() = rd.status;
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            apply_response_mutations(resp.headers_mut(), &table, vh, route, None);
+            cx.ex.details = "direct_response";
+            Ok(cx.finish(resp))
+        }
+        Action::Forward(ra) => Ok(forward(cx, parts, body, &table, vh, route, ra, &snapshot, authority).await),
+    }
+}
+
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut r = Request::new(());
+    *r.method_mut() = p.method.clone();
+    *r.uri_mut() = p.uri.clone();
+    *r.version_mut() = p.version;
+    *r.headers_mut() = p.headers.clone();
+    r.into_parts().0
+}
+
+fn apply_response_mutations(h: &mut HeaderMap, table: &RouteTable, vh: &VirtualHost, route: &Route, wt: Option<&crate::router::WeightedTarget>) {
+    // Most specific first is Envoy's default order: weighted cluster, route, vhost, config.
+    if let Some(w) = wt {
+        w.response_headers.apply(h);
+    }
+    route.response_headers.apply(h);
+    vh.response_headers.apply(h);
+    table.response_headers.apply(h);
+}
+
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(conn) = h.get(header::CONNECTION).cloned() {
+        if let Ok(s) = conn.to_str() {
+            for name in s.split(',').map(str::trim) {
+                if keep_upgrade && name.eq_ignore_ascii_case("upgrade") {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    if n != header::CONNECTION {
+                        h.remove(n);
+                    }
+                }
+            }
+        }
+    }
+    if !keep_upgrade {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::PROXY_AUTHORIZATION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::EXPECT);
+    if let Some(te) = h.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            h.remove(header::TE);
+        }
+    }
+}
+
+/// Outcome of one attempt, classified for retry decisions.
+enum Attempt {
+    Response(Response<crate::upstream::pool::UpstreamBody>),
+    Failed(UpstreamError),
+    PerTryTimeout,
+}
+
+fn retriable(policy: &RetryPolicy, a: &Attempt) -> bool {
+    let on = policy.on;
+    match a {
+        Attempt::Response(r) => {
+            let s = r.status().as_u16();
+            (on.has(RetryOn::FIVE_XX) && s >= 500)
+                || (on.has(RetryOn::GATEWAY_ERROR) && matches!(s, 502..=504))
+                || (on.has(RetryOn::RETRIABLE_4XX) && s == 409)
+                || (on.has(RetryOn::RETRIABLE_STATUS_CODES) && policy.retriable_status_codes.contains(&s))
+                || grpc_retriable(on, r.headers())
+        }
+        Attempt::Failed(UpstreamError::Overflow(_)) => false,
+        Attempt::Failed(e) => {
+            on.has(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET)
+                || (on.has(RetryOn::CONNECT_FAILURE) && e.is_connect_failure())
+                || (on.has(RetryOn::REFUSED_STREAM) && matches!(e, UpstreamError::RefusedStream))
+                || (on.has(RetryOn::RESET_BEFORE_REQUEST) && e.is_connect_failure())
+        }
+        Attempt::PerTryTimeout => on.has(RetryOn::FIVE_XX | RetryOn::GATEWAY_ERROR | RetryOn::RESET),
+    }
+}
+
+fn grpc_retriable(on: RetryOn, h: &HeaderMap) -> bool {
+    let Some(code) = h.get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<u8>().ok()) else {
+        return false;
+    };
+    match code {
+        1 => on.has(RetryOn::GRPC_CANCELLED),
+        4 => on.has(RetryOn::GRPC_DEADLINE_EXCEEDED),
+        8 => on.has(RetryOn::GRPC_RESOURCE_EXHAUSTED),
+        13 => on.has(RetryOn::GRPC_INTERNAL),
+        14 => on.has(RetryOn::GRPC_UNAVAILABLE),
+        _ => false,
+    }
+}
+
+fn backoff(policy: &RetryPolicy, retry: u32) -> Duration {
+    let factor = 1u64.checked_shl(retry.min(16)).unwrap_or(u64::MAX).saturating_sub(1).max(1);
+    let upper = policy.base_interval.saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX)).min(policy.max_interval);
+    let ms = upper.as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { rand::random::<u64>() % (ms + 1) })
+}
+
+fn boxed<B>(b: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    b.map_err(Into::into).boxed_unsync()
+}
+
+fn is_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.get(header::CONNECTION).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && parts.headers.contains_key(header::UPGRADE)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    mut cx: Ctx,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    table: &Arc<RouteTable>,
+    vh: &VirtualHost,
+    route: &Route,
+    ra: &RouteAction,
+    snapshot: &crate::runtime::Snapshot,
+    authority: String,
+) -> Response<ResponseBody> {
+    let Some((cluster_name, weighted)) = ra.clusters.pick(&parts.headers, rand::random()) else {
+        return cx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NC, "cluster_not_found", "no cluster could be chosen for this route".into(), &[]);
+    };
+    let Some(cluster) = snapshot.clusters.get(cluster_name.as_ref()).cloned() else {
+        return cx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NC, "cluster_not_found", format!("cluster `{cluster_name}` is not configured"), &[]);
+    };
+    cx.ex.cluster = Some(cluster.clone());
+    let hcm = cx.ex.conn.hcm.clone();
+
+    // CONNECT: terminate the tunnel here and splice bytes to the chosen endpoint.
+    if parts.method == Method::CONNECT {
+        if !(hcm.connect && ra.upgrades.connect_terminate) {
+            return cx.local(StatusCode::FORBIDDEN, ResponseFlags::NONE, "upgrade_failed", "CONNECT is not enabled on this route".into(), &[]);
+        }
+        return connect_tunnel(cx, parts, cluster).await;
+    }
+    let upgrade = is_upgrade(&parts);
+    if upgrade {
+        let kind = parts.headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let allowed = kind.eq_ignore_ascii_case("websocket") && ra.upgrades.websocket.unwrap_or(hcm.websocket);
+        if !allowed {
+            return cx.local(StatusCode::FORBIDDEN, ResponseFlags::NONE, "upgrade_failed", format!("upgrade `{kind}` is not enabled on this route"), &[]);
+        }
+    }
+
+    let Some(_rq_slot) = cluster.pool.circuit.try_request() else {
+        cluster.stats.upstream_rq_pending_overflow.inc();
+        return cx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UO, "upstream_reset_before_response_started{overflow}", format!("upstream overflow: cluster `{}` is at its max_requests limit", cluster.name), &[(X_OVERLOADED.clone(), HeaderValue::from_static("true"))]);
+    };
+
+    // Request headers: hop-by-hop out, mutations in (least specific first so the most specific
+    // wins, as Envoy does), rewrites, forwarding headers.
+    let mut down_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    table.request_headers.apply(&mut parts.headers);
+    vh.request_headers.apply(&mut parts.headers);
+    route.request_headers.apply(&mut parts.headers);
+    if let Some(w) = weighted {
+        w.request_headers.apply(&mut parts.headers);
+    }
+    let scheme = if cx.ex.conn.tls { "https" } else { "http" };
+    if hcm.use_remote_address || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+        parts.headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if cx.ex.conn.tls { "https" } else { "http" }));
+    }
+    if hcm.use_remote_address {
+        let ip = cx.ex.conn.remote.ip().to_string();
+        let v = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            parts.headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+    }
+    let orig_pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let mut new_pq: Option<String> = None;
+    if let (Some(rw), crate::router::PathMatch::Prefix(p) | crate::router::PathMatch::SeparatedPrefix(p)) = (&ra.prefix_rewrite, &route.matcher.path) {
+        let rest = orig_pq.get(p.len()..).unwrap_or("");
+        new_pq = Some(if rw.ends_with('/') && rest.starts_with('/') { format!("{rw}{}", &rest[1..]) } else { format!("{rw}{rest}") });
+    } else if let Some((re, sub)) = &ra.regex_rewrite {
+        let (path, query) = orig_pq.split_once('?').map_or((orig_pq.as_str(), None), |(p, q)| (p, Some(q)));
+        let np = re.replace_all(path, sub.as_str());
+        new_pq = Some(match query {
+            Some(q) => format!("{np}?{q}"),
+            None => np.into_owned(),
+        });
+    }
+    if new_pq.is_some() {
+        if let Ok(v) = HeaderValue::from_str(parts.uri.path()) {
+            parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+        }
+    }
+    let pq = new_pq.as_deref().unwrap_or(&orig_pq);
+    let up_authority = ra.host_rewrite.clone().or_else(|| HeaderValue::from_str(&authority).ok());
+    if let Some(a) = &up_authority {
+        parts.headers.insert(header::HOST, a.clone());
+    }
+    let h2 = match cluster.protocol {
+        Protocol::Http2 => !upgrade,
+        Protocol::Http1 => false,
+        Protocol::Downstream => parts.version == Version::HTTP_2,
+    };
+    let uri: Uri = if h2 {
+        let auth = up_authority.as_ref().and_then(|a| a.to_str().ok()).unwrap_or("localhost");
+        format!("{scheme}://{auth}{pq}").parse().unwrap_or_else(|_| Uri::from_static("/"))
+    } else {
+        pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+    };
+    if h2 {
+        parts.headers.remove(header::HOST);
+    }
+
+    // Body: replayable while small when a retry policy applies.
+    let policy = ra.retry_policy.clone();
+    let hash = if cluster.lb.policy.is_hash_based() && !ra.hash_policies.is_empty() {
+        crate::upstream::hash::compute_hash(&ra.hash_policies, &parts, cx.ex.conn.remote)
+    } else {
+        crate::upstream::hash::HashOutcome::default()
+    };
+    let no_body = body.is_end_stream();
+    let (mut replay, mut single): (Option<ReplayBody>, Option<Body>) = match (&policy, no_body) {
+        (_, true) => (None, None),
+        (Some(_), false) => (Some(ReplayBody::new(boxed(body), cluster.retry_buffer_limit)), None),
+        (None, false) => (None, Some(boxed(body))),
+    };
+
+    let deadline = ra.timeout.map(|t| cx.ex.start + t);
+    let max_attempts = 1 + policy.as_ref().map_or(0, |p| p.num_retries);
+    let mut tried: Vec<Arc<Host>> = Vec::new();
+    let mut retry_guards = Vec::new();
+    let mut attempt_no = 0u32;
+    let mut last: Attempt;
+    let upstream_start;
+    loop {
+        attempt_no += 1;
+        let lb_ctx = LbContext { hash: hash.hash, excluded: &tried };
+        let Some((host, pool)) = cluster.pick(&lb_ctx) else {
+            cluster.stats.upstream_cx_none_healthy.inc();
+            return cx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UH, "no_healthy_upstream", format!("no healthy upstream in cluster `{}`", cluster.name), &[]);
+        };
+        let attempt_body: Body = if let Some(r) = replay.as_ref() {
+            match r.replay() {
+                Some(b) => boxed(b),
+                None => break_no_retry(),
+            }
+        } else if let Some(b) = single.take() {
+            b
+        } else {
+            boxed(http_body_util::Empty::<Bytes>::new())
+        };
+        let mut req = Request::new(attempt_body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        *req.headers_mut() = parts.headers.clone();
+        if attempt_no > 1 {
+            req.headers_mut().insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt_no));
+        }
+        let now = Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
+        let (limit, is_per_try) = match (remaining, per_try) {
+            (Some(r), Some(p)) if p < r => (Some(p), true),
+            (Some(r), _) => (Some(r), false),
+            (None, Some(p)) => (Some(p), true),
+            (None, None) => (None, false),
+        };
+        cx.ex.upstream_host = Some(host.addr);
+        cluster.stats.upstream_rq_total.inc();
+        cluster.stats.upstream_rq_active.inc();
+        let active = host.track_request();
+        let sent_at = Instant::now();
+        let fut = pool.send(req, h2, upgrade);
+        let result = match limit {
+            Some(l) => match tokio::time::timeout(l, fut).await {
+                Ok(r) => r.map(Attempt::Response).unwrap_or_else(Attempt::Failed),
+                Err(_) if is_per_try => {
+                    cluster.stats.upstream_rq_per_try_timeout.inc();
+                    Attempt::PerTryTimeout
+                }
+                Err(_) => {
+                    drop(active);
+                    cluster.stats.upstream_rq_active.dec();
+                    cluster.stats.upstream_rq_timeout.inc();
+                    if let Some(o) = &cluster.outlier {
+                        o.report(cluster.endpoints.load().set.hosts(), &host, Outcome::Timeout);
+                    }
+                    return cx.local(StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UT, "upstream_response_timeout", "upstream request timeout".into(), &[]);
+                }
+            },
+            None => fut.await.map(Attempt::Response).unwrap_or_else(Attempt::Failed),
+        };
+        drop(active);
+        cluster.stats.upstream_rq_active.dec();
+        if let Some(o) = &cluster.outlier {
+            let outcome = match &result {
+                Attempt::Response(r) => Some(Outcome::Status(r.status().as_u16())),
+                Attempt::Failed(e) if e.is_connect_failure() => Some(Outcome::ConnectFailure),
+                Attempt::Failed(UpstreamError::Overflow(_)) => None,
+                Attempt::Failed(_) => Some(Outcome::Reset),
+                Attempt::PerTryTimeout => Some(Outcome::Timeout),
+            };
+            if let Some(outcome) = outcome {
+                o.report(cluster.endpoints.load().set.hosts(), &host, outcome);
+            }
+        }
+        if let Attempt::Response(r) = &result {
+            cluster.stats.record_status(r.status().as_u16());
+            cluster.stats.upstream_rq_time.record(sent_at.elapsed());
+        }
+        tried.push(host);
+        last = result;
+        let Some(p) = policy.as_deref() else {
+            upstream_start = sent_at;
+            break;
+        };
+        if !retriable(p, &last) {
+            if attempt_no > 1 {
+                cluster.stats.upstream_rq_retry_success.inc();
+            }
+            upstream_start = sent_at;
+            break;
+        }
+        if attempt_no >= max_attempts {
+            cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+            cx.ex.flags.insert(ResponseFlags::URX);
+            upstream_start = sent_at;
+            break;
+        }
+        if replay.as_ref().is_some_and(|r| r.is_capped()) || (replay.is_none() && !no_body) || upgrade {
+            upstream_start = sent_at;
+            break;
+        }
+        let Some(g) = cluster.pool.circuit.try_retry() else {
+            cluster.stats.upstream_rq_retry_overflow.inc();
+            upstream_start = sent_at;
+            break;
+        };
+        retry_guards.push(g);
+        cluster.stats.upstream_rq_retry.inc();
+        let wait = backoff(p, attempt_no);
+        if let Some(d) = deadline {
+            if Instant::now() + wait >= d {
+                cluster.stats.upstream_rq_timeout.inc();
+                return cx.local(StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UT, "upstream_response_timeout", "upstream request timeout".into(), &[]);
+            }
+        }
+        drop(last);
+        tokio::time::sleep(wait).await;
+    }
+    drop(retry_guards);
+    replay.take();
+
+    match last {
+        Attempt::Response(resp) => {
+            let (mut rparts, rbody) = resp.into_parts();
+            let service_time = upstream_start.elapsed();
+            cx.ex.upstream_service_time = Some(service_time);
+            if rparts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+                // Splice the two upgraded connections.
+                let up = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+                if let (Some(down), Some(up)) = (down_upgrade.take(), up) {
+                    tokio::spawn(async move {
+                        if let (Ok(d), Ok(u)) = (down.await, up.await) {
+                            let mut d = hyper_util::rt::TokioIo::new(d);
+                            let mut u = hyper_util::rt::TokioIo::new(u);
+                            let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                        }
+                    });
+                }
+                drop(rbody);
+                let mut resp = Response::from_parts(rparts, ResponseBody::full(Bytes::new()));
+                cx.ex.details = "via_upstream";
+                resp.headers_mut().insert(X_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time.as_millis() as u64));
+                return cx.finish(resp);
+            }
+            strip_response_hop_by_hop(&mut rparts.headers);
+            rparts.headers.insert(X_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_time.as_millis() as u64));
+            apply_response_mutations(&mut rparts.headers, table, vh, route, weighted);
+            if let Some(c) = hash.set_cookie {
+                rparts.headers.append(header::SET_COOKIE, c);
+            }
+            rparts.version = Version::HTTP_11;
+            cx.finish(Response::from_parts(rparts, ResponseBody::new(Inner::Upstream(rbody), None)))
+        }
+        Attempt::Failed(e) => {
+            let flag = e.flag();
+            if matches!(e, UpstreamError::Overflow(_)) {
+                return cx.local(StatusCode::SERVICE_UNAVAILABLE, flag, "upstream_reset_before_response_started{overflow}", format!("upstream overflow: cluster `{}` {}", cluster.name, e.reset_reason()), &[(X_OVERLOADED.clone(), HeaderValue::from_static("true"))]);
+            }
+            let host = cx.ex.upstream_host.map(|h| h.to_string()).unwrap_or_default();
+            let details = match &e {
+                UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => "upstream_reset_before_response_started{connection_failure}",
+                UpstreamError::ConnectionTermination => "upstream_reset_before_response_started{connection_termination}",
+                UpstreamError::RefusedStream | UpstreamError::RemoteReset => "upstream_reset_before_response_started{remote_reset}",
+                _ => "upstream_reset_before_response_started{protocol_error}",
+            };
+            let status = if matches!(e, UpstreamError::Protocol(_)) { StatusCode::BAD_GATEWAY } else { StatusCode::SERVICE_UNAVAILABLE };
+            cx.local(status, flag, details, format!("upstream connect error or disconnect/reset before headers. reset reason: {} (cluster `{}`, endpoint {host})", e.reset_reason(), cluster.name), &[])
+        }
+        Attempt::PerTryTimeout => {
+            cluster.stats.upstream_rq_timeout.inc();
+            cx.local(StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UT, "upstream_per_try_timeout", "upstream request timeout".into(), &[])
+        }
+    }
+}
+
+/// The body was streamed past the retry buffer; an empty body here can only happen when a
+/// replay is asked for after capping, which the retry loop prevents.
+fn break_no_retry() -> Body {
+    boxed(http_body_util::Empty::<Bytes>::new())
+}
+
+fn strip_response_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.get(header::CONNECTION).cloned() {
+        if let Ok(s) = conn.to_str() {
+            for name in s.split(',').map(str::trim) {
+                if let Ok(n) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    h.remove(n);
+                }
+            }
+        }
+    }
+    h.remove(header::CONNECTION);
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::UPGRADE);
+}
+
+async fn connect_tunnel(mut cx: Ctx, parts: http::request::Parts, cluster: Arc<Cluster>) -> Response<ResponseBody> {
+    let lb_ctx = LbContext { hash: None, excluded: &[] };
+    let Some((host, _pool)) = cluster.pick(&lb_ctx) else {
+        return cx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UH, "no_healthy_upstream", format!("no healthy upstream in cluster `{}`", cluster.name), &[]);
+    };
+    cx.ex.upstream_host = Some(host.addr);
+    let stream = match tokio::time::timeout(cluster.pool.connect_timeout, tokio::net::TcpStream::connect(host.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            return cx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UF, "upstream_reset_before_response_started{connection_failure}", format!("upstream connect error: {e} (cluster `{}`, endpoint {})", cluster.name, host.addr), &[]);
+        }
+        Err(_) => {
+            cluster.stats.upstream_cx_connect_fail.inc();
+            return cx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UF, "upstream_reset_before_response_started{connection_failure}", format!("upstream connect timeout (cluster `{}`, endpoint {})", cluster.name, host.addr), &[]);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    cluster.stats.upstream_cx_total.inc();
+    let stats = cluster.stats.clone();
+    let upgrade = hyper::upgrade::on(Request::from_parts(parts, ()));
+    tokio::spawn(async move {
+        stats.upstream_cx_active.inc();
+        if let Ok(up) = upgrade.await {
+            let mut d = hyper_util::rt::TokioIo::new(up);
+            let mut u = stream;
+            let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+        }
+        stats.upstream_cx_active.dec();
+    });
+    cx.ex.details = "via_upstream";
+    cx.finish(Response::new(ResponseBody::full(Bytes::new())))
+}

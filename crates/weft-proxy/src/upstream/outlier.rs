@@ -1,0 +1,833 @@
+//! Outlier detection (Envoy's passive health checking): hosts that return consecutive 5xx or
+//! gateway errors are ejected from load balancing for a growing period, and returned to
+//! service by a periodic sweep.
+//!
+//! Only the consecutive detectors (`consecutive_5xx`, `consecutive_gateway_failure`) are
+//! implemented; success-rate and failure-percentage detection are not (an explicit non-zero
+//! enforcement for them is refused at translation). Local-origin errors (connect failure,
+//! reset, timeout) count as 503/504 like Envoy without `split_external_local_origin_errors`.
+//!
+//! The per-response path is two relaxed atomic operations for a success; the ejection decision
+//! (rare) takes a small mutex. Nothing here is held across an await, and this module never
+//! picks hosts: it only flips each host's ejected flag, which the load balancer reads.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
+
+use super::host::{EndpointSet, Host};
+use super::lb::{UnsupportedField, duration_from_proto, random_u64, uniform};
+
+/// Bumped whenever any host's ejection state flips. Endpoint sets cache their priority load
+/// and panic state per epoch and recompute when it moves (rare: ejections are rare).
+static HEALTH_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The current health epoch.
+#[inline]
+pub(crate) fn health_epoch() -> u64 {
+    HEALTH_EPOCH.load(Ordering::Acquire)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Outlier detection settings of one cluster (defaults are Envoy's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx (incl. local-origin errors) before an ejection; 0 disables.
+    pub consecutive_5xx: u32,
+    /// Consecutive gateway errors (502/503/504, local-origin errors) before an ejection; 0
+    /// disables.
+    pub consecutive_gateway_failure: u32,
+    /// Percent chance that a consecutive-5xx detection actually ejects.
+    pub enforcing_consecutive_5xx: u32,
+    /// Percent chance that a consecutive-gateway-failure detection actually ejects.
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// Period of the un-ejection sweep.
+    pub interval: Duration,
+    /// Ejection time, multiplied by the host's ejection backoff.
+    pub base_ejection_time: Duration,
+    /// Cap on the ejection time (never below `base_ejection_time`).
+    pub max_ejection_time: Duration,
+    /// Random extra ejection time in `[0, jitter]`, so hosts do not return all at once.
+    pub max_ejection_time_jitter: Duration,
+    /// Maximum percent of the cluster's hosts ejected at once.
+    pub max_ejection_percent: u32,
+    /// Allow one ejection even when `max_ejection_percent` would forbid it (small clusters).
+    /// Weft defaults this to `true`: with Envoy's default (`false`) and a 10% limit, a
+    /// cluster with fewer than 10 hosts could never eject anything.
+    pub always_eject_one_host: bool,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_5xx: 5,
+            consecutive_gateway_failure: 5,
+            enforcing_consecutive_5xx: 100,
+            enforcing_consecutive_gateway_failure: 0,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_time_jitter: Duration::ZERO,
+            max_ejection_percent: 10,
+            always_eject_one_host: true,
+        }
+    }
+}
+
+fn percent(field: &str, v: Option<u32>, default: u32) -> Result<u32, UnsupportedField> {
+    let v = v.unwrap_or(default);
+    if v > 100 {
+        return Err(UnsupportedField::new(
+            field,
+            format!("must be a percentage between 0 and 100, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+impl OutlierConfig {
+    /// Translates Envoy's `OutlierDetection`; error fields are relative to that message.
+    ///
+    /// Refused: `split_external_local_origin_errors`, an explicit non-zero
+    /// `enforcing_success_rate` or `enforcing_failure_percentage` (those detectors are not
+    /// implemented; leaving them unset is accepted and means "off" here), `monitors`,
+    /// `detect_degraded_hosts`, a zero `interval`, and a `max_ejection_time` below
+    /// `base_ejection_time` (Envoy refuses it too).
+    pub fn from_proto(p: &OutlierDetection) -> Result<OutlierConfig, UnsupportedField> {
+        let d = OutlierConfig::default();
+        if p.split_external_local_origin_errors {
+            return Err(UnsupportedField::new(
+                "split_external_local_origin_errors",
+                "separate local-origin error tracking is not supported",
+            ));
+        }
+        if p.enforcing_success_rate.is_some_and(|v| v.value > 0) {
+            return Err(UnsupportedField::new(
+                "enforcing_success_rate",
+                "success-rate outlier detection is not implemented; set it to 0",
+            ));
+        }
+        if p.enforcing_failure_percentage.is_some_and(|v| v.value > 0) {
+            return Err(UnsupportedField::new(
+                "enforcing_failure_percentage",
+                "failure-percentage outlier detection is not implemented; set it to 0",
+            ));
+        }
+        if !p.monitors.is_empty() {
+            return Err(UnsupportedField::new(
+                "monitors",
+                "outlier detection extensions are not supported",
+            ));
+        }
+        if p.detect_degraded_hosts.is_some_and(|v| v.value) {
+            return Err(UnsupportedField::new(
+                "detect_degraded_hosts",
+                "degraded hosts are not supported",
+            ));
+        }
+        let dur =
+            |field: &str, v: Option<&envoy_types::pb::google::protobuf::Duration>, default| {
+                v.map(|v| duration_from_proto(field, v))
+                    .transpose()
+                    .map(|v| v.unwrap_or(default))
+            };
+        let interval = dur("interval", p.interval.as_ref(), d.interval)?;
+        if interval.is_zero() {
+            return Err(UnsupportedField::new(
+                "interval",
+                "must be greater than zero",
+            ));
+        }
+        let base_ejection_time = dur(
+            "base_ejection_time",
+            p.base_ejection_time.as_ref(),
+            d.base_ejection_time,
+        )?;
+        let max_ejection_time = dur(
+            "max_ejection_time",
+            p.max_ejection_time.as_ref(),
+            d.max_ejection_time.max(base_ejection_time),
+        )?;
+        if max_ejection_time < base_ejection_time {
+            return Err(UnsupportedField::new(
+                "max_ejection_time",
+                "must not be smaller than base_ejection_time",
+            ));
+        }
+        Ok(OutlierConfig {
+            consecutive_5xx: p.consecutive_5xx.map_or(d.consecutive_5xx, |v| v.value),
+            consecutive_gateway_failure: p
+                .consecutive_gateway_failure
+                .map_or(d.consecutive_gateway_failure, |v| v.value),
+            enforcing_consecutive_5xx: percent(
+                "enforcing_consecutive_5xx",
+                p.enforcing_consecutive_5xx.map(|v| v.value),
+                d.enforcing_consecutive_5xx,
+            )?,
+            enforcing_consecutive_gateway_failure: percent(
+                "enforcing_consecutive_gateway_failure",
+                p.enforcing_consecutive_gateway_failure.map(|v| v.value),
+                d.enforcing_consecutive_gateway_failure,
+            )?,
+            interval,
+            base_ejection_time,
+            max_ejection_time,
+            max_ejection_time_jitter: dur(
+                "max_ejection_time_jitter",
+                p.max_ejection_time_jitter.as_ref(),
+                d.max_ejection_time_jitter,
+            )?,
+            // Envoy clamps to 100 rather than refusing.
+            max_ejection_percent: p
+                .max_ejection_percent
+                .map_or(d.max_ejection_percent, |v| v.value)
+                .min(100),
+            always_eject_one_host: p
+                .always_eject_one_host
+                .map_or(d.always_eject_one_host, |v| v.value),
+        })
+    }
+}
+
+/// What happened to one request sent to a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered with this status.
+    Status(u16),
+    /// The connection could not be established (counts as 503).
+    ConnectFailure,
+    /// The stream or connection was reset before a response (counts as 503).
+    Reset,
+    /// The upstream did not answer in time (counts as 504).
+    Timeout,
+}
+
+impl Outcome {
+    /// `(is 5xx, is gateway error)`.
+    #[inline]
+    fn classify(self) -> (bool, bool) {
+        match self {
+            Outcome::Status(s) => ((500..600).contains(&s), matches!(s, 502..=504)),
+            Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => (true, true),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct EjectionTimes {
+    /// Lifetime number of ejections (for display).
+    num_ejections: u32,
+    /// Multiplier of `base_ejection_time`; grows per ejection, decays while healthy.
+    backoff: u32,
+    ejected_at: Option<Instant>,
+    ejected_until: Option<Instant>,
+    last_unejected: Option<Instant>,
+}
+
+/// Per-host outlier-detection state.
+#[derive(Debug, Default)]
+pub struct OutlierState {
+    ejected: AtomicBool,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway_failure: AtomicU32,
+    times: Mutex<EjectionTimes>,
+}
+
+impl OutlierState {
+    /// Whether the host is currently ejected (it returns to service on a detector sweep).
+    #[inline]
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Number of times this host has been ejected.
+    pub fn num_ejections(&self) -> u32 {
+        lock(&self.times).num_ejections
+    }
+
+    /// When the current ejection ends (`None` when not ejected).
+    pub fn ejected_until(&self) -> Option<Instant> {
+        let t = lock(&self.times);
+        if self.is_ejected() {
+            t.ejected_until
+        } else {
+            None
+        }
+    }
+
+    /// The current ejection-time multiplier.
+    pub fn ejection_backoff(&self) -> u32 {
+        lock(&self.times).backoff
+    }
+
+    /// Current run of consecutive 5xx.
+    pub fn consecutive_5xx(&self) -> u32 {
+        self.consecutive_5xx.load(Ordering::Relaxed)
+    }
+
+    /// Current run of consecutive gateway errors.
+    pub fn consecutive_gateway_failure(&self) -> u32 {
+        self.consecutive_gateway_failure.load(Ordering::Relaxed)
+    }
+
+    /// Ejects for exactly `duration` (no backoff bookkeeping).
+    #[cfg(test)]
+    pub(crate) fn mark_ejected(&self, now: Instant, duration: Duration) {
+        let mut t = lock(&self.times);
+        t.num_ejections = t.num_ejections.saturating_add(1);
+        t.ejected_at = Some(now);
+        t.ejected_until = Some(now + duration);
+        self.set_ejected(true);
+    }
+
+    /// Returns the host to service and clears its error runs.
+    pub(crate) fn mark_unejected(&self, now: Instant) {
+        let mut t = lock(&self.times);
+        t.last_unejected = Some(now);
+        t.ejected_until = None;
+        self.consecutive_5xx.store(0, Ordering::Relaxed);
+        self.consecutive_gateway_failure.store(0, Ordering::Relaxed);
+        self.set_ejected(false);
+    }
+
+    fn set_ejected(&self, ejected: bool) {
+        if self.ejected.swap(ejected, Ordering::Release) != ejected {
+            HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    #[inline]
+    fn reset_if_set(counter: &AtomicU32) {
+        if counter.load(Ordering::Relaxed) != 0 {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detector {
+    Consecutive5xx,
+    ConsecutiveGatewayFailure,
+}
+
+/// The outlier detector of one cluster.
+#[derive(Debug)]
+pub struct OutlierDetector {
+    config: OutlierConfig,
+    /// Serialises ejection decisions and sweeps (rare paths only).
+    decisions: Mutex<()>,
+    ejections_total: AtomicU64,
+    ejections_active: AtomicU32,
+    ejections_overflow: AtomicU64,
+}
+
+impl OutlierDetector {
+    /// A detector with `config`.
+    pub fn new(config: OutlierConfig) -> Self {
+        Self {
+            config,
+            decisions: Mutex::new(()),
+            ejections_total: AtomicU64::new(0),
+            ejections_active: AtomicU32::new(0),
+            ejections_overflow: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OutlierConfig {
+        &self.config
+    }
+
+    /// Ejections enforced since start (Envoy's `ejections_enforced_total`).
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Ordering::Relaxed)
+    }
+
+    /// Hosts currently ejected (recounted on every sweep).
+    pub fn ejections_active(&self) -> u32 {
+        self.ejections_active.load(Ordering::Relaxed)
+    }
+
+    /// Ejections refused because of `max_ejection_percent`.
+    pub fn ejections_overflow(&self) -> u64 {
+        self.ejections_overflow.load(Ordering::Relaxed)
+    }
+
+    /// Records the outcome of one request to `host`, a member of `hosts` (the cluster's
+    /// current hosts, e.g. `set.hosts()`), ejecting it immediately when a consecutive
+    /// threshold is reached.
+    #[inline]
+    pub fn report(&self, hosts: &[Arc<Host>], host: &Host, outcome: Outcome) {
+        self.report_with(hosts, host, outcome, Instant::now);
+    }
+
+    fn report_with(
+        &self,
+        hosts: &[Arc<Host>],
+        host: &Host,
+        outcome: Outcome,
+        now: impl Fn() -> Instant,
+    ) {
+        let st = &host.outlier;
+        let (is_5xx, is_gateway) = outcome.classify();
+        if !is_5xx {
+            OutlierState::reset_if_set(&st.consecutive_5xx);
+            OutlierState::reset_if_set(&st.consecutive_gateway_failure);
+            return;
+        }
+        if is_gateway {
+            let n = st
+                .consecutive_gateway_failure
+                .fetch_add(1, Ordering::Relaxed)
+                .wrapping_add(1);
+            if self.config.consecutive_gateway_failure != 0
+                && n == self.config.consecutive_gateway_failure
+            {
+                self.on_consecutive(hosts, host, Detector::ConsecutiveGatewayFailure, now());
+            }
+        } else {
+            OutlierState::reset_if_set(&st.consecutive_gateway_failure);
+        }
+        let n = st
+            .consecutive_5xx
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        if self.config.consecutive_5xx != 0 && n == self.config.consecutive_5xx {
+            self.on_consecutive(hosts, host, Detector::Consecutive5xx, now());
+        }
+    }
+
+    fn on_consecutive(&self, hosts: &[Arc<Host>], host: &Host, detector: Detector, now: Instant) {
+        let _decisions = lock(&self.decisions);
+        let st = &host.outlier;
+        let counter = match detector {
+            Detector::Consecutive5xx => &st.consecutive_5xx,
+            Detector::ConsecutiveGatewayFailure => &st.consecutive_gateway_failure,
+        };
+        // Like Envoy, the run restarts after a detection whether or not it ejects.
+        counter.store(0, Ordering::Relaxed);
+        if st.is_ejected() || !hosts.iter().any(|h| std::ptr::eq(&**h, host)) {
+            return;
+        }
+        let total = hosts.len() as u64;
+        let active = hosts.iter().filter(|h| h.is_ejected()).count() as u64;
+        let within_limit =
+            (active + 1) * 100 <= u64::from(self.config.max_ejection_percent) * total;
+        let allowed = within_limit || (self.config.always_eject_one_host && active == 0);
+        if !allowed {
+            self.ejections_overflow.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let enforcing = match detector {
+            Detector::Consecutive5xx => self.config.enforcing_consecutive_5xx,
+            Detector::ConsecutiveGatewayFailure => {
+                self.config.enforcing_consecutive_gateway_failure
+            }
+        };
+        if enforcing == 0 || (enforcing < 100 && uniform(100) >= u64::from(enforcing)) {
+            return;
+        }
+        self.eject(host, now);
+        self.ejections_total.fetch_add(1, Ordering::Relaxed);
+        self.ejections_active.store(
+            u32::try_from(active + 1).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn eject(&self, host: &Host, now: Instant) {
+        let cfg = &self.config;
+        let base = cfg.base_ejection_time;
+        let max = cfg.max_ejection_time.max(base);
+        let st = &host.outlier;
+        let mut t = lock(&st.times);
+        // Envoy: grow the multiplier only while base * backoff < max + base.
+        if base.saturating_mul(t.backoff) < max.saturating_add(base) {
+            t.backoff = t.backoff.saturating_add(1);
+        }
+        let jitter_ms = u64::try_from(cfg.max_ejection_time_jitter.as_millis()).unwrap_or(u64::MAX);
+        let jitter = if jitter_ms == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(random_u64() % jitter_ms.saturating_add(1))
+        };
+        let duration = base
+            .saturating_mul(t.backoff)
+            .min(max)
+            .saturating_add(jitter);
+        t.num_ejections = t.num_ejections.saturating_add(1);
+        t.ejected_at = Some(now);
+        t.ejected_until = Some(now.checked_add(duration).unwrap_or(now));
+        st.set_ejected(true);
+    }
+
+    /// The periodic sweep: returns hosts whose ejection has elapsed to service, decays the
+    /// ejection backoff of hosts healthy for a whole interval, and recounts active ejections.
+    pub fn tick(&self, hosts: &[Arc<Host>], now: Instant) {
+        let _decisions = lock(&self.decisions);
+        let mut active = 0u32;
+        for h in hosts {
+            let st = &h.outlier;
+            if st.is_ejected() {
+                let until = lock(&st.times).ejected_until;
+                if until.is_none_or(|u| now >= u) {
+                    st.mark_unejected(now);
+                } else {
+                    active += 1;
+                }
+            } else {
+                let mut t = lock(&st.times);
+                if t.backoff > 0
+                    && t.last_unejected
+                        .is_some_and(|u| now.saturating_duration_since(u) >= self.config.interval)
+                {
+                    t.backoff -= 1;
+                }
+            }
+        }
+        self.ejections_active.store(active, Ordering::Relaxed);
+    }
+
+    /// Runs [`tick`](Self::tick) every `interval` on the current tokio runtime. The task
+    /// stops when `hosts_source` returns `None` (the cluster is gone) or the detector is
+    /// dropped; the returned handle can also abort it. Outside a tokio runtime nothing is
+    /// spawned (logged as an error, `None` returned): ejected hosts would then stay ejected.
+    pub fn spawn_ticker<F>(self: &Arc<Self>, hosts_source: F) -> Option<tokio::task::JoinHandle<()>>
+    where
+        F: Fn() -> Option<Arc<EndpointSet>> + Send + 'static,
+    {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                "outlier detection sweep not started: no tokio runtime; ejected hosts would \
+                 never return to service"
+            );
+            return None;
+        };
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let period = self.config.interval.max(Duration::from_millis(1));
+        Some(handle.spawn(async move {
+            let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                timer.tick().await;
+                let Some(detector) = weak.upgrade() else {
+                    break;
+                };
+                let Some(set) = hosts_source() else { break };
+                detector.tick(set.hosts(), Instant::now());
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::host::Locality;
+    use crate::upstream::lb::LbConfig;
+    use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicBool;
+
+    fn hosts(n: u16) -> Vec<Arc<Host>> {
+        (0..n)
+            .map(|i| {
+                let addr = SocketAddr::from(([10, 1, 0, i as u8], 80));
+                Arc::new(Host::new(addr, 1, 0, Locality::default()))
+            })
+            .collect()
+    }
+
+    fn fail(d: &OutlierDetector, hs: &[Arc<Host>], i: usize, n: u32, now: Instant) {
+        for _ in 0..n {
+            d.report_with(hs, &hs[i], Outcome::Status(500), || now);
+        }
+    }
+
+    #[test]
+    fn five_consecutive_5xx_eject_and_success_resets() {
+        let d = OutlierDetector::new(OutlierConfig::default());
+        let hs = hosts(3);
+        let now = Instant::now();
+        fail(&d, &hs, 0, 4, now);
+        assert!(!hs[0].is_ejected());
+        d.report(&hs, &hs[0], Outcome::Status(200));
+        assert_eq!(hs[0].outlier.consecutive_5xx(), 0);
+        fail(&d, &hs, 0, 4, now);
+        assert!(!hs[0].is_ejected(), "a success must reset the run");
+        fail(&d, &hs, 0, 1, now);
+        assert!(hs[0].is_ejected());
+        assert_eq!(d.ejections_total(), 1);
+        assert_eq!(d.ejections_active(), 1);
+        assert_eq!(
+            hs[0].outlier.ejected_until(),
+            Some(now + Duration::from_secs(30))
+        );
+        // 4xx is a success for outlier detection.
+        fail(&d, &hs, 1, 4, now);
+        d.report(&hs, &hs[1], Outcome::Status(404));
+        fail(&d, &hs, 1, 4, now);
+        assert!(!hs[1].is_ejected());
+    }
+
+    #[test]
+    fn local_origin_errors_count_and_gateway_detector() {
+        // Gateway detector enforced, 5xx detector off.
+        let cfg = OutlierConfig {
+            consecutive_5xx: 0,
+            consecutive_gateway_failure: 3,
+            enforcing_consecutive_gateway_failure: 100,
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let d = OutlierDetector::new(cfg);
+        let hs = hosts(2);
+        d.report(&hs, &hs[0], Outcome::ConnectFailure);
+        d.report(&hs, &hs[0], Outcome::Timeout);
+        d.report(&hs, &hs[0], Outcome::Status(500)); // 5xx but not gateway: resets the run
+        d.report(&hs, &hs[0], Outcome::Reset);
+        d.report(&hs, &hs[0], Outcome::Status(502));
+        assert!(!hs[0].is_ejected());
+        d.report(&hs, &hs[0], Outcome::Status(504));
+        assert!(hs[0].is_ejected());
+        // Default config: gateway detection does not enforce, 5xx does (on local errors too).
+        let d = OutlierDetector::new(OutlierConfig::default());
+        let hs = hosts(2);
+        for _ in 0..5 {
+            d.report(&hs, &hs[1], Outcome::ConnectFailure);
+        }
+        assert!(hs[1].is_ejected());
+        assert_eq!(d.ejections_total(), 1);
+    }
+
+    #[test]
+    fn ejection_time_grows_and_decays() {
+        let cfg = OutlierConfig::default();
+        let (base, interval) = (cfg.base_ejection_time, cfg.interval);
+        let d = OutlierDetector::new(cfg);
+        let hs = hosts(1);
+        let mut now = Instant::now();
+        for k in 1..=3u32 {
+            fail(&d, &hs, 0, 5, now);
+            assert!(hs[0].is_ejected());
+            let until = hs[0].outlier.ejected_until().unwrap();
+            assert_eq!(until - now, base * k, "ejection {k}");
+            d.tick(&hs, until - Duration::from_millis(1));
+            assert!(hs[0].is_ejected(), "returned early");
+            d.tick(&hs, until);
+            assert!(!hs[0].is_ejected(), "not returned");
+            assert_eq!(d.ejections_active(), 0);
+            now = until;
+        }
+        assert_eq!(hs[0].outlier.num_ejections(), 3);
+        assert_eq!(hs[0].outlier.ejection_backoff(), 3);
+        // A whole healthy interval decays the multiplier by one per sweep.
+        d.tick(&hs, now + interval);
+        assert_eq!(hs[0].outlier.ejection_backoff(), 2);
+        d.tick(&hs, now + interval * 2);
+        assert_eq!(hs[0].outlier.ejection_backoff(), 1);
+        fail(&d, &hs, 0, 5, now + interval * 2);
+        let until = hs[0].outlier.ejected_until().unwrap();
+        assert_eq!(until - (now + interval * 2), base * 2);
+    }
+
+    #[test]
+    fn ejection_time_capped() {
+        let cfg = OutlierConfig {
+            base_ejection_time: Duration::from_secs(100),
+            max_ejection_time: Duration::from_secs(250),
+            ..Default::default()
+        };
+        let d = OutlierDetector::new(cfg);
+        let hs = hosts(1);
+        let mut now = Instant::now();
+        let mut got = vec![];
+        for _ in 0..5 {
+            fail(&d, &hs, 0, 5, now);
+            let until = hs[0].outlier.ejected_until().unwrap();
+            got.push((until - now).as_secs());
+            d.tick(&hs, until);
+            now = until;
+        }
+        assert_eq!(got, vec![100, 200, 250, 250, 250]);
+    }
+
+    #[test]
+    fn max_ejection_percent_with_at_least_one() {
+        // 5 hosts, 10%: the first ejection is allowed only thanks to "at least one".
+        let d = OutlierDetector::new(OutlierConfig::default());
+        let hs = hosts(5);
+        let now = Instant::now();
+        fail(&d, &hs, 0, 5, now);
+        assert!(hs[0].is_ejected());
+        fail(&d, &hs, 1, 5, now);
+        assert!(!hs[1].is_ejected());
+        assert_eq!(d.ejections_overflow(), 1);
+        // Envoy's default behaviour without "at least one": nothing is ejected.
+        let d = OutlierDetector::new(OutlierConfig {
+            always_eject_one_host: false,
+            ..Default::default()
+        });
+        let hs = hosts(5);
+        fail(&d, &hs, 0, 5, now);
+        assert!(!hs[0].is_ejected());
+        // 50% of 4 hosts: two ejections, not three.
+        let d = OutlierDetector::new(OutlierConfig {
+            max_ejection_percent: 50,
+            ..Default::default()
+        });
+        let hs = hosts(4);
+        for i in 0..3 {
+            fail(&d, &hs, i, 5, now);
+        }
+        assert_eq!(hs.iter().filter(|h| h.is_ejected()).count(), 2);
+        assert_eq!(d.ejections_active(), 2);
+        // A host not in the cluster any more is ignored.
+        let stranger = hosts(1);
+        for _ in 0..5 {
+            d.report_with(&hs, &stranger[0], Outcome::Status(503), || now);
+        }
+        assert!(!stranger[0].is_ejected());
+    }
+
+    #[test]
+    fn enforcement_zero_detects_without_ejecting() {
+        let d = OutlierDetector::new(OutlierConfig {
+            enforcing_consecutive_5xx: 0,
+            ..Default::default()
+        });
+        let hs = hosts(1);
+        fail(&d, &hs, 0, 20, Instant::now());
+        assert!(!hs[0].is_ejected());
+        assert_eq!(d.ejections_total(), 0);
+    }
+
+    #[test]
+    fn tick_recounts_active_for_the_current_hosts() {
+        let d = OutlierDetector::new(OutlierConfig {
+            max_ejection_percent: 100,
+            ..Default::default()
+        });
+        let hs = hosts(3);
+        let now = Instant::now();
+        fail(&d, &hs, 0, 5, now);
+        fail(&d, &hs, 1, 5, now);
+        assert_eq!(d.ejections_active(), 2);
+        // Host 1 left the cluster: the sweep only sees the rest.
+        let remaining = vec![hs[0].clone(), hs[2].clone()];
+        d.tick(&remaining, now + Duration::from_secs(1));
+        assert_eq!(d.ejections_active(), 1);
+    }
+
+    #[test]
+    fn from_proto_defaults_and_refusals() {
+        let c = OutlierConfig::from_proto(&OutlierDetection::default()).unwrap();
+        assert_eq!(c, OutlierConfig::default());
+        let p = OutlierDetection {
+            consecutive_5xx: Some(UInt32Value { value: 7 }),
+            base_ejection_time: Some(PbDuration {
+                seconds: 600,
+                nanos: 0,
+            }),
+            enforcing_success_rate: Some(UInt32Value { value: 0 }),
+            max_ejection_percent: Some(UInt32Value { value: 250 }),
+            always_eject_one_host: Some(BoolValue { value: false }),
+            ..Default::default()
+        };
+        let c = OutlierConfig::from_proto(&p).unwrap();
+        assert_eq!(c.consecutive_5xx, 7);
+        assert_eq!(c.base_ejection_time, Duration::from_secs(600));
+        // max defaults to max(300s, base).
+        assert_eq!(c.max_ejection_time, Duration::from_secs(600));
+        assert_eq!(c.max_ejection_percent, 100);
+        assert!(!c.always_eject_one_host);
+
+        let refused = [
+            OutlierDetection {
+                enforcing_success_rate: Some(UInt32Value { value: 100 }),
+                ..Default::default()
+            },
+            OutlierDetection {
+                enforcing_failure_percentage: Some(UInt32Value { value: 1 }),
+                ..Default::default()
+            },
+            OutlierDetection {
+                split_external_local_origin_errors: true,
+                ..Default::default()
+            },
+            OutlierDetection {
+                interval: Some(PbDuration::default()),
+                ..Default::default()
+            },
+            OutlierDetection {
+                max_ejection_time: Some(PbDuration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            OutlierDetection {
+                enforcing_consecutive_5xx: Some(UInt32Value { value: 101 }),
+                ..Default::default()
+            },
+        ];
+        for p in refused {
+            assert!(OutlierConfig::from_proto(&p).is_err(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn ejection_moves_health_epoch() {
+        let hs = hosts(1);
+        let before = health_epoch();
+        hs[0]
+            .outlier
+            .mark_ejected(Instant::now(), Duration::from_secs(1));
+        assert!(health_epoch() > before);
+    }
+
+    #[test]
+    fn ticker_returns_hosts_and_stops() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let d = Arc::new(OutlierDetector::new(OutlierConfig {
+                interval: Duration::from_millis(10),
+                base_ejection_time: Duration::from_millis(20),
+                ..Default::default()
+            }));
+            let set = Arc::new(EndpointSet::new(hosts(2), &LbConfig::default()));
+            for _ in 0..5 {
+                d.report(set.hosts(), &set.hosts()[0], Outcome::Status(503));
+            }
+            assert!(set.hosts()[0].is_ejected());
+            let alive = Arc::new(AtomicBool::new(true));
+            let (a, s) = (alive.clone(), set.clone());
+            let task = d
+                .spawn_ticker(move || a.load(Ordering::SeqCst).then(|| s.clone()))
+                .unwrap();
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while set.hosts()[0].is_ejected() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("host returned to service");
+            alive.store(false, Ordering::SeqCst);
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .expect("ticker stopped")
+                .unwrap();
+        });
+        // Outside a runtime: no task, no panic.
+        let d = Arc::new(OutlierDetector::new(OutlierConfig::default()));
+        assert!(d.spawn_ticker(|| None).is_none());
+    }
+}

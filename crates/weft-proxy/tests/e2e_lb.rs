@@ -1,0 +1,218 @@
+//! End-to-end load-balancing tests of `weft-proxy`: weighted clusters (70/30 and three-way)
+//! over 10,000 requests each, exact round-robin alternation, and consistent hashing
+//! (RING_HASH, MAGLEV) on a header.
+//!
+//! The proxy runs with `--concurrency 1` so that per-worker balancer state is the whole state.
+//! Everything runs on 127.0.0.1 under a deadline; expectations follow Envoy's semantics.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, ensure};
+use support::*;
+
+/// Sends `total` GETs to `path` from `workers` keep-alive clients; every answer must be 200.
+async fn drive(addr: SocketAddr, path: &str, total: usize, workers: usize) -> Result<()> {
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let n = total / workers + usize::from(w < total % workers);
+        let path = path.to_string();
+        tasks.push(tokio::spawn(async move {
+            let http = Http::h1();
+            for i in 0..n {
+                let r = http
+                    .get(addr, &path)
+                    .await
+                    .with_context(|| format!("worker {w} request {i}"))?;
+                ensure!(r.status == 200, "worker {w} request {i}: {}", r.status);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
+}
+
+fn share(part: usize, total: usize) -> f64 {
+    part as f64 / total as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_clusters_70_30_within_3_percent() -> Result<()> {
+    within(240, async {
+        let a = EchoServer::start("a").await?;
+        let b = EchoServer::start("b").await?;
+        let port = free_port();
+        let vhosts = r#"
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - { name: a, weight: 70 }
+                    - { name: b, weight: 30 }
+        "#;
+        let yaml = bootstrap(
+            &[http_listener("main", port, vhosts).no_access_log().build()],
+            &[cluster("a", &[a.addr], ""), cluster("b", &[b.addr], "")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        const N: usize = 10_000;
+        drive(local(port), "/split", N, 8).await?;
+        ensure!(a.requests() + b.requests() == N, "a {} + b {}", a.requests(), b.requests());
+        let sa = share(a.requests(), N);
+        ensure!((0.67..=0.73).contains(&sa), "a got {:.2} % (target 70 ± 3)", sa * 100.0);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_clusters_three_way_within_3_percent() -> Result<()> {
+    within(240, async {
+        let x = EchoServer::start("x").await?;
+        let y = EchoServer::start("y").await?;
+        let z = EchoServer::start("z").await?;
+        let port = free_port();
+        let vhosts = r#"
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/" }
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - { name: x, weight: 50 }
+                    - { name: y, weight: 30 }
+                    - { name: z, weight: 20 }
+        "#;
+        let yaml = bootstrap(
+            &[http_listener("main", port, vhosts).no_access_log().build()],
+            &[
+                cluster("x", &[x.addr], ""),
+                cluster("y", &[y.addr], ""),
+                cluster("z", &[z.addr], ""),
+            ],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        const N: usize = 10_000;
+        drive(local(port), "/split3", N, 8).await?;
+        let counts = [x.requests(), y.requests(), z.requests()];
+        ensure!(counts.iter().sum::<usize>() == N, "{counts:?}");
+        for (got, target, name) in [(counts[0], 0.5, "x"), (counts[1], 0.3, "y"), (counts[2], 0.2, "z")] {
+            let s = share(got, N);
+            ensure!(
+                (s - target).abs() <= 0.03,
+                "{name} got {:.2} % (target {:.0} ± 3)",
+                s * 100.0,
+                target * 100.0
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_alternates_exactly() -> Result<()> {
+    within(60, async {
+        let ups = [
+            EchoServer::start("r0").await?,
+            EchoServer::start("r1").await?,
+            EchoServer::start("r2").await?,
+        ];
+        let port = free_port();
+        let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+        let yaml = bootstrap(
+            &[http_listener("main", port, &vhost_to("all", "\"*\"", "rr")).build()],
+            &[cluster("rr", &addrs, "lb_policy: ROUND_ROBIN")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        let http = Http::h1();
+        let mut seq = Vec::new();
+        for _ in 0..30 {
+            let r = http.get(local(port), "/rr").await?;
+            ensure!(r.status == 200, "status {}", r.status);
+            seq.push(r.upstream().to_string());
+        }
+        for i in 1..seq.len() {
+            ensure!(seq[i] != seq[i - 1], "not alternating at {i}: {seq:?}");
+            if i >= 3 {
+                ensure!(seq[i] == seq[i - 3], "not a strict rotation at {i}: {seq:?}");
+            }
+        }
+        for u in &ups {
+            ensure!(u.requests() == 10, "{} got {}: {seq:?}", u.name, u.requests());
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn consistent_hash_case(lb_policy: &str) -> Result<()> {
+    let ups = [
+        EchoServer::start("h0").await?,
+        EchoServer::start("h1").await?,
+        EchoServer::start("h2").await?,
+    ];
+    let port = free_port();
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let vhosts = r#"
+        - name: all
+          domains: ["*"]
+          routes:
+          - match: { prefix: "/" }
+            route:
+              cluster: hashed
+              hash_policy:
+              - header: { header_name: x-user }
+    "#;
+    let yaml = bootstrap(
+        &[http_listener("main", port, vhosts).no_access_log().build()],
+        &[cluster("hashed", &addrs, &format!("lb_policy: {lb_policy}"))],
+    );
+    let _proxy = Proxy::start(&yaml).await?;
+    let http = Http::h1();
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for pass in 0..3 {
+        for k in 0..60 {
+            let key = format!("user-{k}");
+            let r = http
+                .send(local(port), Req::get("/hash").header("x-user", &key))
+                .await?;
+            ensure!(r.status == 200, "status {}", r.status);
+            let up = r.upstream().to_string();
+            match owner.get(&key) {
+                Some(prev) => ensure!(
+                    *prev == up,
+                    "{lb_policy}: key {key} moved from {prev} to {up} on pass {pass}"
+                ),
+                None => {
+                    owner.insert(key, up);
+                }
+            }
+        }
+    }
+    let used: HashSet<&String> = owner.values().collect();
+    ensure!(
+        used.len() == 3,
+        "{lb_policy}: 60 keys landed on only {used:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_on_header_is_sticky_and_spread() -> Result<()> {
+    within(90, consistent_hash_case("RING_HASH")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maglev_on_header_is_sticky_and_spread() -> Result<()> {
+    within(90, consistent_hash_case("MAGLEV")).await
+}

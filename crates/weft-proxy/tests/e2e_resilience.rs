@@ -1,0 +1,614 @@
+//! End-to-end resilience tests of `weft-proxy`: retries (5xx, gateway-error, reset,
+//! connect-failure, retriable-status-codes, gRPC codes, per-try timeout, the body-size limit on
+//! retries), circuit breakers (connections, pending requests, requests on an h2 upstream,
+//! retries), outlier detection (ejection and return), route timeouts, and the local replies
+//! and response flags that go with them (URX, UO, UF, UT, UH).
+//!
+//! Upstream request counts are read from the test servers, so "retried N times" is measured,
+//! not inferred. The proxy runs with `--concurrency 1`; everything runs on 127.0.0.1 under a
+//! deadline; expectations follow Envoy's semantics.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use support::*;
+
+/// One listener sending every request to cluster `up` with the given route fields
+/// (column-0 YAML under `route:`), plus the given clusters.
+fn route_bootstrap(port: u16, route_fields: &str, clusters: &[String]) -> String {
+    let vhosts = format!(
+        "- name: all\n  domains: [\"*\"]\n  routes:\n  - match: {{ prefix: \"/\" }}\n    route:\n{}",
+        indent(route_fields, 6)
+    );
+    bootstrap(&[http_listener("main", port, &vhosts).build()], clusters)
+}
+
+async fn retry_proxy(retry_policy: &str) -> Result<(EchoServer, Proxy, SocketAddr)> {
+    let up = EchoServer::start("up").await?;
+    let port = free_port();
+    let yaml = route_bootstrap(
+        port,
+        &format!("cluster: up\ntimeout: 10s\nretry_policy: {retry_policy}"),
+        &[cluster("up", &[up.addr], "")],
+    );
+    let proxy = Proxy::start(&yaml).await?;
+    Ok((up, proxy, local(port)))
+}
+
+/// Sends one request and checks status and the upstream request count it caused.
+async fn expect_attempts(
+    up: &EchoServer,
+    addr: SocketAddr,
+    req: Req,
+    status: u16,
+    attempts: usize,
+) -> Result<Resp> {
+    let before = up.requests();
+    let what = format!("{} {}", req.method, req.path);
+    let r = Http::h1().send(addr, req).await?;
+    let seen = up.requests() - before;
+    ensure!(
+        r.status == status && seen == attempts,
+        "{what}: expected {status} after {attempts} upstream attempts, got {} after {seen} ({:?})",
+        r.status,
+        r.text()
+    );
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retries
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_5xx_until_success() -> Result<()> {
+    within(60, async {
+        let (up, proxy, addr) = retry_proxy(r#"{ retry_on: "5xx", num_retries: 2 }"#).await?;
+        up.fail_first(2, 503);
+        let r = expect_attempts(&up, addr, Req::get("/ok"), 200, 3).await?;
+        ensure!(r.upstream() == "up");
+        let l = proxy.wait_access("200 for /ok", |l| l.path == "/ok").await?;
+        ensure!(l.code == 200 && !l.has_flag("URX"), "{}", l.raw);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_5xx_exhausted_returns_last_response_with_urx() -> Result<()> {
+    within(60, async {
+        let (up, proxy, addr) = retry_proxy(r#"{ retry_on: "5xx", num_retries: 2 }"#).await?;
+        up.fail_first(usize::MAX, 500);
+        let r = expect_attempts(&up, addr, Req::get("/always-500"), 500, 3).await?;
+        ensure!(r.upstream() == "up", "the upstream's own 500 must come back");
+        proxy
+            .wait_access("500 URX", |l| {
+                l.path == "/always-500" && l.code == 500 && l.has_flag("URX")
+            })
+            .await?;
+        proxy
+            .wait_stat(
+                "envoy_cluster_upstream_rq_retry",
+                &[("envoy_cluster_name", "up")],
+                "== 2",
+                |v| v == 2.0,
+            )
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_gateway_error_only_502_503_504() -> Result<()> {
+    within(60, async {
+        let (up, _proxy, addr) =
+            retry_proxy(r#"{ retry_on: "gateway-error", num_retries: 3 }"#).await?;
+        for code in [502, 503, 504] {
+            up.fail_first(1, code);
+            expect_attempts(&up, addr, Req::get(&format!("/gw/{code}")), 200, 2).await?;
+        }
+        up.fail_first(1, 500);
+        expect_attempts(&up, addr, Req::get("/gw/500"), 500, 1).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_reset() -> Result<()> {
+    within(60, async {
+        let (up, proxy, addr) = retry_proxy(r#"{ retry_on: "reset", num_retries: 2 }"#).await?;
+        up.reset_first(1);
+        expect_attempts(&up, addr, Req::get("/once"), 200, 2).await?;
+        let r = expect_attempts(&up, addr, Req::get("/reset"), 503, 3).await?;
+        ensure!(
+            r.text().contains("reset"),
+            "the local reply must name the cause: {:?}",
+            r.text()
+        );
+        proxy
+            .wait_access("503 URX after resets", |l| {
+                l.path == "/reset" && l.code == 503 && l.has_flag("URX")
+            })
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_connect_failure() -> Result<()> {
+    within(60, async {
+        let live = EchoServer::start("live").await?;
+        let port = free_port();
+        let vhosts = r#"
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/mixed" }
+                route:
+                  cluster: mixed
+                  retry_policy: { retry_on: "connect-failure", num_retries: 3 }
+              - match: { prefix: "/dead-retry" }
+                route:
+                  cluster: dead
+                  retry_policy: { retry_on: "connect-failure", num_retries: 2 }
+              - match: { prefix: "/dead" }
+                route: { cluster: dead }
+        "#;
+        let yaml = bootstrap(
+            &[http_listener("main", port, vhosts).build()],
+            &[
+                cluster("mixed", &[dead_addr(), live.addr], "lb_policy: ROUND_ROBIN"),
+                cluster("dead", &[dead_addr()], ""),
+            ],
+        );
+        let proxy = Proxy::start(&yaml).await?;
+        let http = Http::h1();
+        for i in 0..10 {
+            let r = http.get(local(port), "/mixed").await?;
+            ensure!(
+                r.status == 200 && r.upstream() == "live",
+                "request {i}: {} {:?}",
+                r.status,
+                r.text()
+            );
+        }
+        ensure!(live.requests() == 10);
+
+        let r = http.get(local(port), "/dead").await?;
+        ensure!(r.status == 503, "status {}", r.status);
+        let body = r.text();
+        ensure!(
+            body.contains("connection failure") && body.contains("dead"),
+            "the local reply must name the cause and the cluster: {body:?}"
+        );
+        proxy
+            .wait_access("503 UF", |l| l.path == "/dead" && l.code == 503 && l.has_flag("UF"))
+            .await?;
+
+        let r = http.get(local(port), "/dead-retry").await?;
+        ensure!(r.status == 503, "status {}", r.status);
+        proxy
+            .wait_access("503 UF,URX", |l| {
+                l.path == "/dead-retry" && l.code == 503 && l.has_flag("UF") && l.has_flag("URX")
+            })
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_on_retriable_status_codes() -> Result<()> {
+    within(60, async {
+        let (up, _proxy, addr) = retry_proxy(
+            r#"{ retry_on: "retriable-status-codes", retriable_status_codes: [418, 409], num_retries: 2 }"#,
+        )
+        .await?;
+        up.fail_first(1, 418);
+        expect_attempts(&up, addr, Req::get("/a"), 200, 2).await?;
+        up.fail_first(2, 409);
+        expect_attempts(&up, addr, Req::get("/b"), 200, 3).await?;
+        up.fail_first(1, 503);
+        expect_attempts(&up, addr, Req::get("/c"), 503, 1).await?;
+        up.fail_first(usize::MAX, 418);
+        expect_attempts(&up, addr, Req::get("/d"), 418, 3).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_per_try_timeout() -> Result<()> {
+    within(60, async {
+        let (up, proxy, addr) = retry_proxy(
+            r#"{ retry_on: "5xx", num_retries: 2, per_try_timeout: 0.3s }"#,
+        )
+        .await?;
+        up.delay_first(1, 3000);
+        let start = Instant::now();
+        expect_attempts(&up, addr, Req::get("/slow-once"), 200, 2).await?;
+        ensure!(
+            start.elapsed() < Duration::from_secs(2),
+            "the slow first try was not cut at 300 ms: {:?}",
+            start.elapsed()
+        );
+        up.delay_first(usize::MAX, 3000);
+        let start = Instant::now();
+        expect_attempts(&up, addr, Req::get("/slow-always"), 504, 3).await?;
+        let took = start.elapsed();
+        ensure!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
+            "three 300 ms tries took {took:?}"
+        );
+        proxy
+            .wait_access("504 UT", |l| {
+                l.path == "/slow-always" && l.code == 504 && l.has_flag("UT")
+            })
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_replays_small_body_but_not_one_over_the_buffer_limit() -> Result<()> {
+    within(60, async {
+        let (up, _proxy, addr) = retry_proxy(r#"{ retry_on: "5xx", num_retries: 2 }"#).await?;
+        let small: Vec<u8> = (0..1024u32).map(|i| b'a' + (i % 26) as u8).collect();
+        up.fail_first(1, 503);
+        let r = expect_attempts(&up, addr, Req::post("/echo", small.clone()), 200, 2).await?;
+        ensure!(r.body.as_ref() == small.as_slice(), "the retried body differs");
+
+        // 2 MiB is over the default 1 MiB buffer limit: Envoy stops buffering and gives up
+        // on retrying, so the upstream's 503 comes back after a single attempt.
+        let big = vec![b'z'; 2 * 1024 * 1024];
+        up.fail_first(usize::MAX, 503);
+        expect_attempts(&up, addr, Req::post("/echo", big), 503, 1).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_grpc_status_codes() -> Result<()> {
+    within(60, async {
+        let grpc = GrpcServer::start().await?;
+        let port = free_port();
+        let yaml = route_bootstrap(
+            port,
+            r#"
+            cluster: grpc
+            retry_policy:
+              retry_on: "unavailable,cancelled,deadline-exceeded,resource-exhausted"
+              num_retries: 2
+            "#,
+            &[h2_cluster("grpc", &[grpc.addr], "")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        let mut client = AuthorizationClient::new(grpc_channel(local(port)).await?);
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Cancelled,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::ResourceExhausted,
+        ] {
+            grpc.fail_first(1, code);
+            let before = grpc.checks();
+            client
+                .check(CheckRequest::default())
+                .await
+                .with_context(|| format!("{code:?} once must be retried into OK"))?;
+            ensure!(grpc.checks() - before == 2, "{code:?}: {} calls", grpc.checks() - before);
+        }
+        grpc.fail_first(usize::MAX, tonic::Code::Unavailable);
+        let before = grpc.checks();
+        match client.check(CheckRequest::default()).await {
+            Err(e) => ensure!(e.code() == tonic::Code::Unavailable, "{e:?}"),
+            Ok(r) => bail!("expected UNAVAILABLE after retries, got {r:?}"),
+        }
+        ensure!(grpc.checks() - before == 3, "num_retries 2: {} calls", grpc.checks() - before);
+        grpc.fail_first(1, tonic::Code::PermissionDenied);
+        let before = grpc.checks();
+        match client.check(CheckRequest::default()).await {
+            Err(e) => ensure!(e.code() == tonic::Code::PermissionDenied, "{e:?}"),
+            Ok(r) => bail!("expected PERMISSION_DENIED, got {r:?}"),
+        }
+        ensure!(grpc.checks() - before == 1, "PERMISSION_DENIED is not retriable");
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Circuit breakers
+// ---------------------------------------------------------------------------------------------
+
+/// Splits results into (200s, 503s with x-envoy-overloaded); anything else fails.
+fn tally(results: &[Result<Resp>]) -> Result<(usize, usize)> {
+    let (mut ok, mut overflow) = (0, 0);
+    for r in results {
+        let r = r.as_ref().map_err(|e| anyhow::anyhow!("request failed: {e:#}"))?;
+        match r.status {
+            200 => ok += 1,
+            503 => {
+                ensure!(
+                    r.header("x-envoy-overloaded") == Some("true"),
+                    "503 without x-envoy-overloaded: {:?} {:?}",
+                    r.headers,
+                    r.text()
+                );
+                overflow += 1;
+            }
+            s => bail!("unexpected status {s}: {:?}", r.text()),
+        }
+    }
+    Ok((ok, overflow))
+}
+
+async fn breaker_proxy(
+    thresholds: &str,
+    h2: bool,
+) -> Result<(EchoServer, Proxy, SocketAddr)> {
+    let up = EchoServer::start("slow").await?;
+    let port = free_port();
+    let extra = format!("circuit_breakers:\n  thresholds:\n  - {thresholds}");
+    let c = if h2 {
+        h2_cluster("slow", &[up.addr], &extra)
+    } else {
+        cluster("slow", &[up.addr], &extra)
+    };
+    let yaml = bootstrap(
+        &[http_listener("main", port, &vhost_to("all", "\"*\"", "slow")).build()],
+        &[c],
+    );
+    let proxy = Proxy::start(&yaml).await?;
+    Ok((up, proxy, local(port)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_max_connections_with_one_pending() -> Result<()> {
+    within(60, async {
+        let (up, proxy, addr) =
+            breaker_proxy("{ max_connections: 1, max_pending_requests: 1 }", false).await?;
+        let results = concurrent(&Http::h1(), addr, 10, Req::get("/delay/1000")).await;
+        let (ok, overflow) = tally(&results)?;
+        ensure!(
+            (1..=2).contains(&ok) && ok + overflow == 10,
+            "1 connection + 1 pending: {ok} ok, {overflow} overflowed"
+        );
+        ensure!(up.max_active() <= 1, "upstream saw {} at once", up.max_active());
+        proxy
+            .wait_access_count("503 UO", overflow, |l| l.code == 503 && l.has_flag("UO"))
+            .await?;
+        proxy
+            .wait_stat(
+                "envoy_cluster_upstream_rq_pending_overflow",
+                &[("envoy_cluster_name", "slow")],
+                ">= overflowed",
+                |v| v >= overflow as f64,
+            )
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_max_pending_requests() -> Result<()> {
+    within(60, async {
+        let (up, proxy, addr) =
+            breaker_proxy("{ max_connections: 1, max_pending_requests: 3 }", false).await?;
+        let results = concurrent(&Http::h1(), addr, 10, Req::get("/delay/800")).await;
+        let (ok, overflow) = tally(&results)?;
+        ensure!(
+            (3..=4).contains(&ok) && ok + overflow == 10,
+            "1 connection + 3 pending: {ok} ok, {overflow} overflowed"
+        );
+        ensure!(up.max_active() <= 1 && up.requests() == ok);
+        proxy
+            .wait_access_count("503 UO", overflow, |l| l.code == 503 && l.has_flag("UO"))
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_max_requests_on_h2_upstream() -> Result<()> {
+    within(60, async {
+        let (up, proxy, addr) = breaker_proxy("{ max_requests: 2 }", true).await?;
+        let results = concurrent(&Http::h1(), addr, 10, Req::get("/delay/800")).await;
+        let (ok, overflow) = tally(&results)?;
+        ensure!(
+            (1..=2).contains(&ok) && ok + overflow == 10,
+            "max_requests 2: {ok} ok, {overflow} overflowed"
+        );
+        ensure!(up.max_active() <= 2, "upstream saw {} at once", up.max_active());
+        ensure!(up.h2_requests() == up.requests(), "the cluster must speak h2");
+        proxy
+            .wait_access_count("503 UO", overflow, |l| l.code == 503 && l.has_flag("UO"))
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_max_retries() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let port = free_port();
+        let yaml = route_bootstrap(
+            port,
+            r#"
+            cluster: up
+            retry_policy: { retry_on: "5xx", num_retries: 3 }
+            "#,
+            &[cluster(
+                "up",
+                &[up.addr],
+                "circuit_breakers: { thresholds: [{ max_retries: 1 }] }",
+            )],
+        );
+        let proxy = Proxy::start(&yaml).await?;
+        let results = concurrent(&Http::h1(), local(port), 5, Req::get("/status/503/delay/300")).await;
+        for r in &results {
+            let r = r.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            ensure!(r.status == 503, "status {}", r.status);
+        }
+        // Without the breaker: 5 × (1 + 3) = 20 attempts. With one retry at a time, the four
+        // requests whose retry overflowed stop after their first attempt.
+        ensure!(
+            up.requests() <= 5 + 3,
+            "max_retries 1 not enforced: {} upstream attempts",
+            up.requests()
+        );
+        proxy
+            .wait_stat(
+                "envoy_cluster_upstream_rq_retry_overflow",
+                &[("envoy_cluster_name", "up")],
+                ">= 1",
+                |v| v >= 1.0,
+            )
+            .await?;
+        proxy
+            .wait_access("retry overflow flagged UO", |l| l.code == 503 && l.has_flag("UO"))
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outlier detection
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_and_returns() -> Result<()> {
+    within(60, async {
+        let good = EchoServer::start("good").await?;
+        let bad = EchoServer::start("bad").await?;
+        bad.fail_first(usize::MAX, 500);
+        let port = free_port();
+        let yaml = bootstrap(
+            &[http_listener("main", port, &vhost_to("all", "\"*\"", "od")).build()],
+            &[cluster(
+                "od",
+                &[good.addr, bad.addr],
+                r#"
+                lb_policy: ROUND_ROBIN
+                outlier_detection:
+                  consecutive_5xx: 3
+                  interval: 0.2s
+                  base_ejection_time: 1s
+                  max_ejection_percent: 100
+                "#,
+            )],
+        );
+        let proxy = Proxy::start(&yaml).await?;
+        let http = Http::h1();
+        let addr = local(port);
+        let mut sent = 0;
+        while bad.requests() < 3 {
+            ensure!(sent < 20, "bad got only {} of {sent} requests", bad.requests());
+            http.get(addr, "/").await?;
+            sent += 1;
+        }
+        let ejected_at = Instant::now();
+        for i in 0..10 {
+            let r = http.get(addr, "/").await?;
+            ensure!(
+                r.status == 200 && r.upstream() == "good",
+                "request {i} after 3 consecutive 5xx: {} from {:?}",
+                r.status,
+                r.upstream()
+            );
+        }
+        ensure!(
+            ejected_at.elapsed() < Duration::from_millis(900),
+            "too slow to tell ejection from return"
+        );
+        ensure!(bad.requests() == 3, "the ejected host still got traffic");
+        proxy
+            .wait_stat(
+                "envoy_cluster_outlier_detection_ejections_active",
+                &[("envoy_cluster_name", "od")],
+                "== 1",
+                |v| v == 1.0,
+            )
+            .await?;
+        // After base_ejection_time (checked every interval), the host takes traffic again.
+        let back = eventually("the ejected host to return", Duration::from_secs(5), async || {
+            let r = http.get(addr, "/").await.ok()?;
+            (r.upstream() == "bad").then(Instant::now)
+        })
+        .await?;
+        let out_for = back.duration_since(ejected_at);
+        ensure!(
+            out_for >= Duration::from_millis(900),
+            "returned after {out_for:?}, base_ejection_time is 1 s"
+        );
+        Ok(())
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeouts and local replies
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_is_504_ut() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let port = free_port();
+        let yaml = route_bootstrap(port, "cluster: up\ntimeout: 0.3s", &[cluster("up", &[up.addr], "")]);
+        let proxy = Proxy::start(&yaml).await?;
+        let start = Instant::now();
+        let r = Http::h1().get(local(port), "/delay/3000").await?;
+        let took = start.elapsed();
+        ensure!(r.status == 504, "status {}", r.status);
+        ensure!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+            "timeout 300 ms fired after {took:?}"
+        );
+        ensure!(
+            r.text().contains("upstream request timeout"),
+            "body {:?}",
+            r.text()
+        );
+        proxy
+            .wait_access("504 UT", |l| l.path == "/delay/3000" && l.code == 504 && l.has_flag("UT"))
+            .await?;
+        // A fast request on the same route is unaffected.
+        let r = Http::h1().get(local(port), "/fast").await?;
+        ensure!(r.status == 200);
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_endpoints_is_503_uh() -> Result<()> {
+    within(60, async {
+        let port = free_port();
+        let yaml = route_bootstrap(port, "cluster: empty", &[cluster("empty", &[], "")]);
+        let proxy = Proxy::start(&yaml).await?;
+        let r = Http::h1().get(local(port), "/x").await?;
+        ensure!(r.status == 503, "status {}", r.status);
+        ensure!(r.text().contains("no healthy upstream"), "body {:?}", r.text());
+        proxy
+            .wait_access("503 UH", |l| l.path == "/x" && l.code == 503 && l.has_flag("UH"))
+            .await?;
+        Ok(())
+    })
+    .await
+}
