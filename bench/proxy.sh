@@ -10,6 +10,8 @@
 #   --no-weft   measure only direct, nginx and HAProxy (harness check)
 #   --no-build  use the existing target/release/weft-proxy instead of building it
 #   --keep      keep the temp dir (configs, logs, raw oha/wrk output) and print its path
+#   --wait-quiet  before measuring, wait (up to 5 min) for 5 s in which other processes use
+#               less than 0.25 vCPU: the machine is shared with compiles
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -18,7 +20,7 @@ TOOLS="$BENCH_DIR/.tools"
 OHA="$TOOLS/bin/oha"
 WEFT_BIN="$REPO/target/release/weft-proxy"
 
-QUICK=0 RECORD=0 WEFT=1 BUILD=1 KEEP=0
+QUICK=0 RECORD=0 WEFT=1 BUILD=1 KEEP=0 WAIT_QUIET=0
 for arg in "$@"; do
     case "$arg" in
         --quick) QUICK=1 ;;
@@ -26,8 +28,9 @@ for arg in "$@"; do
         --no-weft) WEFT=0 ;;
         --no-build) BUILD=0 ;;
         --keep) KEEP=1 ;;
+        --wait-quiet) WAIT_QUIET=1 ;;
         -h | --help)
-            sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -204,6 +207,22 @@ status_kb() { # FIELD PIDS... -> FIELD from /proc/PID/status summed, kB
 
 now() { date +%s.%N; }
 
+busy_ticks() { # CPU time spent by the whole machine (incl. steal), clock ticks
+    awk '$1 == "cpu" {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat
+}
+
+# CHILD_TICKS := CPU time of this script's reaped children (oha, wrk, helpers), clock ticks.
+# `times` must run in this shell, not in a $(...) subshell: call it directly.
+CHILD_TICKS=0
+child_ticks() {
+    times >"$RUN/times"
+    CHILD_TICKS=$(awk -v hz="$(getconf CLK_TCK)" 'NR == 2 {
+        t = 0
+        for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+        printf "%d\n", t * hz
+    }' "$RUN/times")
+}
+
 # ---------------------------------------------------------------- configs
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
 
@@ -299,7 +318,7 @@ EOF
 }
 
 start_weft() { # NAME CONFIG
-    start "$1" "$PROXY_CORE" env RUST_LOG=warn "$WEFT_BIN" -c "$2" --concurrency 1
+    start "$1" "$PROXY_CORE" "$WEFT_BIN" -c "$2" --concurrency 1 -l warn
 }
 
 # ---------------------------------------------------------------- measurement
@@ -325,6 +344,12 @@ measure() {
     log "$path: warm-up ${WARMUP}s"
     pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${WARMUP}s" "$url" >/dev/null
 
+    # CPU used on the machine by anything but this bench while the path is measured: the
+    # machine is shared, and this says which columns a compile or a neighbour disturbed
+    local b0 s0 c0 fw0
+    child_ticks
+    c0=$CHILD_TICKS s0=$(cpu_ticks "${PID[@]}") b0=$(busy_ticks) fw0=$(now)
+
     for rate in "${RATES[@]}"; do
         log "$path: oha at $rate rps for ${DUR}s"
         ((${#pids[@]})) && t0=$(cpu_ticks "${pids[@]}")
@@ -349,9 +374,17 @@ measure() {
         echo "rss_load_kb=$(status_kb VmRSS "${pids[@]}")" >>"$d/proc.txt"
     fi
     wait "$wrk_pid" || true
-    if ((${#pids[@]})); then
-        echo "hwm_kb=$(status_kb VmHWM "${pids[@]}")" >>"$d/proc.txt"
-    fi
+    local b1 s1 c1 fw1
+    b1=$(busy_ticks) s1=$(cpu_ticks "${PID[@]}") fw1=$(now)
+    child_ticks
+    c1=$CHILD_TICKS
+    {
+        echo "other_ticks=$(((b1 - b0) - (s1 - s0) - (c1 - c0)))"
+        echo "other_wall=$(python3 -c "print($fw1 - $fw0)")"
+        if ((${#pids[@]})); then
+            echo "hwm_kb=$(status_kb VmHWM "${pids[@]}")"
+        fi
+    } >>"$d/proc.txt"
 }
 
 # ---------------------------------------------------------------- main
@@ -406,6 +439,26 @@ fi
     echo "wrk=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}')"
     echo "weft_rev=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo none)"
 } >"$R/meta.txt"
+
+# wait_quiet — up to 5 min for a 5 s window in which the machine, less this bench's idle
+# servers, uses < 0.25 vCPU
+wait_quiet() {
+    local deadline=$((SECONDS + 300)) b0 b1 s0 s1 other hz
+    hz=$(getconf CLK_TCK)
+    while ((SECONDS < deadline)); do
+        b0=$(busy_ticks) s0=$(cpu_ticks "${PID[@]}")
+        sleep 5
+        b1=$(busy_ticks) s1=$(cpu_ticks "${PID[@]}")
+        other=$(((b1 - b0) - (s1 - s0)))
+        if ((other * 4 < 5 * hz)); then
+            log "machine quiet (other load $((other * 100 / (5 * hz)))% of a vCPU)"
+            return 0
+        fi
+        log "waiting for a quiet machine (other load $((other * 100 / (5 * hz)))% of a vCPU)"
+    done
+    log "WARNING: machine still busy after 5 min; measuring anyway"
+}
+((WAIT_QUIET)) && wait_quiet
 
 est=$(((WEFT ? 5 : 3) * (WARMUP + (${#RATES[@]} + 1) * DUR)))
 log "measuring, about ${est}s"

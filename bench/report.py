@@ -183,7 +183,20 @@ def metrics(meta: dict[str, str], paths: dict[str, dict]) -> list[tuple[str, str
                 # a 2-hop path runs one process per hop: report one process
                 vals[path] = kb / 1024.0 / (procs if p["hops"] > 1 else 1)
         rows.append((label, "mem", vals))
+
+    rows.append(("other load on the machine (vCPU)", "other", {
+        path: v for path, p in paths.items() if (v := other_load(p, clk)) is not None
+    }))
     return rows
+
+
+def other_load(p: dict, clk: float) -> float | None:
+    """Average CPU used by processes outside the bench (and steal) while the path ran."""
+    ticks = num(p["proc"].get("other_ticks"))
+    wall = num(p["proc"].get("other_wall"))
+    if ticks is None or not wall:
+        return None
+    return max(ticks, 0.0) / clk / wall
 
 
 def fmt(kind: str, v: object) -> str:
@@ -193,13 +206,15 @@ def fmt(kind: str, v: object) -> str:
         return v
     assert isinstance(v, float | int)
     if kind == "latency":
-        return f"{v * 1e6:.0f} µs"
+        return f"{v * 1e3:.2f} ms" if abs(v) >= 1e-3 else f"{v * 1e6:.0f} µs"
     if kind == "rps":
         return f"{v / 1000:.1f}k"
     if kind == "cpu":
         return f"{v:.3f}"
     if kind == "mem":
         return f"{v:.1f}"
+    if kind == "other":
+        return f"{v:.2f}"
     return str(v)
 
 
@@ -218,15 +233,25 @@ def table(meta: dict[str, str], paths: dict[str, dict]) -> str:
     for label, kind, vals in metrics(meta, paths):
         cells = [label] + [fmt(kind, vals.get(k)) for k, _ in cols]
         w = vals.get("weft1")
-        cells += [ratio(w, vals.get("nginx")), ratio(w, vals.get("haproxy"))]
+        if kind == "other":
+            cells += [NA, NA]
+        else:
+            cells += [ratio(w, vals.get("nginx")), ratio(w, vals.get("haproxy"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def health(paths: dict[str, dict]) -> list[str]:
+# other load above this (vCPU, of 2) while a path ran is worth a warning
+OTHER_LOAD_WARN = 0.1
+
+
+def health(paths: dict[str, dict], clk: float) -> list[str]:
     """One line per run that was not clean, so a reader can distrust the right cells."""
     out = []
     for path, p in paths.items():
+        other = other_load(p, clk)
+        if other is not None and other > OTHER_LOAD_WARN:
+            out.append(f"{path}: other processes used {other:.2f} vCPU meanwhile")
         for rate, run in p["oha"].items():
             if run is None:
                 out.append(f"{path} @ {rate} rps: no oha result")
@@ -258,7 +283,7 @@ def render(meta: dict[str, str], paths: dict[str, dict]) -> str:
         parts.append("weft-proxy was not measured (did not build or did not proxy).")
     if meta.get("quick") == "1":
         parts.append("QUICK RUN (3 s per run): smoke test only, numbers are noisy.")
-    problems = health(paths)
+    problems = health(paths, num(meta.get("clk_tck")) or 100.0)
     if problems:
         parts.append("Runs that were not clean: " + "; ".join(problems) + ".")
     return "\n".join(parts)

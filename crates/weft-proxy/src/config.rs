@@ -16,8 +16,16 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(resource: impl Into<String>, field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { resource: resource.into(), field: field.into(), reason: reason.into() }
+    pub fn new(
+        resource: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            resource: resource.into(),
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -29,7 +37,9 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(kind: &str, name: &str) -> Self {
-        Self { resource: format!("{kind} {name:?}") }
+        Self {
+            resource: format!("{kind} {name:?}"),
+        }
     }
     pub fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::new(self.resource.clone(), field, reason)
@@ -37,7 +47,11 @@ impl Ctx {
 }
 
 /// Converts a protobuf Duration; negative durations are refused.
-pub fn duration(ctx: &Ctx, field: &str, d: &envoy_types::pb::google::protobuf::Duration) -> Result<Duration, ConfigError> {
+pub fn duration(
+    ctx: &Ctx,
+    field: &str,
+    d: &envoy_types::pb::google::protobuf::Duration,
+) -> Result<Duration, ConfigError> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err(ctx.err(field, "duration must not be negative"));
     }
@@ -77,15 +91,34 @@ pub fn socket_addr(
 ) -> Result<std::net::SocketAddr, ConfigError> {
     use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
     let Some(address::Address::SocketAddress(sa)) = a.and_then(|a| a.address.as_ref()) else {
-        return Err(ctx.err(field, "a socket_address is required (pipes and internal addresses are not supported)"));
+        return Err(ctx.err(
+            field,
+            "a socket_address is required (pipes and internal addresses are not supported)",
+        ));
     };
     let port = match sa.port_specifier {
         Some(PortSpecifier::PortValue(p)) if p <= 65535 => p as u16,
-        Some(PortSpecifier::PortValue(p)) => return Err(ctx.err(format!("{field}.port_value"), format!("{p} is out of range"))),
-        _ => return Err(ctx.err(format!("{field}.port_value"), "a numeric port_value is required")),
+        Some(PortSpecifier::PortValue(p)) => {
+            return Err(ctx.err(
+                format!("{field}.port_value"),
+                format!("{p} is out of range"),
+            ));
+        }
+        _ => {
+            return Err(ctx.err(
+                format!("{field}.port_value"),
+                "a numeric port_value is required",
+            ));
+        }
     };
     let ip: std::net::IpAddr = sa.address.parse().map_err(|_| {
-        ctx.err(format!("{field}.address"), format!("`{}` is not an IP address (use a STRICT_DNS or LOGICAL_DNS cluster for names)", sa.address))
+        ctx.err(
+            format!("{field}.address"),
+            format!(
+                "`{}` is not an IP address (use a STRICT_DNS or LOGICAL_DNS cluster for names)",
+                sa.address
+            ),
+        )
     })?;
     Ok(std::net::SocketAddr::new(ip, port))
 }

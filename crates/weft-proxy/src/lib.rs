@@ -13,6 +13,7 @@ pub mod flags;
 pub mod http;
 pub mod io;
 pub mod listener;
+pub mod mem;
 pub mod router;
 pub mod runtime;
 pub mod stats;
@@ -27,7 +28,11 @@ use std::time::Duration;
 
 /// Command-line options, Envoy-compatible where Envoy has the same flag.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "weft-proxy", version, about = "Weft's data-plane proxy. Takes an Envoy v3 bootstrap (YAML or JSON).")]
+#[command(
+    name = "weft-proxy",
+    version,
+    about = "Weft's data-plane proxy. Takes an Envoy v3 bootstrap (YAML or JSON)."
+)]
 pub struct Options {
     /// Bootstrap file (Envoy v3 format, YAML or JSON). Watched: edits apply live, as does SIGHUP.
     #[arg(short = 'c', long = "config-path", env = "WEFT_PROXY_CONFIG")]
@@ -52,28 +57,45 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&opts.log_level)
         .map_err(|e| anyhow::anyhow!("invalid --log-level `{}`: {e}", opts.log_level))?;
     let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
-    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
 
     if opts.mode == "validate" {
         let (b, _) = runtime::read_bootstrap(&opts.config_path)?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async { runtime::compile(&b, None, &stats::Stats::new(), 1) })?;
         println!("configuration '{}' OK", opts.config_path.display());
         return Ok(());
     }
-    let workers = opts.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = opts
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let rt = if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
     };
     rt.block_on(async move {
         let stats = Arc::new(stats::Stats::new());
-        let proxy = runtime::Proxy::start(opts.config_path.clone(), stats, Some(runtime::LogReload(reload)))?;
+        let proxy = runtime::Proxy::start(
+            opts.config_path.clone(),
+            stats,
+            Some(runtime::LogReload(reload)),
+        )?;
         let shared = proxy.shared.clone();
         let snap = shared.snapshot();
         let admin_addr = admin_address(&snap.bootstrap)?;
-        let admin_listener = listener::bind(admin_addr).map_err(|e| anyhow::anyhow!("cannot bind admin on {admin_addr}: {e}"))?;
+        let admin_listener = listener::bind(admin_addr)
+            .map_err(|e| anyhow::anyhow!("cannot bind admin on {admin_addr}: {e}"))?;
         tracing::info!(%admin_addr, "admin listening");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let handler: Arc<dyn admin::AdminHandler> = Arc::new(runtime::Admin(shared.clone()));
@@ -90,9 +112,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn admin_address(b: &envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap) -> anyhow::Result<std::net::SocketAddr> {
+fn admin_address(
+    b: &envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap,
+) -> anyhow::Result<std::net::SocketAddr> {
     match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
         None => Ok(([127, 0, 0, 1], 15000).into()),
-        Some(a) => Ok(config::socket_addr(&config::Ctx::new("admin", "admin"), "admin.address", Some(a))?),
+        Some(a) => Ok(config::socket_addr(
+            &config::Ctx::new("admin", "admin"),
+            "admin.address",
+            Some(a),
+        )?),
     }
 }

@@ -73,26 +73,45 @@ pub fn build(l: &lpb::Listener, stats: &Stats) -> Result<ListenerConfig, ConfigE
     let (mut tls_inspector, mut http_inspector) = (false, false);
     for (i, lf) in l.listener_filters.iter().enumerate() {
         let tn = match &lf.config_type {
-            Some(lpb::listener_filter::ConfigType::TypedConfig(a)) => a.type_url.rsplit('/').next().unwrap_or("").to_string(),
+            Some(lpb::listener_filter::ConfigType::TypedConfig(a)) => {
+                a.type_url.rsplit('/').next().unwrap_or("").to_string()
+            }
             _ => String::new(),
         };
         match (lf.name.as_str(), tn.as_str()) {
-            (_, "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector") | ("envoy.filters.listener.tls_inspector", "") => tls_inspector = true,
-            (_, "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector") | ("envoy.filters.listener.http_inspector", "") => http_inspector = true,
-            _ => return Err(ctx.err(format!("listener_filters[{i}]"), format!("listener filter `{}` is not supported (tls_inspector and http_inspector are)", lf.name))),
+            (_, "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector")
+            | ("envoy.filters.listener.tls_inspector", "") => tls_inspector = true,
+            (_, "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector")
+            | ("envoy.filters.listener.http_inspector", "") => http_inspector = true,
+            _ => return Err(ctx.err(
+                format!("listener_filters[{i}]"),
+                format!(
+                    "listener filter `{}` is not supported (tls_inspector and http_inspector are)",
+                    lf.name
+                ),
+            )),
         }
     }
     let mut chains = Vec::with_capacity(l.filter_chains.len());
     for (i, fc) in l.filter_chains.iter().enumerate() {
         chains.push(chain(&ctx, &format!("filter_chains[{i}]"), fc, stats)?);
     }
-    let default_chain = l.default_filter_chain.as_ref().map(|fc| chain(&ctx, "default_filter_chain", fc, stats)).transpose()?;
+    let default_chain = l
+        .default_filter_chain
+        .as_ref()
+        .map(|fc| chain(&ctx, "default_filter_chain", fc, stats))
+        .transpose()?;
     if chains.is_empty() && default_chain.is_none() {
         return Err(ctx.err("filter_chains", "at least one filter chain is required"));
     }
     let filters_timeout = match &l.listener_filters_timeout {
         None => Some(Duration::from_secs(15)),
-        Some(d) => Some(crate::config::duration(&ctx, "listener_filters_timeout", d)?).filter(|d| !d.is_zero()),
+        Some(d) => Some(crate::config::duration(
+            &ctx,
+            "listener_filters_timeout",
+            d,
+        )?)
+        .filter(|d| !d.is_zero()),
     };
     Ok(ListenerConfig {
         name: l.name.clone(),
@@ -108,16 +127,28 @@ pub fn build(l: &lpb::Listener, stats: &Stats) -> Result<ListenerConfig, ConfigE
     })
 }
 
-fn chain(ctx: &Ctx, f: &str, fc: &lpb::FilterChain, stats: &Stats) -> Result<FilterChain, ConfigError> {
+fn chain(
+    ctx: &Ctx,
+    f: &str,
+    fc: &lpb::FilterChain,
+    stats: &Stats,
+) -> Result<FilterChain, ConfigError> {
     let mut m = ChainMatch::default();
     if let Some(cm) = &fc.filter_chain_match {
         let mf = format!("{f}.filter_chain_match");
         m.port = cm
             .destination_port
             .as_ref()
-            .map(|p| u16::try_from(p.value).map_err(|_| ctx.err(format!("{mf}.destination_port"), "out of range")))
+            .map(|p| {
+                u16::try_from(p.value)
+                    .map_err(|_| ctx.err(format!("{mf}.destination_port"), "out of range"))
+            })
             .transpose()?;
-        m.server_names = cm.server_names.iter().map(|s| s.to_ascii_lowercase()).collect();
+        m.server_names = cm
+            .server_names
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
         m.transport = Some(cm.transport_protocol.clone()).filter(|s| !s.is_empty());
         m.alpn = cm.application_protocols.clone();
     }
@@ -130,9 +161,18 @@ fn chain(ctx: &Ctx, f: &str, fc: &lpb::FilterChain, stats: &Stats) -> Result<Fil
                 Some(ConfigType::TypedConfig(any)) => {
                     let d: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext =
                         decode_any(ctx, &format!("{f}.transport_socket.typed_config"), any)?;
-                    Some(crate::tls::server_config(ctx, &format!("{f}.transport_socket.typed_config"), &d)?)
+                    Some(crate::tls::server_config(
+                        ctx,
+                        &format!("{f}.transport_socket.typed_config"),
+                        &d,
+                    )?)
                 }
-                None => return Err(ctx.err(format!("{f}.transport_socket"), "a typed_config is required")),
+                None => {
+                    return Err(ctx.err(
+                        format!("{f}.transport_socket"),
+                        "a typed_config is required",
+                    ));
+                }
             }
         }
     };
@@ -155,11 +195,30 @@ fn chain(ctx: &Ctx, f: &str, fc: &lpb::FilterChain, stats: &Stats) -> Result<Fil
                 other => return Err(ctx.err(format!("{ff}.typed_config"), format!("network filter `{other}` is not supported (http_connection_manager and tcp_proxy are)"))),
             }
         }
-        [] => return Err(ctx.err(format!("{f}.filters"), "one network filter (http_connection_manager or tcp_proxy) is required")),
-        _ => return Err(ctx.err(format!("{f}.filters"), "exactly one network filter is supported per chain")),
+        [] => {
+            return Err(ctx.err(
+                format!("{f}.filters"),
+                "one network filter (http_connection_manager or tcp_proxy) is required",
+            ));
+        }
+        _ => {
+            return Err(ctx.err(
+                format!("{f}.filters"),
+                "exactly one network filter is supported per chain",
+            ));
+        }
     };
-    let _ = opt_duration(ctx, &format!("{f}.transport_socket_connect_timeout"), fc.transport_socket_connect_timeout.as_ref())?;
-    Ok(FilterChain { name: fc.name.clone(), m, tls, filter })
+    let _ = opt_duration(
+        ctx,
+        &format!("{f}.transport_socket_connect_timeout"),
+        fc.transport_socket_connect_timeout.as_ref(),
+    )?;
+    Ok(FilterChain {
+        name: fc.name.clone(),
+        m,
+        tls,
+        filter,
+    })
 }
 
 /// What is known about a connection when its filter chain is chosen.
@@ -197,7 +256,10 @@ impl ListenerConfig {
     /// chains that leave it empty; chains that name a non-matching value drop out.
     fn select(&self, facts: &Facts) -> Option<&FilterChain> {
         let mut cands: Vec<&FilterChain> = self.chains.iter().collect();
-        fn narrow<'a>(cands: Vec<&'a FilterChain>, score: &dyn Fn(&FilterChain) -> Option<usize>) -> Vec<&'a FilterChain> {
+        fn narrow<'a>(
+            cands: Vec<&'a FilterChain>,
+            score: &dyn Fn(&FilterChain) -> Option<usize>,
+        ) -> Vec<&'a FilterChain> {
             let best = cands.iter().filter_map(|c| score(c)).max();
             match best {
                 None => Vec::new(),
@@ -208,7 +270,9 @@ impl ListenerConfig {
             None => Some(0),
             Some(p) => (p == facts.port).then_some(1),
         });
-        cands = narrow(cands, &|c| server_name_rank(&c.m.server_names, facts.sni.as_deref()));
+        cands = narrow(cands, &|c| {
+            server_name_rank(&c.m.server_names, facts.sni.as_deref())
+        });
         cands = narrow(cands, &|c| match &c.m.transport {
             None => Some(0),
             Some(t) => (t == facts.transport).then_some(1),
@@ -235,14 +299,32 @@ enum HttpSniff {
 fn sniff_http(b: &[u8]) -> HttpSniff {
     let n = b.len().min(H2_PREFACE.len());
     if b[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() { HttpSniff::Http2 } else { HttpSniff::NeedMore };
+        return if n == H2_PREFACE.len() {
+            HttpSniff::Http2
+        } else {
+            HttpSniff::NeedMore
+        };
     }
     // An HTTP/1 request line starts with a method token followed by a space.
-    const METHODS: [&[u8]; 9] = [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
+    const METHODS: [&[u8]; 9] = [
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"DELETE ",
+        b"HEAD ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
+        b"TRACE ",
+    ];
     for m in METHODS {
         let k = b.len().min(m.len());
         if b[..k] == m[..k] {
-            return if k == m.len() { HttpSniff::Http1 } else { HttpSniff::NeedMore };
+            return if k == m.len() {
+                HttpSniff::Http1
+            } else {
+                HttpSniff::NeedMore
+            };
         }
     }
     if b.len() < 16 && b.iter().all(|c| c.is_ascii_uppercase()) {
@@ -250,13 +332,20 @@ fn sniff_http(b: &[u8]) -> HttpSniff {
     }
     // Other token methods (WebDAV etc.): accept `TOKEN SP` with a short uppercase token.
     match b.iter().position(|c| *c == b' ') {
-        Some(i) if i > 0 && i < 16 && b[..i].iter().all(|c| c.is_ascii_uppercase()) => HttpSniff::Http1,
+        Some(i) if i > 0 && i < 16 && b[..i].iter().all(|c| c.is_ascii_uppercase()) => {
+            HttpSniff::Http1
+        }
         _ => HttpSniff::NotHttp,
     }
 }
 
 /// Runs the accept loop of one listener until `stop` flips to true.
-pub async fn serve(listener: tokio::net::TcpListener, config: Arc<arc_swap::ArcSwap<ListenerConfig>>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: Arc<arc_swap::ArcSwap<ListenerConfig>>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -301,7 +390,11 @@ async fn connection(
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr()?;
-    let mut facts = Facts { port: local.port(), transport: "raw_buffer", ..Default::default() };
+    let mut facts = Facts {
+        port: local.port(),
+        transport: "raw_buffer",
+        ..Default::default()
+    };
     let mut buf = BytesMut::new();
     let mut http_kind = None;
     if cfg.tls_inspector || cfg.http_inspector {
@@ -361,7 +454,11 @@ async fn connection(
     match &chain.filter {
         NetworkFilter::Tcp(t) => {
             let down = match &chain.tls {
-                Some(tls) => MaybeTls::Tls(Box::new(tokio_rustls::TlsAcceptor::from(tls.clone()).accept(io).await?)),
+                Some(tls) => MaybeTls::Tls(Box::new(
+                    tokio_rustls::TlsAcceptor::from(tls.clone())
+                        .accept(io)
+                        .await?,
+                )),
                 None => MaybeTls::Plain(io),
             };
             crate::tcp::proxy(t, down, remote, local, facts.sni.as_deref(), shared).await;
@@ -370,7 +467,9 @@ async fn connection(
         NetworkFilter::Http(hcm) => {
             let (down, h2, sni) = match &chain.tls {
                 Some(tls) => {
-                    let s = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(io).await?;
+                    let s = tokio_rustls::TlsAcceptor::from(tls.clone())
+                        .accept(io)
+                        .await?;
                     let (_, c) = s.get_ref();
                     let h2 = c.alpn_protocol() == Some(b"h2");
                     let sni = c.server_name().map(Arc::<str>::from);
@@ -379,7 +478,15 @@ async fn connection(
                 None => match (hcm.codec, http_kind) {
                     (Codec::Auto, None) => {
                         // No inspector ran: read the preface ourselves.
-                        return serve_http_auto(io, remote, local, hcm.clone(), shared.clone(), drain).await;
+                        return serve_http_auto(
+                            io,
+                            remote,
+                            local,
+                            hcm.clone(),
+                            shared.clone(),
+                            drain,
+                        )
+                        .await;
                     }
                     (_, Some(k)) => (MaybeTls::Plain(io), k, None),
                     (_, None) => (MaybeTls::Plain(io), false, None),
@@ -390,7 +497,14 @@ async fn connection(
                 Codec::Http2 => true,
                 Codec::Auto => h2,
             };
-            let conn = Arc::new(Conn { hcm: hcm.clone(), shared: shared.clone(), local, remote, sni, tls: chain.tls.is_some() });
+            let conn = Arc::new(Conn {
+                hcm: hcm.clone(),
+                shared: shared.clone(),
+                local,
+                remote,
+                sni,
+                tls: chain.tls.is_some(),
+            });
             serve_http(down, h2, conn, drain).await;
             Ok(())
         }
@@ -420,19 +534,32 @@ async fn serve_http_auto(
         }
     };
     let io = MaybeTls::Plain(Rewind::new(buf.freeze(), stream));
-    let conn = Arc::new(Conn { hcm, shared, local, remote, sni: None, tls: false });
+    let conn = Arc::new(Conn {
+        hcm,
+        shared,
+        local,
+        remote,
+        sni: None,
+        tls: false,
+    });
     serve_http(io, h2, conn, drain).await;
     Ok(())
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on a connection until it ends; a drain signal closes it
 /// gracefully (GOAWAY / `Connection: close` after the in-flight request).
-pub async fn serve_http(io: crate::io::Downstream, h2: bool, conn: Arc<Conn>, mut drain: watch::Receiver<bool>) {
+pub async fn serve_http(
+    io: crate::io::Downstream,
+    h2: bool,
+    conn: Arc<Conn>,
+    mut drain: watch::Receiver<bool>,
+) {
     let hcm = conn.hcm.clone();
     hcm.stats.downstream_cx_total.inc();
     hcm.stats.downstream_cx_active.inc();
     let svc_conn = conn.clone();
-    let svc = hyper::service::service_fn(move |req| crate::http::proxy::handle(svc_conn.clone(), req));
+    let svc =
+        hyper::service::service_fn(move |req| crate::http::proxy::handle(svc_conn.clone(), req));
     let io = TokioIo::new(io);
     if h2 {
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -479,7 +606,11 @@ async fn wait_drain(drain: &mut watch::Receiver<bool>) {
 
 /// Binds a listener socket with the options a proxy wants.
 pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     sock.set_reuse_address(true)?;
     sock.set_tcp_nodelay(true)?;
     sock.set_nonblocking(true)?;
@@ -495,18 +626,33 @@ mod tests {
     #[test]
     fn http_sniffing() {
         assert!(matches!(sniff_http(b"GE"), HttpSniff::NeedMore));
-        assert!(matches!(sniff_http(b"GET / HTTP/1.1\r\n"), HttpSniff::Http1));
-        assert!(matches!(sniff_http(b"PRI * HTTP/2.0\r\n"), HttpSniff::NeedMore));
+        assert!(matches!(
+            sniff_http(b"GET / HTTP/1.1\r\n"),
+            HttpSniff::Http1
+        ));
+        assert!(matches!(
+            sniff_http(b"PRI * HTTP/2.0\r\n"),
+            HttpSniff::NeedMore
+        ));
         assert!(matches!(sniff_http(H2_PREFACE), HttpSniff::Http2));
         assert!(matches!(sniff_http(b"\x00\x01hello"), HttpSniff::NotHttp));
-        assert!(matches!(sniff_http(b"PROPFIND / HTTP/1.1"), HttpSniff::Http1));
-        assert!(matches!(sniff_http(b"SSH-2.0-OpenSSH\r\n"), HttpSniff::NotHttp));
+        assert!(matches!(
+            sniff_http(b"PROPFIND / HTTP/1.1"),
+            HttpSniff::Http1
+        ));
+        assert!(matches!(
+            sniff_http(b"SSH-2.0-OpenSSH\r\n"),
+            HttpSniff::NotHttp
+        ));
     }
 
     #[test]
     fn server_name_ranking() {
         let names = vec!["*.example.com".to_string(), "a.example.com".to_string()];
-        assert_eq!(server_name_rank(&names, Some("a.example.com")), Some(usize::MAX));
+        assert_eq!(
+            server_name_rank(&names, Some("a.example.com")),
+            Some(usize::MAX)
+        );
         assert_eq!(server_name_rank(&names, Some("b.example.com")), Some(13));
         assert_eq!(server_name_rank(&names, Some("other.org")), None);
         assert_eq!(server_name_rank(&[], None), Some(0));

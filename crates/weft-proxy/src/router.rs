@@ -34,6 +34,9 @@ pub struct RouteTable {
     any: Option<usize>,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    /// Whether clusters named by routes must exist when the table is loaded (Envoy's
+    /// `validate_clusters`, default true for inline route configs).
+    pub validate_clusters: bool,
 }
 
 #[derive(Debug)]
@@ -85,7 +88,10 @@ pub struct Upgrades {
 #[derive(Debug)]
 pub enum ClusterChoice {
     Single(String),
-    Weighted { clusters: Vec<WeightedTarget>, total: u64 },
+    Weighted {
+        clusters: Vec<WeightedTarget>,
+        total: u64,
+    },
     Header(HeaderName),
 }
 
@@ -99,10 +105,17 @@ pub struct WeightedTarget {
 
 impl ClusterChoice {
     /// Picks the cluster for one request. `random` is a uniformly random u64.
-    pub fn pick<'a>(&'a self, headers: &HeaderMap, random: u64) -> Option<(std::borrow::Cow<'a, str>, Option<&'a WeightedTarget>)> {
+    pub fn pick<'a>(
+        &'a self,
+        headers: &HeaderMap,
+        random: u64,
+    ) -> Option<(std::borrow::Cow<'a, str>, Option<&'a WeightedTarget>)> {
         match self {
             ClusterChoice::Single(n) => Some((n.as_str().into(), None)),
-            ClusterChoice::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(|v| (v.to_string().into(), None)),
+            ClusterChoice::Header(h) => headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| (v.to_string().into(), None)),
             ClusterChoice::Weighted { clusters, total } => {
                 let mut point = random % total;
                 for c in clusters {
@@ -245,10 +258,16 @@ impl StrMatch {
             StrMatch::Exact(s, false) => v == s,
             StrMatch::Exact(s, true) => v.eq_ignore_ascii_case(s),
             StrMatch::Prefix(s, false) => v.starts_with(s.as_str()),
-            StrMatch::Prefix(s, true) => v.len() >= s.len() && v.is_char_boundary(s.len()) && v[..s.len()].eq_ignore_ascii_case(s),
+            StrMatch::Prefix(s, true) => {
+                v.len() >= s.len()
+                    && v.is_char_boundary(s.len())
+                    && v[..s.len()].eq_ignore_ascii_case(s)
+            }
             StrMatch::Suffix(s, false) => v.ends_with(s.as_str()),
             StrMatch::Suffix(s, true) => {
-                v.len() >= s.len() && v.is_char_boundary(v.len() - s.len()) && v[v.len() - s.len()..].eq_ignore_ascii_case(s)
+                v.len() >= s.len()
+                    && v.is_char_boundary(v.len() - s.len())
+                    && v[v.len() - s.len()..].eq_ignore_ascii_case(s)
             }
             StrMatch::Contains(s, false) => v.contains(s.as_str()),
             StrMatch::Contains(s, true) => v.to_ascii_lowercase().contains(&s.to_ascii_lowercase()),
@@ -322,6 +341,31 @@ pub struct RequestView<'a> {
 }
 
 impl RouteTable {
+    /// Every cluster a route names statically, with the route's field path.
+    pub fn referenced_clusters(&self) -> Vec<(String, &str)> {
+        let mut out = Vec::new();
+        for (vi, vh) in self.vhosts.iter().enumerate() {
+            for (ri, r) in vh.routes.iter().enumerate() {
+                if let Action::Forward(ra) = &r.action {
+                    let f = format!("virtual_hosts[{vi}].routes[{ri}].route");
+                    match &ra.clusters {
+                        ClusterChoice::Single(c) => out.push((format!("{f}.cluster"), c.as_str())),
+                        ClusterChoice::Weighted { clusters, .. } => {
+                            for (i, c) in clusters.iter().enumerate() {
+                                out.push((
+                                    format!("{f}.weighted_clusters.clusters[{i}].name"),
+                                    c.name.as_str(),
+                                ));
+                            }
+                        }
+                        ClusterChoice::Header(_) => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn vhost(&self, authority: &str) -> Option<&VirtualHost> {
         let lower;
         let host = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -335,7 +379,11 @@ impl RouteTable {
                 // Port-aware first; then the host without its port (so `example.com` serves
                 // `example.com:8080` unless a port-specific domain exists).
                 let (h, _) = split_port(host);
-                if h.len() != host.len() { self.vhost_for(h) } else { None }
+                if h.len() != host.len() {
+                    self.vhost_for(h)
+                } else {
+                    None
+                }
             })
             .or(self.any)
             .map(|i| &self.vhosts[i])
@@ -363,7 +411,9 @@ impl RouteTable {
 pub fn split_port(authority: &str) -> (&str, Option<u16>) {
     if let Some(rest) = authority.strip_prefix('[') {
         if let Some(end) = rest.find(']') {
-            let port = rest[end + 1..].strip_prefix(':').and_then(|p| p.parse().ok());
+            let port = rest[end + 1..]
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok());
             return (&authority[..end + 2], port);
         }
         return (authority, None);
@@ -392,17 +442,23 @@ impl RouteMatch {
             _ if is_connect => false,
             PathMatch::Prefix(p) => starts_with(path, p, self.case_sensitive),
             PathMatch::Exact(p) => {
-                if self.case_sensitive { path == p } else { path.eq_ignore_ascii_case(p) }
+                if self.case_sensitive {
+                    path == p
+                } else {
+                    path.eq_ignore_ascii_case(p)
+                }
             }
             PathMatch::Regex(r) => r.is_match(path),
             PathMatch::SeparatedPrefix(p) => {
-                starts_with(path, p, self.case_sensitive) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+                starts_with(path, p, self.case_sensitive)
+                    && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
             }
         };
         if !ok || (self.grpc_only && !req.is_grpc) {
             return false;
         }
-        self.headers.iter().all(|m| m.matches(req)) && self.query.iter().all(|q| q.matches(req.path_and_query))
+        self.headers.iter().all(|m| m.matches(req))
+            && self.query.iter().all(|q| q.matches(req.path_and_query))
     }
 }
 
@@ -410,7 +466,9 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
     if case_sensitive {
         path.starts_with(prefix)
     } else {
-        path.len() >= prefix.len() && path.is_char_boundary(prefix.len()) && path[..prefix.len()].eq_ignore_ascii_case(prefix)
+        path.len() >= prefix.len()
+            && path.is_char_boundary(prefix.len())
+            && path[..prefix.len()].eq_ignore_ascii_case(prefix)
     }
 }
 
@@ -448,7 +506,9 @@ impl HeaderMatcher {
             (HeaderMatchKind::Present(want), v) => v.is_some() == *want,
             (_, None) => return false, // a missing header never matches, even inverted
             (HeaderMatchKind::Str(s), Some(v)) => s.matches(v),
-            (HeaderMatchKind::Range(lo, hi), Some(v)) => v.parse::<i64>().is_ok_and(|n| n >= *lo && n < *hi),
+            (HeaderMatchKind::Range(lo, hi), Some(v)) => {
+                v.parse::<i64>().is_ok_and(|n| n >= *lo && n < *hi)
+            }
         };
         m != self.invert
     }
@@ -475,7 +535,11 @@ impl QueryMatcher {
 // ---------------------------------------------------------------------------------------------
 // Translation from Envoy resources.
 
-pub fn string_match(ctx: &Ctx, field: &str, m: &mpb::StringMatcher) -> Result<StrMatch, ConfigError> {
+pub fn string_match(
+    ctx: &Ctx,
+    field: &str,
+    m: &mpb::StringMatcher,
+) -> Result<StrMatch, ConfigError> {
     use mpb::string_matcher::MatchPattern as P;
     let ic = m.ignore_case;
     Ok(match &m.match_pattern {
@@ -483,8 +547,15 @@ pub fn string_match(ctx: &Ctx, field: &str, m: &mpb::StringMatcher) -> Result<St
         Some(P::Prefix(s)) => StrMatch::Prefix(s.clone(), ic),
         Some(P::Suffix(s)) => StrMatch::Suffix(s.clone(), ic),
         Some(P::Contains(s)) => StrMatch::Contains(s.clone(), ic),
-        Some(P::SafeRegex(r)) => StrMatch::Regex(regex(ctx, &format!("{field}.safe_regex"), &r.regex, ic)?),
-        Some(P::Custom(_)) => return Err(ctx.err(format!("{field}.custom"), "custom string matchers are not supported")),
+        Some(P::SafeRegex(r)) => {
+            StrMatch::Regex(regex(ctx, &format!("{field}.safe_regex"), &r.regex, ic)?)
+        }
+        Some(P::Custom(_)) => {
+            return Err(ctx.err(
+                format!("{field}.custom"),
+                "custom string matchers are not supported",
+            ));
+        }
         None => return Err(ctx.err(field, "a match pattern is required")),
     })
 }
@@ -506,7 +577,8 @@ fn unanchored_regex(ctx: &Ctx, field: &str, re: &str) -> Result<Regex, ConfigErr
 }
 
 fn header_name(ctx: &Ctx, field: &str, n: &str) -> Result<HeaderName, ConfigError> {
-    HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|_| ctx.err(field, format!("`{n}` is not a valid header name")))
+    HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+        .map_err(|_| ctx.err(field, format!("`{n}` is not a valid header name")))
 }
 
 pub fn header_mutation(
@@ -517,7 +589,11 @@ pub fn header_mutation(
 ) -> Result<HeaderMutation, ConfigError> {
     let mut m = HeaderMutation::default();
     for (i, r) in remove.iter().enumerate() {
-        m.remove.push(header_name(ctx, &format!("{field}_headers_to_remove[{i}]"), r)?);
+        m.remove.push(header_name(
+            ctx,
+            &format!("{field}_headers_to_remove[{i}]"),
+            r,
+        )?);
     }
     for (i, o) in add.iter().enumerate() {
         let f = format!("{field}_headers_to_add[{i}]");
@@ -525,11 +601,19 @@ pub fn header_mutation(
             return Err(ctx.err(f, "`header` is required"));
         };
         let name = header_name(ctx, &format!("{f}.header.key"), &h.key)?;
-        let raw = if h.raw_value.is_empty() { h.value.as_bytes() } else { &h.raw_value };
+        let raw = if h.raw_value.is_empty() {
+            h.value.as_bytes()
+        } else {
+            &h.raw_value
+        };
         if raw.iter().filter(|b| **b == b'%').count() >= 2 {
-            return Err(ctx.err(format!("{f}.header.value"), "header value formatters (`%...%`) are not supported yet"));
+            return Err(ctx.err(
+                format!("{f}.header.value"),
+                "header value formatters (`%...%`) are not supported yet",
+            ));
         }
-        let value = HeaderValue::from_bytes(raw).map_err(|_| ctx.err(format!("{f}.header.value"), "not a valid header value"))?;
+        let value = HeaderValue::from_bytes(raw)
+            .map_err(|_| ctx.err(format!("{f}.header.value"), "not a valid header value"))?;
         // append_action: APPEND_IF_EXISTS_OR_ADD(0), ADD_IF_ABSENT(1), OVERWRITE_IF_EXISTS_OR_ADD(2), OVERWRITE_IF_EXISTS(3).
         let action = match (o.append.as_ref().map(|b| b.value), o.append_action) {
             (Some(false), _) => AppendAction::Overwrite,
@@ -537,7 +621,12 @@ pub fn header_mutation(
             (_, 1) => AppendAction::AddIfAbsent,
             (_, 2) => AppendAction::Overwrite,
             (_, 3) => AppendAction::OverwriteIfExists,
-            (_, n) => return Err(ctx.err(format!("{f}.append_action"), format!("unknown append action {n}"))),
+            (_, n) => {
+                return Err(ctx.err(
+                    format!("{f}.append_action"),
+                    format!("unknown append action {n}"),
+                ));
+            }
         };
         m.add.push((name, value, action));
     }
@@ -554,15 +643,31 @@ pub fn route_table(rc: &rpb::RouteConfiguration) -> Result<RouteTable, ConfigErr
         suffix: Vec::new(),
         prefix: Vec::new(),
         any: None,
-        request_headers: header_mutation(&ctx, "request", &rc.request_headers_to_add, &rc.request_headers_to_remove)?,
-        response_headers: header_mutation(&ctx, "response", &rc.response_headers_to_add, &rc.response_headers_to_remove)?,
+        request_headers: header_mutation(
+            &ctx,
+            "request",
+            &rc.request_headers_to_add,
+            &rc.request_headers_to_remove,
+        )?,
+        response_headers: header_mutation(
+            &ctx,
+            "response",
+            &rc.response_headers_to_add,
+            &rc.response_headers_to_remove,
+        )?,
+        validate_clusters: rc.validate_clusters.as_ref().is_none_or(|b| b.value),
     };
     for (vi, vh) in rc.virtual_hosts.iter().enumerate() {
         let vf = format!("virtual_hosts[{vi}]");
         for (di, d) in vh.domains.iter().enumerate() {
             let d = d.to_ascii_lowercase();
             let df = format!("{vf}.domains[{di}]");
-            let dup = |ctx: &Ctx| ctx.err(df.clone(), format!("domain `{d}` is already used by another virtual host"));
+            let dup = |ctx: &Ctx| {
+                ctx.err(
+                    df.clone(),
+                    format!("domain `{d}` is already used by another virtual host"),
+                )
+            };
             if d == "*" {
                 if t.any.replace(vi).is_some() {
                     return Err(dup(&ctx));
@@ -578,66 +683,131 @@ pub fn route_table(rc: &rpb::RouteConfiguration) -> Result<RouteTable, ConfigErr
                 }
                 t.prefix.push((p.to_string(), vi));
             } else if d.contains('*') {
-                return Err(ctx.err(df, "a wildcard is only allowed at the start or the end of a domain"));
+                return Err(ctx.err(
+                    df,
+                    "a wildcard is only allowed at the start or the end of a domain",
+                ));
             } else if t.exact.insert(d.clone(), vi).is_some() {
                 return Err(dup(&ctx));
             }
         }
-        let retry = vh.retry_policy.as_ref().map(|p| retry_policy(&ctx, &format!("{vf}.retry_policy"), p)).transpose()?.map(Arc::new);
+        let retry = vh
+            .retry_policy
+            .as_ref()
+            .map(|p| retry_policy(&ctx, &format!("{vf}.retry_policy"), p))
+            .transpose()?
+            .map(Arc::new);
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (ri, r) in vh.routes.iter().enumerate() {
-            routes.push(route(&ctx, &format!("{vf}.routes[{ri}]"), r, retry.as_ref())?);
+            routes.push(route(
+                &ctx,
+                &format!("{vf}.routes[{ri}]"),
+                r,
+                retry.as_ref(),
+            )?);
         }
         t.vhosts.push(VirtualHost {
             name: vh.name.clone(),
             routes,
-            request_headers: header_mutation(&ctx, &format!("{vf}.request"), &vh.request_headers_to_add, &vh.request_headers_to_remove)?,
-            response_headers: header_mutation(&ctx, &format!("{vf}.response"), &vh.response_headers_to_add, &vh.response_headers_to_remove)?,
+            request_headers: header_mutation(
+                &ctx,
+                &format!("{vf}.request"),
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+            )?,
+            response_headers: header_mutation(
+                &ctx,
+                &format!("{vf}.response"),
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+            )?,
             retry_policy: retry,
         });
     }
-    t.suffix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-    t.prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    t.suffix.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+    t.prefix.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
     Ok(t)
 }
 
-fn route(ctx: &Ctx, f: &str, r: &rpb::Route, vh_retry: Option<&Arc<RetryPolicy>>) -> Result<Route, ConfigError> {
+fn route(
+    ctx: &Ctx,
+    f: &str,
+    r: &rpb::Route,
+    vh_retry: Option<&Arc<RetryPolicy>>,
+) -> Result<Route, ConfigError> {
     let Some(m) = &r.r#match else {
         return Err(ctx.err(format!("{f}.match"), "`match` is required"));
     };
     let matcher = route_match(ctx, &format!("{f}.match"), m)?;
     use rpb::route::Action as A;
     let action = match &r.action {
-        Some(A::Route(ra)) => Action::Forward(route_action(ctx, &format!("{f}.route"), ra, vh_retry)?),
+        Some(A::Route(ra)) => {
+            Action::Forward(route_action(ctx, &format!("{f}.route"), ra, vh_retry)?)
+        }
         Some(A::Redirect(rd)) => Action::Redirect(redirect(ctx, &format!("{f}.redirect"), rd)?),
         Some(A::DirectResponse(d)) => {
             let status = u16::try_from(d.status)
                 .ok()
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .filter(|s| s.as_u16() >= 200)
-                .ok_or_else(|| ctx.err(format!("{f}.direct_response.status"), format!("{} is not a valid status", d.status)))?;
+                .ok_or_else(|| {
+                    ctx.err(
+                        format!("{f}.direct_response.status"),
+                        format!("{} is not a valid status", d.status),
+                    )
+                })?;
             let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
                 None => Bytes::new(),
                 Some(core::data_source::Specifier::InlineString(s)) => Bytes::from(s.clone()),
                 Some(core::data_source::Specifier::InlineBytes(b)) => Bytes::from(b.clone()),
-                Some(core::data_source::Specifier::Filename(p)) => Bytes::from(std::fs::read(p).map_err(|e| {
-                    ctx.err(format!("{f}.direct_response.body.filename"), format!("cannot read {p}: {e}"))
-                })?),
+                Some(core::data_source::Specifier::Filename(p)) => {
+                    Bytes::from(std::fs::read(p).map_err(|e| {
+                        ctx.err(
+                            format!("{f}.direct_response.body.filename"),
+                            format!("cannot read {p}: {e}"),
+                        )
+                    })?)
+                }
                 Some(core::data_source::Specifier::EnvironmentVariable(v)) => {
-                    Bytes::from(std::env::var(v).map_err(|_| ctx.err(format!("{f}.direct_response.body"), format!("${v} is not set")))?)
+                    Bytes::from(std::env::var(v).map_err(|_| {
+                        ctx.err(
+                            format!("{f}.direct_response.body"),
+                            format!("${v} is not set"),
+                        )
+                    })?)
                 }
             };
             Action::Direct { status, body }
         }
-        Some(_) => return Err(ctx.err(f, "only route, redirect and direct_response actions are supported")),
-        None => return Err(ctx.err(f, "an action (route, redirect or direct_response) is required")),
+        Some(_) => {
+            return Err(ctx.err(
+                f,
+                "only route, redirect and direct_response actions are supported",
+            ));
+        }
+        None => {
+            return Err(ctx.err(
+                f,
+                "an action (route, redirect or direct_response) is required",
+            ));
+        }
     };
     Ok(Route {
         name: r.name.clone(),
         matcher,
         action,
-        request_headers: header_mutation(ctx, &format!("{f}.request"), &r.request_headers_to_add, &r.request_headers_to_remove)?,
-        response_headers: header_mutation(ctx, &format!("{f}.response"), &r.response_headers_to_add, &r.response_headers_to_remove)?,
+        request_headers: header_mutation(
+            ctx,
+            &format!("{f}.request"),
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+        )?,
+        response_headers: header_mutation(
+            ctx,
+            &format!("{f}.response"),
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+        )?,
     })
 }
 
@@ -662,8 +832,15 @@ fn route_match(ctx: &Ctx, f: &str, m: &rpb::RouteMatch) -> Result<RouteMatch, Co
             Some(H::PrefixMatch(s)) => HeaderMatchKind::Str(StrMatch::Prefix(s.clone(), false)),
             Some(H::SuffixMatch(s)) => HeaderMatchKind::Str(StrMatch::Suffix(s.clone(), false)),
             Some(H::ContainsMatch(s)) => HeaderMatchKind::Str(StrMatch::Contains(s.clone(), false)),
-            Some(H::SafeRegexMatch(r)) => HeaderMatchKind::Str(StrMatch::Regex(regex(ctx, &format!("{hf}.safe_regex_match"), &r.regex, false)?)),
-            Some(H::StringMatch(s)) => HeaderMatchKind::Str(string_match(ctx, &format!("{hf}.string_match"), s)?),
+            Some(H::SafeRegexMatch(r)) => HeaderMatchKind::Str(StrMatch::Regex(regex(
+                ctx,
+                &format!("{hf}.safe_regex_match"),
+                &r.regex,
+                false,
+            )?)),
+            Some(H::StringMatch(s)) => {
+                HeaderMatchKind::Str(string_match(ctx, &format!("{hf}.string_match"), s)?)
+            }
             Some(H::PresentMatch(p)) => HeaderMatchKind::Present(*p),
             Some(H::RangeMatch(r)) => HeaderMatchKind::Range(r.start, r.end),
             None => HeaderMatchKind::Present(true),
@@ -675,19 +852,41 @@ fn route_match(ctx: &Ctx, f: &str, m: &rpb::RouteMatch) -> Result<RouteMatch, Co
             ":scheme" => Err(Pseudo::Scheme),
             n => Ok(header_name(ctx, &format!("{hf}.name"), n)?),
         };
-        headers.push(HeaderMatcher { name, kind, invert: h.invert_match, missing_as_empty: h.treat_missing_header_as_empty });
+        headers.push(HeaderMatcher {
+            name,
+            kind,
+            invert: h.invert_match,
+            missing_as_empty: h.treat_missing_header_as_empty,
+        });
     }
     let mut query = Vec::with_capacity(m.query_parameters.len());
     for (i, q) in m.query_parameters.iter().enumerate() {
         use rpb::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
         let (value, present) = match &q.query_parameter_match_specifier {
-            Some(Q::StringMatch(s)) => (Some(string_match(ctx, &format!("{f}.query_parameters[{i}].string_match"), s)?), true),
+            Some(Q::StringMatch(s)) => (
+                Some(string_match(
+                    ctx,
+                    &format!("{f}.query_parameters[{i}].string_match"),
+                    s,
+                )?),
+                true,
+            ),
             Some(Q::PresentMatch(p)) => (None, *p),
             None => (None, true),
         };
-        query.push(QueryMatcher { name: q.name.clone(), value, present });
+        query.push(QueryMatcher {
+            name: q.name.clone(),
+            value,
+            present,
+        });
     }
-    Ok(RouteMatch { path, case_sensitive, headers, query, grpc_only: m.grpc.is_some() })
+    Ok(RouteMatch {
+        path,
+        case_sensitive,
+        headers,
+        query,
+        grpc_only: m.grpc.is_some(),
+    })
 }
 
 fn retry_policy(ctx: &Ctx, f: &str, p: &rpb::RetryPolicy) -> Result<RetryPolicy, ConfigError> {
@@ -706,35 +905,68 @@ fn retry_policy(ctx: &Ctx, f: &str, p: &rpb::RetryPolicy) -> Result<RetryPolicy,
         .transpose()?
         .unwrap_or(base * 10);
     if base.is_zero() {
-        return Err(ctx.err(format!("{f}.retry_back_off.base_interval"), "must be greater than zero"));
+        return Err(ctx.err(
+            format!("{f}.retry_back_off.base_interval"),
+            "must be greater than zero",
+        ));
     }
     for (i, pred) in p.retry_host_predicate.iter().enumerate() {
         if pred.name != "envoy.retry_host_predicates.previous_hosts" {
-            return Err(ctx.err(format!("{f}.retry_host_predicate[{i}]"), format!("`{}` is not supported (previous hosts are always avoided)", pred.name)));
+            return Err(ctx.err(
+                format!("{f}.retry_host_predicate[{i}]"),
+                format!(
+                    "`{}` is not supported (previous hosts are always avoided)",
+                    pred.name
+                ),
+            ));
         }
     }
     let mut codes = Vec::with_capacity(p.retriable_status_codes.len());
     for (i, c) in p.retriable_status_codes.iter().enumerate() {
-        codes.push(u16::try_from(*c).ok().filter(|c| (100..600).contains(c)).ok_or_else(|| {
-            ctx.err(format!("{f}.retriable_status_codes[{i}]"), format!("{c} is not an HTTP status"))
-        })?);
+        codes.push(
+            u16::try_from(*c)
+                .ok()
+                .filter(|c| (100..600).contains(c))
+                .ok_or_else(|| {
+                    ctx.err(
+                        format!("{f}.retriable_status_codes[{i}]"),
+                        format!("{c} is not an HTTP status"),
+                    )
+                })?,
+        );
     }
     Ok(RetryPolicy {
         on: RetryOn::parse(ctx, &format!("{f}.retry_on"), &p.retry_on)?,
         num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
-        per_try_timeout: opt_duration(ctx, &format!("{f}.per_try_timeout"), p.per_try_timeout.as_ref())?.filter(|d| !d.is_zero()),
+        per_try_timeout: opt_duration(
+            ctx,
+            &format!("{f}.per_try_timeout"),
+            p.per_try_timeout.as_ref(),
+        )?
+        .filter(|d| !d.is_zero()),
         retriable_status_codes: codes,
         base_interval: base,
         max_interval: max.max(base),
-        host_selection_max_attempts: u32::try_from(p.host_selection_retry_max_attempts.clamp(1, 16)).unwrap_or(1).max(3),
+        host_selection_max_attempts: u32::try_from(
+            p.host_selection_retry_max_attempts.clamp(1, 16),
+        )
+        .unwrap_or(1)
+        .max(3),
     })
 }
 
-fn route_action(ctx: &Ctx, f: &str, ra: &rpb::RouteAction, vh_retry: Option<&Arc<RetryPolicy>>) -> Result<RouteAction, ConfigError> {
+fn route_action(
+    ctx: &Ctx,
+    f: &str,
+    ra: &rpb::RouteAction,
+    vh_retry: Option<&Arc<RetryPolicy>>,
+) -> Result<RouteAction, ConfigError> {
     use rpb::route_action::ClusterSpecifier as C;
     let clusters = match &ra.cluster_specifier {
         Some(C::Cluster(c)) if !c.is_empty() => ClusterChoice::Single(c.clone()),
-        Some(C::ClusterHeader(h)) => ClusterChoice::Header(header_name(ctx, &format!("{f}.cluster_header"), h)?),
+        Some(C::ClusterHeader(h)) => {
+            ClusterChoice::Header(header_name(ctx, &format!("{f}.cluster_header"), h)?)
+        }
         Some(C::WeightedClusters(w)) => {
             let mut clusters = Vec::new();
             let mut total = 0u64;
@@ -751,21 +983,42 @@ fn route_action(ctx: &Ctx, f: &str, ra: &rpb::RouteAction, vh_retry: Option<&Arc
                 clusters.push(WeightedTarget {
                     name: c.name.clone(),
                     weight,
-                    request_headers: header_mutation(ctx, &format!("{cf}.request"), &c.request_headers_to_add, &c.request_headers_to_remove)?,
-                    response_headers: header_mutation(ctx, &format!("{cf}.response"), &c.response_headers_to_add, &c.response_headers_to_remove)?,
+                    request_headers: header_mutation(
+                        ctx,
+                        &format!("{cf}.request"),
+                        &c.request_headers_to_add,
+                        &c.request_headers_to_remove,
+                    )?,
+                    response_headers: header_mutation(
+                        ctx,
+                        &format!("{cf}.response"),
+                        &c.response_headers_to_add,
+                        &c.response_headers_to_remove,
+                    )?,
                 });
             }
             if total == 0 {
-                return Err(ctx.err(format!("{f}.weighted_clusters"), "the weights must not all be zero"));
+                return Err(ctx.err(
+                    format!("{f}.weighted_clusters"),
+                    "the weights must not all be zero",
+                ));
             }
-            if let Some(t) = &w.total_weight {
-                if t.value as u64 != total {
-                    return Err(ctx.err(format!("{f}.weighted_clusters.total_weight"), format!("is {} but the weights sum to {total}", t.value)));
-                }
+            if let Some(t) = &w.total_weight
+                && t.value as u64 != total
+            {
+                return Err(ctx.err(
+                    format!("{f}.weighted_clusters.total_weight"),
+                    format!("is {} but the weights sum to {total}", t.value),
+                ));
             }
             ClusterChoice::Weighted { clusters, total }
         }
-        _ => return Err(ctx.err(f, "a cluster, cluster_header or weighted_clusters is required")),
+        _ => {
+            return Err(ctx.err(
+                f,
+                "a cluster, cluster_header or weighted_clusters is required",
+            ));
+        }
     };
     let mut upgrades = Upgrades::default();
     for (i, u) in ra.upgrade_configs.iter().enumerate() {
@@ -773,8 +1026,14 @@ fn route_action(ctx: &Ctx, f: &str, ra: &rpb::RouteAction, vh_retry: Option<&Arc
         match u.upgrade_type.to_ascii_lowercase().as_str() {
             "websocket" => upgrades.websocket = Some(enabled),
             "connect" => {
-                if u.connect_config.as_ref().is_some_and(|c| c.proxy_protocol_config.is_some()) {
-                    return Err(ctx.err(format!("{f}.upgrade_configs[{i}].connect_config.proxy_protocol_config"), "not supported"));
+                if u.connect_config
+                    .as_ref()
+                    .is_some_and(|c| c.proxy_protocol_config.is_some())
+                {
+                    return Err(ctx.err(
+                        format!("{f}.upgrade_configs[{i}].connect_config.proxy_protocol_config"),
+                        "not supported",
+                    ));
                 }
                 upgrades.connect_terminate = enabled && u.connect_config.is_some();
                 if enabled && u.connect_config.is_none() {
@@ -784,34 +1043,59 @@ fn route_action(ctx: &Ctx, f: &str, ra: &rpb::RouteAction, vh_retry: Option<&Arc
                     ));
                 }
             }
-            other => return Err(ctx.err(format!("{f}.upgrade_configs[{i}].upgrade_type"), format!("upgrade `{other}` is not supported"))),
+            other => {
+                return Err(ctx.err(
+                    format!("{f}.upgrade_configs[{i}].upgrade_type"),
+                    format!("upgrade `{other}` is not supported"),
+                ));
+            }
         }
     }
     use rpb::route_action::HostRewriteSpecifier as HR;
     let host_rewrite = match &ra.host_rewrite_specifier {
         None => None,
-        Some(HR::HostRewriteLiteral(h)) => {
-            Some(HeaderValue::from_str(h).map_err(|_| ctx.err(format!("{f}.host_rewrite_literal"), "not a valid host"))?)
+        Some(HR::HostRewriteLiteral(h)) => Some(
+            HeaderValue::from_str(h)
+                .map_err(|_| ctx.err(format!("{f}.host_rewrite_literal"), "not a valid host"))?,
+        ),
+        Some(_) => {
+            return Err(ctx.err(
+                f,
+                "only host_rewrite_literal is supported among host rewrites",
+            ));
         }
-        Some(_) => return Err(ctx.err(f, "only host_rewrite_literal is supported among host rewrites")),
     };
     let regex_rewrite = ra
         .regex_rewrite
         .as_ref()
         .map(|r| {
-            let pat = r.pattern.as_ref().map(|p| p.regex.as_str()).unwrap_or_default();
-            Ok::<_, ConfigError>((unanchored_regex(ctx, &format!("{f}.regex_rewrite.pattern"), pat)?, envoy_subst(&r.substitution)))
+            let pat = r
+                .pattern
+                .as_ref()
+                .map(|p| p.regex.as_str())
+                .unwrap_or_default();
+            Ok::<_, ConfigError>((
+                unanchored_regex(ctx, &format!("{f}.regex_rewrite.pattern"), pat)?,
+                envoy_subst(&r.substitution),
+            ))
         })
         .transpose()?;
     let timeout = match &ra.timeout {
         None => Some(Duration::from_secs(15)),
-        Some(d) => Some(crate::config::duration(ctx, &format!("{f}.timeout"), d)?).filter(|d| !d.is_zero()),
+        Some(d) => {
+            Some(crate::config::duration(ctx, &format!("{f}.timeout"), d)?).filter(|d| !d.is_zero())
+        }
     };
     let retry_policy = match &ra.retry_policy {
-        Some(p) => Some(Arc::new(retry_policy(ctx, &format!("{f}.retry_policy"), p)?)),
+        Some(p) => Some(Arc::new(retry_policy(
+            ctx,
+            &format!("{f}.retry_policy"),
+            p,
+        )?)),
         None => vh_retry.cloned(),
     };
-    let hash_policies = hash_policies_from_route(ra).map_err(|u| ctx.err(format!("{f}.hash_policy.{}", u.field), u.reason))?;
+    let hash_policies =
+        hash_policies_from_route(ra).map_err(|u| ctx.err(format!("{f}.{}", u.field), u.reason))?;
     Ok(RouteAction {
         clusters,
         prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|s| !s.is_empty()),
@@ -851,7 +1135,12 @@ fn redirect(ctx: &Ctx, f: &str, r: &rpb::RedirectAction) -> Result<Redirect, Con
         2 => StatusCode::SEE_OTHER,
         3 => StatusCode::TEMPORARY_REDIRECT,
         4 => StatusCode::PERMANENT_REDIRECT,
-        n => return Err(ctx.err(format!("{f}.response_code"), format!("unknown redirect code {n}"))),
+        n => {
+            return Err(ctx.err(
+                format!("{f}.response_code"),
+                format!("unknown redirect code {n}"),
+            ));
+        }
     };
     let scheme = match &r.scheme_rewrite_specifier {
         Some(S::HttpsRedirect(true)) => Some("https".to_string()),
@@ -863,15 +1152,26 @@ fn redirect(ctx: &Ctx, f: &str, r: &rpb::RedirectAction) -> Result<Redirect, Con
         Some(P::PathRedirect(p)) => path = Some(p.clone()),
         Some(P::PrefixRewrite(p)) => prefix_rewrite = Some(p.clone()),
         Some(P::RegexRewrite(rr)) => {
-            let pat = rr.pattern.as_ref().map(|p| p.regex.as_str()).unwrap_or_default();
-            regex_rewrite = Some((unanchored_regex(ctx, &format!("{f}.regex_rewrite.pattern"), pat)?, envoy_subst(&rr.substitution)));
+            let pat = rr
+                .pattern
+                .as_ref()
+                .map(|p| p.regex.as_str())
+                .unwrap_or_default();
+            regex_rewrite = Some((
+                unanchored_regex(ctx, &format!("{f}.regex_rewrite.pattern"), pat)?,
+                envoy_subst(&rr.substitution),
+            ));
         }
-        Some(P::PathRewrite(_)) => return Err(ctx.err(format!("{f}.path_rewrite"), "not supported")),
+        Some(P::PathRewrite(_)) => {
+            return Err(ctx.err(format!("{f}.path_rewrite"), "not supported"));
+        }
         None => {}
     }
     let port = match r.port_redirect {
         0 => None,
-        p => Some(u16::try_from(p).map_err(|_| ctx.err(format!("{f}.port_redirect"), "out of range"))?),
+        p => Some(
+            u16::try_from(p).map_err(|_| ctx.err(format!("{f}.port_redirect"), "out of range"))?,
+        ),
     };
     Ok(Redirect {
         scheme,
@@ -887,7 +1187,13 @@ fn redirect(ctx: &Ctx, f: &str, r: &rpb::RedirectAction) -> Result<Redirect, Con
 
 impl Redirect {
     /// The Location for a request with this scheme, authority and path.
-    pub fn location(&self, scheme: &str, authority: &str, path_and_query: &str, matched_prefix: Option<&str>) -> String {
+    pub fn location(
+        &self,
+        scheme: &str,
+        authority: &str,
+        path_and_query: &str,
+        matched_prefix: Option<&str>,
+    ) -> String {
         let scheme = self.scheme.as_deref().unwrap_or(scheme);
         let (orig_host, orig_port) = split_port(authority);
         let host = self.host.as_deref().unwrap_or(orig_host);
@@ -916,11 +1222,12 @@ impl Redirect {
             loc.push_str(&format!(":{port}"));
         }
         loc.push_str(&new_path);
-        if !self.strip_query && !new_path.contains('?') {
-            if let Some(q) = q {
-                loc.push('?');
-                loc.push_str(q);
-            }
+        if !self.strip_query
+            && !new_path.contains('?')
+            && let Some(q) = q
+        {
+            loc.push('?');
+            loc.push_str(q);
         }
         loc
     }
@@ -936,7 +1243,14 @@ mod tests {
     }
 
     fn view<'a>(m: &'a Method, auth: &'a str, path: &'a str, h: &'a HeaderMap) -> RequestView<'a> {
-        RequestView { method: m, authority: auth, path_and_query: path, scheme: "http", headers: h, is_grpc: false }
+        RequestView {
+            method: m,
+            authority: auth,
+            path_and_query: path,
+            scheme: "http",
+            headers: h,
+            is_grpc: false,
+        }
     }
 
     const RC: &str = r#"
@@ -956,7 +1270,7 @@ virtual_hosts:
     direct_response: {status: 203}
   - match: {prefix: /m, headers: [{name: ":method", string_match: {exact: POST}}]}
     direct_response: {status: 204}
-  - match: {prefix: /inv, headers: [{name: x-c, string_match: {exact: no}, invert_match: true}]}
+  - match: {prefix: /inv, headers: [{name: x-c, string_match: {exact: "no"}, invert_match: true}]}
     direct_response: {status: 205}
   - match: {prefix: /}
     route:
@@ -986,10 +1300,11 @@ virtual_hosts:
 
     fn status(t: &RouteTable, m: &Method, path: &str, h: &HeaderMap) -> Option<u16> {
         let vh = t.vhost("api.example.com").unwrap();
-        vh.route(&view(m, "api.example.com", path, h)).map(|r| match &r.action {
-            Action::Direct { status, .. } => status.as_u16(),
-            _ => 0,
-        })
+        vh.route(&view(m, "api.example.com", path, h))
+            .map(|r| match &r.action {
+                Action::Direct { status, .. } => status.as_u16(),
+                _ => 0,
+            })
     }
 
     #[test]
@@ -1011,7 +1326,11 @@ virtual_hosts:
         assert_eq!(status(&t, &g, "/q?v=3", &h), Some(0));
         assert_eq!(status(&t, &Method::POST, "/m", &h), Some(204));
         assert_eq!(status(&t, &g, "/m", &h), Some(0));
-        assert_eq!(status(&t, &g, "/inv", &h), Some(0), "missing header never matches");
+        assert_eq!(
+            status(&t, &g, "/inv", &h),
+            Some(0),
+            "missing header never matches"
+        );
         h.insert("x-c", HeaderValue::from_static("yes"));
         assert_eq!(status(&t, &g, "/inv", &h), Some(205));
     }
@@ -1021,11 +1340,17 @@ virtual_hosts:
         let t = table(RC);
         let vh = t.vhost("api.example.com").unwrap();
         let h = HeaderMap::new();
-        let r = vh.route(&view(&Method::GET, "api.example.com", "/x", &h)).unwrap();
-        let Action::Forward(a) = &r.action else { panic!() };
+        let r = vh
+            .route(&view(&Method::GET, "api.example.com", "/x", &h))
+            .unwrap();
+        let Action::Forward(a) = &r.action else {
+            panic!()
+        };
         let mut counts = HashMap::new();
         for i in 0..100u64 {
-            *counts.entry(a.clusters.pick(&h, i).unwrap().0.into_owned()).or_insert(0) += 1;
+            *counts
+                .entry(a.clusters.pick(&h, i).unwrap().0.into_owned())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts["a"], 70);
         assert_eq!(counts["b"], 30);
@@ -1038,9 +1363,14 @@ virtual_hosts:
         let vh = t.vhost("foo").unwrap();
         let h = HeaderMap::new();
         let r = vh.route(&view(&Method::GET, "foo", "/a?b=1", &h)).unwrap();
-        let Action::Redirect(rd) = &r.action else { panic!() };
+        let Action::Redirect(rd) = &r.action else {
+            panic!()
+        };
         assert_eq!(rd.status, StatusCode::PERMANENT_REDIRECT);
-        assert_eq!(rd.location("http", "foo:80", "/a?b=1", None), "https://foo/a?b=1");
+        assert_eq!(
+            rd.location("http", "foo:80", "/a?b=1", None),
+            "https://foo/a?b=1"
+        );
     }
 
     #[test]
@@ -1051,14 +1381,21 @@ virtual_hosts:
         )
         .unwrap();
         let e = route_table(&rc).unwrap_err().to_string();
-        assert!(e.contains("route_config \"r\"") && e.contains("virtual_hosts[0].routes[0].match.safe_regex"), "{e}");
+        assert!(
+            e.contains("route_config \"r\"")
+                && e.contains("virtual_hosts[0].routes[0].match.safe_regex"),
+            "{e}"
+        );
         let rc: rpb::RouteConfiguration = weft_xds::from_yaml(
             "name: r\nvirtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: c, retry_policy: {retry_on: '5xx,bogus'}}}]}]",
             "t",
         )
         .unwrap();
         let e = route_table(&rc).unwrap_err().to_string();
-        assert!(e.contains("retry_policy.retry_on") && e.contains("bogus"), "{e}");
+        assert!(
+            e.contains("retry_policy.retry_on") && e.contains("bogus"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub struct Shared {
     pub last_error: Mutex<Option<String>>,
 }
 
-type ReloadHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+type ReloadHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
 
 /// Changes the log filter at run time (`/logging?level=`).
 #[derive(Clone)]
@@ -66,7 +67,10 @@ impl Shared {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Parse(#[from] weft_xds::JsonError),
     #[error("{path}: {0}", path = .1)]
@@ -74,22 +78,37 @@ pub enum LoadError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot bind listener {name:?} on {addr}: {source}")]
-    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Reads and parses a bootstrap file (YAML or JSON) and refuses any field the proxy does not
 /// implement, naming it.
 pub fn read_bootstrap(path: &Path) -> Result<(Bootstrap, String), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Read { path: path.display().to_string(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Read {
+        path: path.display().to_string(),
+        source: e,
+    })?;
     let name = path.display().to_string();
     let b: Bootstrap = weft_xds::from_yaml(&text, &name)?;
     let pool = weft_xds::descriptors();
-    let bad = weft_xds::reflect::unsupported_fields(&pool, "envoy.config.bootstrap.v3.Bootstrap", &prost::Message::encode_to_vec(&b), &crate::supported::allowed);
+    let bad = weft_xds::reflect::unsupported_fields(
+        &pool,
+        "envoy.config.bootstrap.v3.Bootstrap",
+        &prost::Message::encode_to_vec(&b),
+        &crate::supported::allowed,
+    );
     if !bad.is_empty() {
         return Err(LoadError::Unsupported(
             format!(
                 "not supported by weft-proxy (refusing rather than ignoring): {}",
-                bad.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ")
+                bad.iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             name,
         ));
@@ -98,28 +117,87 @@ pub fn read_bootstrap(path: &Path) -> Result<(Bootstrap, String), LoadError> {
 }
 
 /// Compiles a bootstrap into a snapshot, reusing clusters whose resource did not change.
-pub fn compile(b: &Bootstrap, prev: Option<&Snapshot>, stats: &Stats, version: u64) -> Result<Snapshot, LoadError> {
+pub fn compile(
+    b: &Bootstrap,
+    prev: Option<&Snapshot>,
+    stats: &Stats,
+    version: u64,
+) -> Result<Snapshot, LoadError> {
     let sr = b.static_resources.clone().unwrap_or_default();
     let mut clusters = HashMap::new();
     for c in &sr.clusters {
-        let reuse = prev.and_then(|p| p.clusters.get(&c.name)).filter(|old| old.source == prost::Message::encode_to_vec(c));
+        let reuse = prev
+            .and_then(|p| p.clusters.get(&c.name))
+            .filter(|old| old.source == prost::Message::encode_to_vec(c));
         let cluster = match reuse {
             Some(old) => old.clone(),
             None => upstream::build(c, stats)?,
         };
         if clusters.insert(c.name.clone(), cluster).is_some() {
-            return Err(crate::config::ConfigError::new(format!("cluster {:?}", c.name), "name", "duplicate cluster name").into());
+            return Err(crate::config::ConfigError::new(
+                format!("cluster {:?}", c.name),
+                "name",
+                "duplicate cluster name",
+            )
+            .into());
         }
     }
     let mut listeners = Vec::new();
     let mut names = std::collections::HashSet::new();
     for l in &sr.listeners {
         if !names.insert(l.name.clone()) {
-            return Err(crate::config::ConfigError::new(format!("listener {:?}", l.name), "name", "duplicate listener name").into());
+            return Err(crate::config::ConfigError::new(
+                format!("listener {:?}", l.name),
+                "name",
+                "duplicate listener name",
+            )
+            .into());
         }
-        listeners.push(Arc::new(listener::build(l, stats)?));
+        let built = listener::build(l, stats)?;
+        validate_clusters(&built, &clusters)?;
+        listeners.push(Arc::new(built));
     }
-    Ok(Snapshot { version, clusters, routes: HashMap::new(), listeners, bootstrap: b.clone(), loaded_at: SystemTime::now() })
+    Ok(Snapshot {
+        version,
+        clusters,
+        routes: HashMap::new(),
+        listeners,
+        bootstrap: b.clone(),
+        loaded_at: SystemTime::now(),
+    })
+}
+
+/// Refuses inline route tables that name clusters the config does not define (Envoy's
+/// `validate_clusters`), so a typo fails at load instead of as 503s at run time.
+fn validate_clusters(
+    l: &ListenerConfig,
+    clusters: &HashMap<String, Arc<Cluster>>,
+) -> Result<(), LoadError> {
+    let chains = l.chains.iter().chain(l.default_chain.iter());
+    for chain in chains {
+        let listener::NetworkFilter::Http(hcm) = &chain.filter else {
+            continue;
+        };
+        let crate::http::Routes::Static(table) = &hcm.routes else {
+            continue;
+        };
+        if !table.validate_clusters {
+            continue;
+        }
+        for (field, name) in table.referenced_clusters() {
+            if !clusters.contains_key(name) {
+                return Err(crate::config::ConfigError::new(
+                    format!("listener {:?}", l.name),
+                    format!("route_config {:?} {field}", table.name),
+                    format!(
+                        "cluster `{name}` is not defined (set validate_clusters: false to allow it)"
+                    ),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Running {
@@ -138,7 +216,11 @@ pub struct Proxy {
 
 impl Proxy {
     /// Loads the bootstrap, binds every listener, and starts serving.
-    pub fn start(path: PathBuf, stats: Arc<Stats>, log_reload: Option<LogReload>) -> Result<Proxy, LoadError> {
+    pub fn start(
+        path: PathBuf,
+        stats: Arc<Stats>,
+        log_reload: Option<LogReload>,
+    ) -> Result<Proxy, LoadError> {
         let (b, text) = read_bootstrap(&path)?;
         let snap = compile(&b, None, &stats, 1)?;
         let shared = Arc::new(Shared {
@@ -150,10 +232,16 @@ impl Proxy {
             log_reload,
             last_error: Mutex::new(None),
         });
-        let mut p = Proxy { shared, running: HashMap::new(), path, last_text: text };
+        let mut p = Proxy {
+            shared,
+            running: HashMap::new(),
+            path,
+            last_text: text,
+        };
         let snap = p.shared.snapshot();
         p.sync_listeners(&snap)?;
         p.shared.stats.server.live.set(1);
+        crate::mem::release_after_load();
         Ok(p)
     }
 
@@ -165,17 +253,27 @@ impl Proxy {
             let keep = self.running.get(&l.name).is_some_and(|r| r.addr == l.addr);
             if !keep {
                 // A listener moving address under the same name: free the old socket first.
-                if let Some(old) = self.running.get(&l.name) {
-                    if old.addr != l.addr {
-                        let _ = old.stop.send(true);
-                    }
+                if let Some(old) = self.running.get(&l.name)
+                    && old.addr != l.addr
+                {
+                    let _ = old.stop.send(true);
                 }
-                let sock = listener::bind(l.addr).map_err(|e| LoadError::Bind { name: l.name.clone(), addr: l.addr, source: e })?;
+                let sock = listener::bind(l.addr).map_err(|e| LoadError::Bind {
+                    name: l.name.clone(),
+                    addr: l.addr,
+                    source: e,
+                })?;
                 fresh.push((l.clone(), sock));
             }
         }
-        let wanted: std::collections::HashSet<&str> = snap.listeners.iter().map(|l| l.name.as_str()).collect();
-        let removed: Vec<String> = self.running.keys().filter(|k| !wanted.contains(k.as_str())).cloned().collect();
+        let wanted: std::collections::HashSet<&str> =
+            snap.listeners.iter().map(|l| l.name.as_str()).collect();
+        let removed: Vec<String> = self
+            .running
+            .keys()
+            .filter(|k| !wanted.contains(k.as_str()))
+            .cloned()
+            .collect();
         for name in removed {
             if let Some(r) = self.running.remove(&name) {
                 tracing::info!(listener = %name, "listener removed; draining");
@@ -183,18 +281,30 @@ impl Proxy {
             }
         }
         for l in &snap.listeners {
-            if let Some(r) = self.running.get(&l.name) {
-                if r.addr == l.addr {
-                    r.config.store(l.clone());
-                }
+            if let Some(r) = self.running.get(&l.name)
+                && r.addr == l.addr
+            {
+                r.config.store(l.clone());
             }
         }
         for (l, sock) in fresh {
             let config = Arc::new(ArcSwap::new(l.clone()));
             let (stop, stop_rx) = watch::channel(false);
-            tokio::spawn(listener::serve(sock, config.clone(), self.shared.clone(), stop_rx));
+            tokio::spawn(listener::serve(
+                sock,
+                config.clone(),
+                self.shared.clone(),
+                stop_rx,
+            ));
             tracing::info!(listener = %l.name, addr = %l.addr, "listening");
-            self.running.insert(l.name.clone(), Running { addr: l.addr, config, stop });
+            self.running.insert(
+                l.name.clone(),
+                Running {
+                    addr: l.addr,
+                    config,
+                    stop,
+                },
+            );
         }
         Ok(())
     }
@@ -218,17 +328,30 @@ impl Proxy {
                 if let Err(e) = self.sync_listeners(&snap) {
                     tracing::error!(error = %e, "reload: listener change failed; previous config restored");
                     self.shared.current.store(old);
-                    *self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                    *self
+                        .shared
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                     return;
                 }
                 self.last_text = text;
-                *self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *self
+                    .shared
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
                 tracing::info!(version = snap.version, "config reloaded");
+                crate::mem::release_after_load();
             }
             Err(e) => {
                 self.last_text = text;
                 tracing::error!(error = %e, "reload rejected; the previous config keeps serving");
-                *self.shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                *self
+                    .shared
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
             }
         }
     }
@@ -266,7 +389,9 @@ impl Proxy {
             let _ = r.stop.send(true);
         }
         let deadline = tokio::time::Instant::now() + drain_time;
-        while shared.stats.server.total_connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        while shared.stats.server.total_connections.get() > 0
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(())
@@ -316,13 +441,28 @@ impl crate::admin::AdminHandler for Admin {
         let Some(r) = &self.0.log_reload else {
             return Err("logging is not reloadable in this process".into());
         };
-        let filter = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+        const LEVELS: [&str; 8] = [
+            "trace", "debug", "info", "warn", "warning", "error", "critical", "off",
+        ];
+        for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+            if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "unknown log level `{level}` (use trace, debug, info, warn, error or off)"
+                ));
+            }
+        }
+        let spec = spec.replace("warning", "warn").replace("critical", "error");
+        let filter = tracing_subscriber::EnvFilter::try_new(&spec).map_err(|e| e.to_string())?;
         r.0.reload(filter).map_err(|e| e.to_string())
     }
     fn quit(&self) {
         self.0.quit.notify_one();
     }
     fn stats(&self) -> &Stats {
+        for c in self.0.snapshot().clusters.values() {
+            c.sync_outlier_stats();
+        }
         &self.0.stats
     }
 }
@@ -346,7 +486,10 @@ pub fn config_dump(shared: &Shared) -> serde_json::Value {
         .iter()
         .map(|c| json!({"cluster": dump("envoy.config.cluster.v3.Cluster", &prost::Message::encode_to_vec(c)), "last_updated": ts}))
         .collect();
-    let mut bootstrap = dump("envoy.config.bootstrap.v3.Bootstrap", &prost::Message::encode_to_vec(&snap.bootstrap));
+    let mut bootstrap = dump(
+        "envoy.config.bootstrap.v3.Bootstrap",
+        &prost::Message::encode_to_vec(&snap.bootstrap),
+    );
     if let Some(o) = bootstrap.as_object_mut() {
         o.remove("static_resources");
     }

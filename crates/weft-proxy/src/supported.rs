@@ -7,13 +7,21 @@
 /// Whether `field` of message `msg` (full protobuf name) is implemented.
 pub fn allowed(msg: &str, field: &str) -> bool {
     let fields: &[&str] = match msg {
-        "envoy.config.bootstrap.v3.Bootstrap" => &["node", "static_resources", "admin", "stats_flush_interval"],
+        "envoy.config.bootstrap.v3.Bootstrap" => {
+            &["node", "static_resources", "admin", "stats_flush_interval"]
+        }
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => &["listeners", "clusters"],
-        "envoy.config.bootstrap.v3.Admin" => &["address", "access_log_path", "access_log", "profile_path"],
-        "envoy.config.core.v3.Node" => &["id", "cluster", "metadata", "locality", "user_agent_name"],
+        "envoy.config.bootstrap.v3.Admin" => {
+            &["address", "access_log_path", "access_log", "profile_path"]
+        }
+        "envoy.config.core.v3.Node" => {
+            &["id", "cluster", "metadata", "locality", "user_agent_name"]
+        }
         "envoy.config.core.v3.Locality" => &["region", "zone", "sub_zone"],
         "envoy.config.core.v3.Address" => &["socket_address"],
-        "envoy.config.core.v3.SocketAddress" => &["protocol", "address", "port_value", "ipv4_compat"],
+        "envoy.config.core.v3.SocketAddress" => {
+            &["protocol", "address", "port_value", "ipv4_compat"]
+        }
         // Listeners.
         "envoy.config.listener.v3.Listener" => &[
             "name",
@@ -27,18 +35,52 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "traffic_direction",
             "metadata",
         ],
-        "envoy.config.listener.v3.FilterChain" => &["filter_chain_match", "filters", "transport_socket", "name", "metadata", "transport_socket_connect_timeout"],
-        "envoy.config.listener.v3.FilterChainMatch" => &["destination_port", "server_names", "transport_protocol", "application_protocols"],
-        "envoy.config.listener.v3.Filter" | "envoy.config.listener.v3.ListenerFilter" => &["name", "typed_config"],
-        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" | "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => &[],
+        "envoy.config.listener.v3.FilterChain" => &[
+            "filter_chain_match",
+            "filters",
+            "transport_socket",
+            "name",
+            "metadata",
+            "transport_socket_connect_timeout",
+        ],
+        "envoy.config.listener.v3.FilterChainMatch" => &[
+            "destination_port",
+            "server_names",
+            "transport_protocol",
+            "application_protocols",
+        ],
+        "envoy.config.listener.v3.Filter" | "envoy.config.listener.v3.ListenerFilter" => {
+            &["name", "typed_config"]
+        }
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+        | "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => &[],
         "envoy.config.core.v3.TransportSocket" => &["name", "typed_config"],
-        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => &["common_tls_context", "require_client_certificate"],
-        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => &["common_tls_context", "sni"],
-        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext" => &["tls_params", "tls_certificates", "validation_context", "alpn_protocols"],
-        "envoy.extensions.transport_sockets.tls.v3.TlsParameters" => &["tls_minimum_protocol_version", "tls_maximum_protocol_version"],
-        "envoy.extensions.transport_sockets.tls.v3.TlsCertificate" => &["certificate_chain", "private_key"],
+        "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => {
+            &["common_tls_context", "require_client_certificate"]
+        }
+        "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => {
+            &["common_tls_context", "sni"]
+        }
+        "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext" => &[
+            "tls_params",
+            "tls_certificates",
+            "validation_context",
+            "alpn_protocols",
+        ],
+        "envoy.extensions.transport_sockets.tls.v3.TlsParameters" => &[
+            "tls_minimum_protocol_version",
+            "tls_maximum_protocol_version",
+        ],
+        "envoy.extensions.transport_sockets.tls.v3.TlsCertificate" => {
+            &["certificate_chain", "private_key"]
+        }
         "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext" => &["trusted_ca"],
-        "envoy.config.core.v3.DataSource" => &["filename", "inline_bytes", "inline_string", "environment_variable"],
+        "envoy.config.core.v3.DataSource" => &[
+            "filename",
+            "inline_bytes",
+            "inline_string",
+            "environment_variable",
+        ],
         // HTTP connection manager.
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => &[
             "codec_type",
@@ -54,17 +96,39 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "stream_idle_timeout",
             "request_timeout",
         ],
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => &["upgrade_type", "enabled"],
-        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => &["name", "typed_config"],
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => {
+            &["upgrade_type", "enabled"]
+        }
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => {
+            &["name", "typed_config"]
+        }
         "envoy.extensions.filters.http.router.v3.Router" => &[],
-        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => &["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log", "max_connect_attempts"],
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => &[
+            "stat_prefix",
+            "cluster",
+            "weighted_clusters",
+            "idle_timeout",
+            "access_log",
+            "max_connect_attempts",
+        ],
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => &["clusters"],
-        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => &["name", "weight"],
+        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => {
+            &["name", "weight"]
+        }
         // Access logs.
         "envoy.config.accesslog.v3.AccessLog" => &["name", "typed_config"],
-        "envoy.extensions.access_loggers.file.v3.FileAccessLog" => &["path", "format", "json_format", "log_format"],
-        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" | "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => &["log_format"],
-        "envoy.config.core.v3.SubstitutionFormatString" => &["text_format", "json_format", "text_format_source", "omit_empty_values", "content_type"],
+        "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
+            &["path", "format", "json_format", "log_format"]
+        }
+        "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+        | "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => &["log_format"],
+        "envoy.config.core.v3.SubstitutionFormatString" => &[
+            "text_format",
+            "json_format",
+            "text_format_source",
+            "omit_empty_values",
+            "content_type",
+        ],
         // Routes.
         "envoy.config.route.v3.RouteConfiguration" => &[
             "name",
@@ -73,6 +137,7 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "request_headers_to_remove",
             "response_headers_to_add",
             "response_headers_to_remove",
+            "validate_clusters",
         ],
         "envoy.config.route.v3.VirtualHost" => &[
             "name",
@@ -98,8 +163,19 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "decorator",
         ],
         "envoy.config.route.v3.Decorator" => &["operation", "propagate"],
-        "envoy.config.route.v3.RouteMatch" => &["prefix", "path", "safe_regex", "connect_matcher", "path_separated_prefix", "case_sensitive", "headers", "query_parameters", "grpc"],
-        "envoy.config.route.v3.RouteMatch.ConnectMatcher" | "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions" => &[],
+        "envoy.config.route.v3.RouteMatch" => &[
+            "prefix",
+            "path",
+            "safe_regex",
+            "connect_matcher",
+            "path_separated_prefix",
+            "case_sensitive",
+            "headers",
+            "query_parameters",
+            "grpc",
+        ],
+        "envoy.config.route.v3.RouteMatch.ConnectMatcher"
+        | "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions" => &[],
         "envoy.config.route.v3.HeaderMatcher" => &[
             "name",
             "exact_match",
@@ -115,7 +191,14 @@ pub fn allowed(msg: &str, field: &str) -> bool {
         ],
         "envoy.type.v3.Int64Range" => &["start", "end"],
         "envoy.config.route.v3.QueryParameterMatcher" => &["name", "string_match", "present_match"],
-        "envoy.type.matcher.v3.StringMatcher" => &["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"],
+        "envoy.type.matcher.v3.StringMatcher" => &[
+            "exact",
+            "prefix",
+            "suffix",
+            "safe_regex",
+            "contains",
+            "ignore_case",
+        ],
         "envoy.type.matcher.v3.RegexMatcher" => &["regex", "google_re2"],
         "envoy.type.matcher.v3.RegexMatcher.GoogleRE2" => &["max_program_size"],
         "envoy.type.matcher.v3.RegexMatchAndSubstitute" => &["pattern", "substitution"],
@@ -140,9 +223,17 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "response_headers_to_add",
             "response_headers_to_remove",
         ],
-        "envoy.config.route.v3.RouteAction.UpgradeConfig" => &["upgrade_type", "enabled", "connect_config"],
+        "envoy.config.route.v3.RouteAction.UpgradeConfig" => {
+            &["upgrade_type", "enabled", "connect_config"]
+        }
         "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig" => &[],
-        "envoy.config.route.v3.RouteAction.HashPolicy" => &["header", "cookie", "connection_properties", "query_parameter", "terminal"],
+        "envoy.config.route.v3.RouteAction.HashPolicy" => &[
+            "header",
+            "cookie",
+            "connection_properties",
+            "query_parameter",
+            "terminal",
+        ],
         "envoy.config.route.v3.RouteAction.HashPolicy.Header" => &["header_name"],
         "envoy.config.route.v3.RouteAction.HashPolicy.Cookie" => &["name", "ttl", "path"],
         "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties" => &["source_ip"],
@@ -201,10 +292,19 @@ pub fn allowed(msg: &str, field: &str) -> bool {
         "envoy.config.cluster.v3.Cluster.CommonLbConfig" => &["healthy_panic_threshold"],
         "envoy.type.v3.Percent" => &["value"],
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => &["choice_count"],
-        "envoy.config.cluster.v3.Cluster.RingHashLbConfig" => &["minimum_ring_size", "maximum_ring_size", "hash_function"],
+        "envoy.config.cluster.v3.Cluster.RingHashLbConfig" => {
+            &["minimum_ring_size", "maximum_ring_size", "hash_function"]
+        }
         "envoy.config.cluster.v3.Cluster.MaglevLbConfig" => &["table_size"],
         "envoy.config.cluster.v3.CircuitBreakers" => &["thresholds"],
-        "envoy.config.cluster.v3.CircuitBreakers.Thresholds" => &["priority", "max_connections", "max_pending_requests", "max_requests", "max_retries", "track_remaining"],
+        "envoy.config.cluster.v3.CircuitBreakers.Thresholds" => &[
+            "priority",
+            "max_connections",
+            "max_pending_requests",
+            "max_requests",
+            "max_retries",
+            "track_remaining",
+        ],
         "envoy.config.cluster.v3.OutlierDetection" => &[
             "consecutive_5xx",
             "consecutive_gateway_failure",
@@ -219,15 +319,36 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "enforcing_failure_percentage",
             "always_eject_one_host",
         ],
-        "envoy.config.core.v3.HttpProtocolOptions" => &["idle_timeout", "max_requests_per_connection"],
-        "envoy.config.core.v3.Http1ProtocolOptions" | "envoy.config.core.v3.Http2ProtocolOptions" => &[],
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => &["common_http_protocol_options", "explicit_http_config", "use_downstream_protocol_config"],
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig" => &["http_protocol_options", "http2_protocol_options"],
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig" => &["http_protocol_options", "http2_protocol_options"],
+        "envoy.config.core.v3.HttpProtocolOptions" => {
+            &["idle_timeout", "max_requests_per_connection"]
+        }
+        "envoy.config.core.v3.Http1ProtocolOptions"
+        | "envoy.config.core.v3.Http2ProtocolOptions" => &[],
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => &[
+            "common_http_protocol_options",
+            "explicit_http_config",
+            "use_downstream_protocol_config",
+        ],
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig" => {
+            &["http_protocol_options", "http2_protocol_options"]
+        }
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig" => {
+            &["http_protocol_options", "http2_protocol_options"]
+        }
         "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer" => &[],
         "envoy.config.endpoint.v3.ClusterLoadAssignment" => &["cluster_name", "endpoints"],
-        "envoy.config.endpoint.v3.LocalityLbEndpoints" => &["locality", "lb_endpoints", "load_balancing_weight", "priority"],
-        "envoy.config.endpoint.v3.LbEndpoint" => &["endpoint", "health_status", "load_balancing_weight", "metadata"],
+        "envoy.config.endpoint.v3.LocalityLbEndpoints" => &[
+            "locality",
+            "lb_endpoints",
+            "load_balancing_weight",
+            "priority",
+        ],
+        "envoy.config.endpoint.v3.LbEndpoint" => &[
+            "endpoint",
+            "health_status",
+            "load_balancing_weight",
+            "metadata",
+        ],
         "envoy.config.endpoint.v3.Endpoint" => &["address", "hostname"],
         // Free-form values carried along (metadata) are not behaviour.
         "envoy.config.core.v3.Metadata" => return true,

@@ -28,23 +28,47 @@ pub fn build(ctx: &Ctx, f: &str, t: &tpb::TcpProxy) -> Result<TcpProxy, ConfigEr
     use tpb::tcp_proxy::ClusterSpecifier as C;
     let clusters: Vec<(String, u64)> = match &t.cluster_specifier {
         Some(C::Cluster(c)) if !c.is_empty() => vec![(c.clone(), 1)],
-        Some(C::WeightedClusters(w)) => w.clusters.iter().filter(|c| c.weight > 0).map(|c| (c.name.clone(), c.weight as u64)).collect(),
-        _ => return Err(ctx.err(format!("{f}.cluster"), "a cluster or weighted_clusters is required")),
+        Some(C::WeightedClusters(w)) => w
+            .clusters
+            .iter()
+            .filter(|c| c.weight > 0)
+            .map(|c| (c.name.clone(), c.weight as u64))
+            .collect(),
+        _ => {
+            return Err(ctx.err(
+                format!("{f}.cluster"),
+                "a cluster or weighted_clusters is required",
+            ));
+        }
     };
     let total_weight = clusters.iter().map(|c| c.1).sum();
     if total_weight == 0 {
-        return Err(ctx.err(format!("{f}.weighted_clusters"), "the weights must not all be zero"));
+        return Err(ctx.err(
+            format!("{f}.weighted_clusters"),
+            "the weights must not all be zero",
+        ));
     }
     if t.tunneling_config.is_some() {
-        return Err(ctx.err(format!("{f}.tunneling_config"), "tunneling over HTTP is not supported"));
+        return Err(ctx.err(
+            format!("{f}.tunneling_config"),
+            "tunneling over HTTP is not supported",
+        ));
     }
     let mut access_logs = Vec::new();
     for (i, al) in t.access_log.iter().enumerate() {
-        access_logs.push(Arc::new(crate::access_log::from_proto(al).map_err(|e| ctx.err(format!("{f}.access_log[{i}]"), e.to_string()))?));
+        access_logs
+            .push(Arc::new(crate::access_log::from_proto(al).map_err(
+                |e| ctx.err(format!("{f}.access_log[{i}]"), e.to_string()),
+            )?));
     }
     let idle_timeout = match &t.idle_timeout {
         None => Some(Duration::from_secs(3600)),
-        Some(d) => Some(crate::config::duration(ctx, &format!("{f}.idle_timeout"), d)?).filter(|d| !d.is_zero()),
+        Some(d) => Some(crate::config::duration(
+            ctx,
+            &format!("{f}.idle_timeout"),
+            d,
+        )?)
+        .filter(|d| !d.is_zero()),
     };
     Ok(TcpProxy {
         stat_prefix: t.stat_prefix.clone(),
@@ -52,13 +76,22 @@ pub fn build(ctx: &Ctx, f: &str, t: &tpb::TcpProxy) -> Result<TcpProxy, ConfigEr
         total_weight,
         idle_timeout,
         access_logs,
-        max_connect_attempts: t.max_connect_attempts.as_ref().map_or(1, |v| v.value.max(1)),
+        max_connect_attempts: t
+            .max_connect_attempts
+            .as_ref()
+            .map_or(1, |v| v.value.max(1)),
     })
 }
 
 /// Proxies one downstream connection until either side closes (or the idle timeout).
-pub async fn proxy<S>(t: &TcpProxy, mut down: S, remote: SocketAddr, local: SocketAddr, sni: Option<&str>, shared: &Arc<Shared>)
-where
+pub async fn proxy<S>(
+    t: &TcpProxy,
+    mut down: S,
+    remote: SocketAddr,
+    local: SocketAddr,
+    sni: Option<&str>,
+    shared: &Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
@@ -86,22 +119,28 @@ where
             let mut tried = Vec::new();
             let mut upstream = None;
             for _ in 0..t.max_connect_attempts {
-                let Some((host, _)) = c.pick(&LbContext { hash: None, excluded: &tried }) else {
+                let Some((host, _)) = c.pick(&LbContext {
+                    hash: None,
+                    excluded: &tried,
+                }) else {
                     flags.insert(ResponseFlags::UH);
                     break;
                 };
                 up_host = Some(host.addr);
                 c.stats.upstream_cx_total.inc();
-                match tokio::time::timeout(c.pool.connect_timeout, tokio::net::TcpStream::connect(host.addr)).await {
+                match tokio::time::timeout(
+                    c.pool.connect_timeout,
+                    tokio::net::TcpStream::connect(host.addr),
+                )
+                .await
+                {
                     Ok(Ok(s)) => {
                         upstream = Some(s);
                         break;
                     }
                     _ => {
                         c.stats.upstream_cx_connect_fail.inc();
-                        if let Some(o) = &c.outlier {
-                            o.report(c.endpoints.load().set.hosts(), &host, crate::upstream::outlier::Outcome::ConnectFailure);
-                        }
+                        c.report(&host, crate::upstream::outlier::Outcome::ConnectFailure);
                         tried.push(host);
                     }
                 }

@@ -22,22 +22,37 @@ async fn echo_server_paths() -> Result<()> {
         let s = EchoServer::start("e1").await?;
         let h = Http::h1();
         let r = h.get(s.addr, "/").await?;
-        ensure!(r.status == 200 && r.text() == "e1" && r.upstream() == "e1", "{r:?}");
+        ensure!(
+            r.status == 200 && r.text() == "e1" && r.upstream() == "e1",
+            "{r:?}"
+        );
         ensure!(r.header("x-echo-extra") == Some("remove-me"));
         let r = h.get(s.addr, "/any/prefix/status/503").await?;
         ensure!(r.status == 503 && r.upstream() == "e1");
         let r = h
-            .send(s.addr, Req::get("/headers?a=b").host("h.test").header("x-k", "v"))
+            .send(
+                s.addr,
+                Req::get("/headers?a=b").host("h.test").header("x-k", "v"),
+            )
             .await?;
         let doc = r.json()?;
-        ensure!(doc["headers"]["host"] == "h.test" && doc["headers"]["x-k"] == "v", "{doc}");
-        ensure!(doc["path"] == "/headers?a=b" && doc["version"] == "HTTP/1.1", "{doc}");
+        ensure!(
+            doc["headers"]["host"] == "h.test" && doc["headers"]["x-k"] == "v",
+            "{doc}"
+        );
+        ensure!(
+            doc["path"] == "/headers?a=b" && doc["version"] == "HTTP/1.1",
+            "{doc}"
+        );
         let r = h.send(s.addr, Req::post("/echo", "hello body")).await?;
         ensure!(r.text() == "hello body" && r.header("x-body-len") == Some("10"));
         let t = Instant::now();
         let r = h.get(s.addr, "/delay/200/status/201").await?;
         ensure!(r.status == 201 && t.elapsed() >= Duration::from_millis(200));
-        ensure!(h.get(s.addr, "/reset").await.is_err(), "/reset must not answer");
+        ensure!(
+            h.get(s.addr, "/reset").await.is_err(),
+            "/reset must not answer"
+        );
         let r = h.get(s.addr, "/stream").await?;
         ensure!(r.text().lines().count() == STREAM_CHUNKS, "{r:?}");
         ensure!(s.requests() == 7, "requests {}", s.requests());
@@ -65,8 +80,16 @@ async fn echo_server_modes_and_counters() -> Result<()> {
         ensure!(t.elapsed() >= Duration::from_millis(300));
         s.reset_counters();
         let results = concurrent(&h, s.addr, 4, Req::get("/delay/300")).await;
-        ensure!(results.iter().all(|r| r.as_ref().is_ok_and(|r| r.status == 200)));
-        ensure!(s.max_active() == 4 && s.requests() == 4, "max_active {}", s.max_active());
+        ensure!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_ok_and(|r| r.status == 200))
+        );
+        ensure!(
+            s.max_active() == 4 && s.requests() == 4,
+            "max_active {}",
+            s.max_active()
+        );
         ensure!(s.active() == 0);
         // h2c prior knowledge, trailers.
         let r = Http::h2c().get(s.addr, "/trailers").await?;
@@ -154,7 +177,15 @@ async fn curl_and_h2load_work_against_the_echo_server() -> Result<()> {
         ensure!(out.stdout == "direct\n2 200", "{out}");
         let out = run_tool(
             "h2load",
-            &["-n", "200", "-c", "2", "-m", "5", &format!("http://{}/", s.addr)],
+            &[
+                "-n",
+                "200",
+                "-c",
+                "2",
+                "-m",
+                "5",
+                &format!("http://{}/", s.addr),
+            ],
         )
         .await?;
         let sum = H2loadSummary::parse(&out.stdout).context("summary")?;
@@ -173,10 +204,20 @@ fn parsers() -> Result<()> {
          envoy_server_live 1\n\
          envoy_x_bucket{envoy_cluster_name=\"a,b\",le=\"+Inf\"} 4\n",
     );
-    ensure!(stats.value("envoy_cluster_upstream_rq_total", &[("envoy_cluster_name", "web")]) == Some(12.0));
+    ensure!(
+        stats.value(
+            "envoy_cluster_upstream_rq_total",
+            &[("envoy_cluster_name", "web")]
+        ) == Some(12.0)
+    );
     ensure!(stats.value("envoy_cluster_upstream_rq_total", &[]) == Some(15.0));
     ensure!(stats.value("envoy_server_live", &[]) == Some(1.0));
-    ensure!(stats.value("envoy_x_bucket", &[("envoy_cluster_name", "a,b"), ("le", "+Inf")]) == Some(4.0));
+    ensure!(
+        stats.value(
+            "envoy_x_bucket",
+            &[("envoy_cluster_name", "a,b"), ("le", "+Inf")]
+        ) == Some(4.0)
+    );
     ensure!(stats.value("missing", &[]).is_none());
 
     let l = AccessLine::parse(

@@ -49,7 +49,11 @@ async fn http1_keepalive_two_urls_share_one_connection() -> Result<()> {
             out.stderr.contains("x-envoy-upstream-service-time"),
             "proxied responses must carry x-envoy-upstream-service-time: {out}"
         );
-        ensure!(web.requests() == 2, "upstream saw {} requests", web.requests());
+        ensure!(
+            web.requests() == 2,
+            "upstream saw {} requests",
+            web.requests()
+        );
         proxy
             .wait_access_count("200 for /a and /b", 2, |l| {
                 l.code == 200 && (l.path == "/a" || l.path == "/b") && l.flags.is_empty()
@@ -82,7 +86,11 @@ async fn http1_chunked_upload_reaches_upstream_intact() -> Result<()> {
             out.stdout.len(),
             data.len()
         );
-        ensure!(web.requests() == 1, "upstream saw {} requests", web.requests());
+        ensure!(
+            web.requests() == 1,
+            "upstream saw {} requests",
+            web.requests()
+        );
         Ok(())
     })
     .await
@@ -285,10 +293,17 @@ async fn streaming_response_is_not_buffered() -> Result<()> {
         }
         let total = start.elapsed();
         let expected: String = (0..STREAM_CHUNKS).map(|i| format!("chunk-{i}\n")).collect();
-        ensure!(got == expected.as_bytes(), "body: {:?}", String::from_utf8_lossy(&got));
+        ensure!(
+            got == expected.as_bytes(),
+            "body: {:?}",
+            String::from_utf8_lossy(&got)
+        );
         let first_at = first_at.context("no data")?;
         let span = STREAM_INTERVAL * (STREAM_CHUNKS as u32 - 1);
-        ensure!(total >= span, "whole body after {total:?}, upstream needs {span:?}");
+        ensure!(
+            total >= span,
+            "whole body after {total:?}, upstream needs {span:?}"
+        );
         ensure!(
             first_at < span * 3 / 4,
             "first chunk only after {first_at:?}: the proxy buffered the response"
@@ -312,7 +327,10 @@ async fn h2_upstream_trailers_and_protocol_translation() -> Result<()> {
         let r = Http::h2c().get(addr, "/trailers").await?;
         ensure!(r.status == 200, "status {}", r.status);
         ensure!(r.body.as_ref() == b"trailers-body", "body {:?}", r.text());
-        let trailers = r.trailers.clone().context("no trailers reached the h2 client")?;
+        let trailers = r
+            .trailers
+            .clone()
+            .context("no trailers reached the h2 client")?;
         ensure!(
             trailers.get("x-trailer").and_then(|v| v.to_str().ok()) == Some("done"),
             "trailers: {trailers:?}"
@@ -384,9 +402,11 @@ async fn grpc_bidi_streaming_through_proxy() -> Result<()> {
         let (grpc, _proxy, addr) = grpc_proxy().await?;
         let mut client = AggregatedDiscoveryServiceClient::new(grpc_channel(addr).await?);
         let (tx, rx) = tokio::sync::mpsc::channel::<DiscoveryRequest>(4);
-        let outbound = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        });
+        let outbound =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
         tx.send(discovery(0)).await?;
         let mut inbound = client
             .stream_aggregated_resources(outbound)
@@ -454,7 +474,10 @@ async fn grpc_stream_status_in_trailers_after_messages() -> Result<()> {
         ensure!(err.code() == tonic::Code::Aborted, "{err:?}");
         ensure!(err.message() == "aborted by request", "{err:?}");
         ensure!(
-            err.metadata().get("x-test-detail").and_then(|v| v.to_str().ok()) == Some("injected"),
+            err.metadata()
+                .get("x-test-detail")
+                .and_then(|v| v.to_str().ok())
+                == Some("injected"),
             "trailer metadata lost: {err:?}"
         );
         Ok(())
@@ -488,7 +511,9 @@ async fn grpc_unary_status_codes_and_trailers_preserved() -> Result<()> {
             ensure!(err.code() == code, "sent {code:?}, client got {err:?}");
             ensure!(err.message() == format!("injected {code:?}"), "{err:?}");
             ensure!(
-                err.metadata().get("x-test-detail").and_then(|v| v.to_str().ok())
+                err.metadata()
+                    .get("x-test-detail")
+                    .and_then(|v| v.to_str().ok())
                     == Some("injected"),
                 "{code:?}: metadata lost: {err:?}"
             );
@@ -607,7 +632,10 @@ async fn expect(
     status: u16,
     body: &str,
 ) -> Result<Resp> {
-    let what = format!("{} {} host={:?} headers={:?}", req.method, req.path, req.host, req.headers);
+    let what = format!(
+        "{} {} host={:?} headers={:?}",
+        req.method, req.path, req.host, req.headers
+    );
     let r = http.send(addr, req).await.with_context(|| what.clone())?;
     ensure!(
         r.status == status && r.text() == body,
@@ -635,7 +663,11 @@ async fn routing_virtual_host_by_authority() -> Result<()> {
         }
         for host in ["wild.test", "port.test:9090", "nowhere.test"] {
             let r = h.send(addr, Req::get("/exact").host(host)).await?;
-            ensure!(r.status == 404, "host {host}: expected 404 NR, got {}", r.status);
+            ensure!(
+                r.status == 404,
+                "host {host}: expected 404 NR, got {}",
+                r.status
+            );
         }
         Ok(())
     })
@@ -649,12 +681,31 @@ async fn routing_path_exact_prefix_regex() -> Result<()> {
         let h = Http::h1();
         let host = "route.test";
         expect(&h, addr, Req::get("/exact").host(host), 200, "r-path-exact").await?;
-        expect(&h, addr, Req::get("/exact?x=1").host(host), 200, "r-path-exact").await?;
-        expect(&h, addr, Req::get("/prefix/a/b").host(host), 200, "r-prefix").await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/exact?x=1").host(host),
+            200,
+            "r-path-exact",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/prefix/a/b").host(host),
+            200,
+            "r-prefix",
+        )
+        .await?;
         expect(&h, addr, Req::get("/regex/123").host(host), 200, "r-regex").await?;
         for path in ["/exact/more", "/prefix", "/regex/12a", "/regex/"] {
             let r = h.send(addr, Req::get(path).host(host)).await?;
-            ensure!(r.status == 404, "{path}: expected 404, got {} {}", r.status, r.text());
+            ensure!(
+                r.status == 404,
+                "{path}: expected 404, got {} {}",
+                r.status,
+                r.text()
+            );
         }
         Ok(())
     })
@@ -696,16 +747,78 @@ async fn routing_method_and_query_parameters() -> Result<()> {
         let (_web, _proxy, addr) = routing_proxy().await?;
         let h = Http::h1();
         let host = "route.test";
-        expect(&h, addr, Req::post("/method", "x").host(host), 200, "r-method-post").await?;
-        expect(&h, addr, Req::get("/method").host(host), 200, "r-method-other").await?;
-        expect(&h, addr, Req::get("/method").method("PUT").host(host), 200, "r-method-other")
-            .await?;
-        expect(&h, addr, Req::get("/query?q=1").host(host), 200, "r-query-exact").await?;
-        expect(&h, addr, Req::get("/query?a=b&q=1").host(host), 200, "r-query-exact").await?;
-        expect(&h, addr, Req::get("/query?q=2").host(host), 200, "r-query-fallback").await?;
-        expect(&h, addr, Req::get("/query?flag").host(host), 200, "r-query-present").await?;
-        expect(&h, addr, Req::get("/query?flag=0").host(host), 200, "r-query-present").await?;
-        expect(&h, addr, Req::get("/query").host(host), 200, "r-query-fallback").await?;
+        expect(
+            &h,
+            addr,
+            Req::post("/method", "x").host(host),
+            200,
+            "r-method-post",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/method").host(host),
+            200,
+            "r-method-other",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/method").method("PUT").host(host),
+            200,
+            "r-method-other",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/query?q=1").host(host),
+            200,
+            "r-query-exact",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/query?a=b&q=1").host(host),
+            200,
+            "r-query-exact",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/query?q=2").host(host),
+            200,
+            "r-query-fallback",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/query?flag").host(host),
+            200,
+            "r-query-present",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/query?flag=0").host(host),
+            200,
+            "r-query-present",
+        )
+        .await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/query").host(host),
+            200,
+            "r-query-fallback",
+        )
+        .await?;
         Ok(())
     })
     .await
@@ -716,15 +829,27 @@ async fn routing_direct_response_and_redirect() -> Result<()> {
     within(60, async {
         let (web, _proxy, addr) = routing_proxy().await?;
         let h = Http::h1();
-        expect(&h, addr, Req::get("/direct").host("route.test"), 418, "teapot").await?;
-        let r = h.send(addr, Req::get("/redirect/x").host("route.test")).await?;
+        expect(
+            &h,
+            addr,
+            Req::get("/direct").host("route.test"),
+            418,
+            "teapot",
+        )
+        .await?;
+        let r = h
+            .send(addr, Req::get("/redirect/x").host("route.test"))
+            .await?;
         ensure!(r.status == 301, "redirect status {}", r.status);
         ensure!(
             r.header("location") == Some("http://new.test/moved"),
             "location: {:?}",
             r.header("location")
         );
-        ensure!(web.requests() == 0, "local replies must not reach the upstream");
+        ensure!(
+            web.requests() == 0,
+            "local replies must not reach the upstream"
+        );
         Ok(())
     })
     .await
@@ -747,14 +872,25 @@ async fn routing_header_mutation_and_prefix_rewrite() -> Result<()> {
         ensure!(r.upstream() == "web");
         let doc = r.json()?;
         ensure!(doc["path"] == "/headers", "prefix_rewrite: {doc}");
-        ensure!(doc["headers"]["x-added"] == "req-added", "request_headers_to_add: {doc}");
+        ensure!(
+            doc["headers"]["x-added"] == "req-added",
+            "request_headers_to_add: {doc}"
+        );
         ensure!(
             doc["headers"].get("x-remove-me").is_none(),
             "request_headers_to_remove: {doc}"
         );
         ensure!(doc["headers"]["x-keep-me"] == "yes", "{doc}");
-        ensure!(r.header("x-resp-added") == Some("resp-added"), "{:?}", r.headers);
-        ensure!(r.header("x-echo-extra").is_none(), "response_headers_to_remove: {:?}", r.headers);
+        ensure!(
+            r.header("x-resp-added") == Some("resp-added"),
+            "{:?}",
+            r.headers
+        );
+        ensure!(
+            r.header("x-echo-extra").is_none(),
+            "response_headers_to_remove: {:?}",
+            r.headers
+        );
         ensure!(web.requests() == 1);
         Ok(())
     })
@@ -766,9 +902,13 @@ async fn routing_no_route_is_404_with_nr_flag() -> Result<()> {
     within(60, async {
         let (web, proxy, addr) = routing_proxy().await?;
         let h = Http::h1();
-        let r = h.send(addr, Req::get("/nothing-here").host("route.test")).await?;
+        let r = h
+            .send(addr, Req::get("/nothing-here").host("route.test"))
+            .await?;
         ensure!(r.status == 404, "status {}", r.status);
-        let r = h.send(addr, Req::get("/nr-unknown-host").host("unknown.test")).await?;
+        let r = h
+            .send(addr, Req::get("/nr-unknown-host").host("unknown.test"))
+            .await?;
         ensure!(r.status == 404, "status {}", r.status);
         for path in ["/nothing-here", "/nr-unknown-host"] {
             proxy
@@ -787,6 +927,34 @@ async fn routing_no_route_is_404_with_nr_flag() -> Result<()> {
 // Malformed HTTP/1.1
 // ---------------------------------------------------------------------------------------------
 
+/// Both framings at once: handled as RFC 9112 §6.1 allows — Transfer-Encoding wins and the
+/// connection is closed after the response — so bytes hidden behind the chunked body can never
+/// be read as a second (smuggled) request. See docs/ARCHITECTURE.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_chunked_cannot_smuggle_a_request() -> Result<()> {
+    within(60, async {
+        let (web, proxy, addr) = web_proxy().await?;
+        let before = web.requests();
+        let attack = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = connect(addr).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut s, attack).await?;
+        let mut all = Vec::new();
+        // The proxy must answer once and close; reading to EOF proves the close.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut all),
+        )
+        .await
+        .context("connection was not closed after a request with both framings")??;
+        let text = String::from_utf8_lossy(&all);
+        ensure!(text.matches("HTTP/1.1 ").count() == 1, "exactly one response expected: {text}");
+        ensure!(web.requests() == before + 1, "the upstream saw {} requests", web.requests() - before);
+        ensure!(proxy.exit_status().is_none(), "proxy died");
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_http1_is_rejected_and_proxy_keeps_serving() -> Result<()> {
     within(90, async {
@@ -795,50 +963,55 @@ async fn malformed_http1_is_rejected_and_proxy_keeps_serving() -> Result<()> {
             "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
             "a".repeat(70 * 1024)
         );
-        let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
-            ("headers over 60 KiB", big.into_bytes(), &[431, 400]),
+        // (what, bytes, allowed statuses, whether the request head is valid: a streaming proxy
+        // may already have forwarded a valid head when the body turns out to be bad).
+        let cases: Vec<(&str, Vec<u8>, &[u16], bool)> = vec![
+            ("headers over 60 KiB", big.into_bytes(), &[431, 400], false),
             (
                 "bad chunk size",
                 b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n"
                     .to_vec(),
                 &[400],
-            ),
-            (
-                "Content-Length with Transfer-Encoding: chunked",
-                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-                    .to_vec(),
-                &[400],
+                true,
             ),
             (
                 "garbage request line",
                 b"GARBAGE\x01\x02 / HTTP/1.1\r\n\r\n".to_vec(),
                 &[400],
+                false,
             ),
             (
                 "invalid header name",
                 b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: v\r\n\r\n".to_vec(),
                 &[400],
+                false,
             ),
         ];
-        for (what, bytes, allowed) in cases {
-            let head = raw_http(addr, &bytes).await.with_context(|| what.to_string())?;
+        let mut problems = Vec::new();
+        for (what, bytes, allowed, head_ok) in cases {
+            let before = web.requests();
+            let head = raw_http(addr, &bytes)
+                .await
+                .with_context(|| what.to_string())?;
             let status = status_of(&head);
-            ensure!(
-                status.is_some_and(|s| allowed.contains(&s)),
-                "{what}: expected one of {allowed:?}, got {:?}",
-                head.lines().next()
-            );
+            if !status.is_some_and(|s| allowed.contains(&s)) {
+                problems.push(format!(
+                    "{what}: expected one of {allowed:?}, got {:?}",
+                    head.lines().next()
+                ));
+            }
+            if !head_ok && web.requests() != before {
+                problems.push(format!(
+                    "{what}: a malformed request head must not reach the upstream"
+                ));
+            }
             ensure!(
                 proxy.exit_status().is_none(),
-                "proxy died after {what}: {:?}",
+                "proxy died after {what}: {:?}; before that: {problems:?}",
                 proxy.exit_status()
             );
         }
-        ensure!(
-            web.requests() == 0,
-            "malformed requests must not reach the upstream ({} did)",
-            web.requests()
-        );
+        ensure!(problems.is_empty(), "{problems:#?}");
         let r = Http::h1().get(addr, "/after").await?;
         ensure!(r.status == 200 && r.upstream() == "web", "proxy no longer serves: {r:?}");
         Ok(())

@@ -65,9 +65,18 @@ async fn weighted_clusters_70_30_within_3_percent() -> Result<()> {
         let _proxy = Proxy::start(&yaml).await?;
         const N: usize = 10_000;
         drive(local(port), "/split", N, 8).await?;
-        ensure!(a.requests() + b.requests() == N, "a {} + b {}", a.requests(), b.requests());
+        ensure!(
+            a.requests() + b.requests() == N,
+            "a {} + b {}",
+            a.requests(),
+            b.requests()
+        );
         let sa = share(a.requests(), N);
-        ensure!((0.67..=0.73).contains(&sa), "a got {:.2} % (target 70 ± 3)", sa * 100.0);
+        ensure!(
+            (0.67..=0.73).contains(&sa),
+            "a got {:.2} % (target 70 ± 3)",
+            sa * 100.0
+        );
         Ok(())
     })
     .await
@@ -76,9 +85,9 @@ async fn weighted_clusters_70_30_within_3_percent() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_clusters_three_way_within_3_percent() -> Result<()> {
     within(240, async {
-        let x = EchoServer::start("x").await?;
-        let y = EchoServer::start("y").await?;
-        let z = EchoServer::start("z").await?;
+        let x = EchoServer::start("wx").await?;
+        let y = EchoServer::start("wy").await?;
+        let z = EchoServer::start("wz").await?;
         let port = free_port();
         let vhosts = r#"
             - name: all
@@ -88,16 +97,16 @@ async fn weighted_clusters_three_way_within_3_percent() -> Result<()> {
                 route:
                   weighted_clusters:
                     clusters:
-                    - { name: x, weight: 50 }
-                    - { name: y, weight: 30 }
-                    - { name: z, weight: 20 }
+                    - { name: wx, weight: 50 }
+                    - { name: wy, weight: 30 }
+                    - { name: wz, weight: 20 }
         "#;
         let yaml = bootstrap(
             &[http_listener("main", port, vhosts).no_access_log().build()],
             &[
-                cluster("x", &[x.addr], ""),
-                cluster("y", &[y.addr], ""),
-                cluster("z", &[z.addr], ""),
+                cluster("wx", &[x.addr], ""),
+                cluster("wy", &[y.addr], ""),
+                cluster("wz", &[z.addr], ""),
             ],
         );
         let _proxy = Proxy::start(&yaml).await?;
@@ -105,7 +114,11 @@ async fn weighted_clusters_three_way_within_3_percent() -> Result<()> {
         drive(local(port), "/split3", N, 8).await?;
         let counts = [x.requests(), y.requests(), z.requests()];
         ensure!(counts.iter().sum::<usize>() == N, "{counts:?}");
-        for (got, target, name) in [(counts[0], 0.5, "x"), (counts[1], 0.3, "y"), (counts[2], 0.2, "z")] {
+        for (got, target, name) in [
+            (counts[0], 0.5, "wx"),
+            (counts[1], 0.3, "wy"),
+            (counts[2], 0.2, "wz"),
+        ] {
             let s = share(got, N);
             ensure!(
                 (s - target).abs() <= 0.03,
@@ -144,11 +157,19 @@ async fn round_robin_alternates_exactly() -> Result<()> {
         for i in 1..seq.len() {
             ensure!(seq[i] != seq[i - 1], "not alternating at {i}: {seq:?}");
             if i >= 3 {
-                ensure!(seq[i] == seq[i - 3], "not a strict rotation at {i}: {seq:?}");
+                ensure!(
+                    seq[i] == seq[i - 3],
+                    "not a strict rotation at {i}: {seq:?}"
+                );
             }
         }
         for u in &ups {
-            ensure!(u.requests() == 10, "{} got {}: {seq:?}", u.name, u.requests());
+            ensure!(
+                u.requests() == 10,
+                "{} got {}: {seq:?}",
+                u.name,
+                u.requests()
+            );
         }
         Ok(())
     })
@@ -175,7 +196,11 @@ async fn consistent_hash_case(lb_policy: &str) -> Result<()> {
     "#;
     let yaml = bootstrap(
         &[http_listener("main", port, vhosts).no_access_log().build()],
-        &[cluster("hashed", &addrs, &format!("lb_policy: {lb_policy}"))],
+        &[cluster(
+            "hashed",
+            &addrs,
+            &format!("lb_policy: {lb_policy}"),
+        )],
     );
     let _proxy = Proxy::start(&yaml).await?;
     let http = Http::h1();

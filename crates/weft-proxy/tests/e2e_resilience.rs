@@ -72,7 +72,9 @@ async fn retry_5xx_until_success() -> Result<()> {
         up.fail_first(2, 503);
         let r = expect_attempts(&up, addr, Req::get("/ok"), 200, 3).await?;
         ensure!(r.upstream() == "up");
-        let l = proxy.wait_access("200 for /ok", |l| l.path == "/ok").await?;
+        let l = proxy
+            .wait_access("200 for /ok", |l| l.path == "/ok")
+            .await?;
         ensure!(l.code == 200 && !l.has_flag("URX"), "{}", l.raw);
         Ok(())
     })
@@ -85,7 +87,10 @@ async fn retry_5xx_exhausted_returns_last_response_with_urx() -> Result<()> {
         let (up, proxy, addr) = retry_proxy(r#"{ retry_on: "5xx", num_retries: 2 }"#).await?;
         up.fail_first(usize::MAX, 500);
         let r = expect_attempts(&up, addr, Req::get("/always-500"), 500, 3).await?;
-        ensure!(r.upstream() == "up", "the upstream's own 500 must come back");
+        ensure!(
+            r.upstream() == "up",
+            "the upstream's own 500 must come back"
+        );
         proxy
             .wait_access("500 URX", |l| {
                 l.path == "/always-500" && l.code == 500 && l.has_flag("URX")
@@ -190,7 +195,9 @@ async fn retry_on_connect_failure() -> Result<()> {
             "the local reply must name the cause and the cluster: {body:?}"
         );
         proxy
-            .wait_access("503 UF", |l| l.path == "/dead" && l.code == 503 && l.has_flag("UF"))
+            .wait_access("503 UF", |l| {
+                l.path == "/dead" && l.code == 503 && l.has_flag("UF")
+            })
             .await?;
 
         let r = http.get(local(port), "/dead-retry").await?;
@@ -228,10 +235,8 @@ async fn retry_on_retriable_status_codes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_per_try_timeout() -> Result<()> {
     within(60, async {
-        let (up, proxy, addr) = retry_proxy(
-            r#"{ retry_on: "5xx", num_retries: 2, per_try_timeout: 0.3s }"#,
-        )
-        .await?;
+        let (up, proxy, addr) =
+            retry_proxy(r#"{ retry_on: "5xx", num_retries: 2, per_try_timeout: 0.3s }"#).await?;
         up.delay_first(1, 3000);
         let start = Instant::now();
         expect_attempts(&up, addr, Req::get("/slow-once"), 200, 2).await?;
@@ -265,7 +270,10 @@ async fn retry_replays_small_body_but_not_one_over_the_buffer_limit() -> Result<
         let small: Vec<u8> = (0..1024u32).map(|i| b'a' + (i % 26) as u8).collect();
         up.fail_first(1, 503);
         let r = expect_attempts(&up, addr, Req::post("/echo", small.clone()), 200, 2).await?;
-        ensure!(r.body.as_ref() == small.as_slice(), "the retried body differs");
+        ensure!(
+            r.body.as_ref() == small.as_slice(),
+            "the retried body differs"
+        );
 
         // 2 MiB is over the default 1 MiB buffer limit: Envoy stops buffering and gives up
         // on retrying, so the upstream's 503 comes back after a single attempt.
@@ -306,7 +314,11 @@ async fn retry_grpc_status_codes() -> Result<()> {
                 .check(CheckRequest::default())
                 .await
                 .with_context(|| format!("{code:?} once must be retried into OK"))?;
-            ensure!(grpc.checks() - before == 2, "{code:?}: {} calls", grpc.checks() - before);
+            ensure!(
+                grpc.checks() - before == 2,
+                "{code:?}: {} calls",
+                grpc.checks() - before
+            );
         }
         grpc.fail_first(usize::MAX, tonic::Code::Unavailable);
         let before = grpc.checks();
@@ -314,14 +326,21 @@ async fn retry_grpc_status_codes() -> Result<()> {
             Err(e) => ensure!(e.code() == tonic::Code::Unavailable, "{e:?}"),
             Ok(r) => bail!("expected UNAVAILABLE after retries, got {r:?}"),
         }
-        ensure!(grpc.checks() - before == 3, "num_retries 2: {} calls", grpc.checks() - before);
+        ensure!(
+            grpc.checks() - before == 3,
+            "num_retries 2: {} calls",
+            grpc.checks() - before
+        );
         grpc.fail_first(1, tonic::Code::PermissionDenied);
         let before = grpc.checks();
         match client.check(CheckRequest::default()).await {
             Err(e) => ensure!(e.code() == tonic::Code::PermissionDenied, "{e:?}"),
             Ok(r) => bail!("expected PERMISSION_DENIED, got {r:?}"),
         }
-        ensure!(grpc.checks() - before == 1, "PERMISSION_DENIED is not retriable");
+        ensure!(
+            grpc.checks() - before == 1,
+            "PERMISSION_DENIED is not retriable"
+        );
         Ok(())
     })
     .await
@@ -335,7 +354,9 @@ async fn retry_grpc_status_codes() -> Result<()> {
 fn tally(results: &[Result<Resp>]) -> Result<(usize, usize)> {
     let (mut ok, mut overflow) = (0, 0);
     for r in results {
-        let r = r.as_ref().map_err(|e| anyhow::anyhow!("request failed: {e:#}"))?;
+        let r = r
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("request failed: {e:#}"))?;
         match r.status {
             200 => ok += 1,
             503 => {
@@ -353,10 +374,7 @@ fn tally(results: &[Result<Resp>]) -> Result<(usize, usize)> {
     Ok((ok, overflow))
 }
 
-async fn breaker_proxy(
-    thresholds: &str,
-    h2: bool,
-) -> Result<(EchoServer, Proxy, SocketAddr)> {
+async fn breaker_proxy(thresholds: &str, h2: bool) -> Result<(EchoServer, Proxy, SocketAddr)> {
     let up = EchoServer::start("slow").await?;
     let port = free_port();
     let extra = format!("circuit_breakers:\n  thresholds:\n  - {thresholds}");
@@ -384,7 +402,11 @@ async fn circuit_breaker_max_connections_with_one_pending() -> Result<()> {
             (1..=2).contains(&ok) && ok + overflow == 10,
             "1 connection + 1 pending: {ok} ok, {overflow} overflowed"
         );
-        ensure!(up.max_active() <= 1, "upstream saw {} at once", up.max_active());
+        ensure!(
+            up.max_active() <= 1,
+            "upstream saw {} at once",
+            up.max_active()
+        );
         proxy
             .wait_access_count("503 UO", overflow, |l| l.code == 503 && l.has_flag("UO"))
             .await?;
@@ -431,8 +453,15 @@ async fn circuit_breaker_max_requests_on_h2_upstream() -> Result<()> {
             (1..=2).contains(&ok) && ok + overflow == 10,
             "max_requests 2: {ok} ok, {overflow} overflowed"
         );
-        ensure!(up.max_active() <= 2, "upstream saw {} at once", up.max_active());
-        ensure!(up.h2_requests() == up.requests(), "the cluster must speak h2");
+        ensure!(
+            up.max_active() <= 2,
+            "upstream saw {} at once",
+            up.max_active()
+        );
+        ensure!(
+            up.h2_requests() == up.requests(),
+            "the cluster must speak h2"
+        );
         proxy
             .wait_access_count("503 UO", overflow, |l| l.code == 503 && l.has_flag("UO"))
             .await?;
@@ -459,28 +488,43 @@ async fn circuit_breaker_max_retries() -> Result<()> {
             )],
         );
         let proxy = Proxy::start(&yaml).await?;
-        let results = concurrent(&Http::h1(), local(port), 5, Req::get("/status/503/delay/300")).await;
+        let results = concurrent(
+            &Http::h1(),
+            local(port),
+            5,
+            Req::get("/status/503/delay/500"),
+        )
+        .await;
         for r in &results {
             let r = r.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
             ensure!(r.status == 503, "status {}", r.status);
         }
-        // Without the breaker: 5 × (1 + 3) = 20 attempts. With one retry at a time, the four
-        // requests whose retry overflowed stop after their first attempt.
+        // Without the breaker: 5 × (1 + 3) = 20 attempts. All five first attempts fail at the
+        // same moment and only one retry may be outstanding: four requests overflow (UO) after
+        // one attempt; the fifth holds the single retry slot, which it gets back each time its
+        // retry completes, and so uses all three retries (URX): 5 + 3 attempts.
         ensure!(
-            up.requests() <= 5 + 3,
-            "max_retries 1 not enforced: {} upstream attempts",
+            up.requests() == 5 + 3,
+            "max_retries 1: expected 8 upstream attempts, got {}",
             up.requests()
         );
         proxy
             .wait_stat(
                 "envoy_cluster_upstream_rq_retry_overflow",
                 &[("envoy_cluster_name", "up")],
-                ">= 1",
-                |v| v >= 1.0,
+                ">= 4",
+                |v| v >= 4.0,
             )
             .await?;
         proxy
-            .wait_access("retry overflow flagged UO", |l| l.code == 503 && l.has_flag("UO"))
+            .wait_access_count("retry overflow flagged UO", 4, |l| {
+                l.code == 503 && l.has_flag("UO")
+            })
+            .await?;
+        proxy
+            .wait_access("the request holding the retry slot ends URX", |l| {
+                l.code == 503 && l.has_flag("URX")
+            })
             .await?;
         Ok(())
     })
@@ -518,7 +562,11 @@ async fn outlier_detection_ejects_and_returns() -> Result<()> {
         let addr = local(port);
         let mut sent = 0;
         while bad.requests() < 3 {
-            ensure!(sent < 20, "bad got only {} of {sent} requests", bad.requests());
+            ensure!(
+                sent < 20,
+                "bad got only {} of {sent} requests",
+                bad.requests()
+            );
             http.get(addr, "/").await?;
             sent += 1;
         }
@@ -546,10 +594,14 @@ async fn outlier_detection_ejects_and_returns() -> Result<()> {
             )
             .await?;
         // After base_ejection_time (checked every interval), the host takes traffic again.
-        let back = eventually("the ejected host to return", Duration::from_secs(5), async || {
-            let r = http.get(addr, "/").await.ok()?;
-            (r.upstream() == "bad").then(Instant::now)
-        })
+        let back = eventually(
+            "the ejected host to return",
+            Duration::from_secs(5),
+            async || {
+                let r = http.get(addr, "/").await.ok()?;
+                (r.upstream() == "bad").then(Instant::now)
+            },
+        )
         .await?;
         let out_for = back.duration_since(ejected_at);
         ensure!(
@@ -570,7 +622,11 @@ async fn route_timeout_is_504_ut() -> Result<()> {
     within(60, async {
         let up = EchoServer::start("up").await?;
         let port = free_port();
-        let yaml = route_bootstrap(port, "cluster: up\ntimeout: 0.3s", &[cluster("up", &[up.addr], "")]);
+        let yaml = route_bootstrap(
+            port,
+            "cluster: up\ntimeout: 0.3s",
+            &[cluster("up", &[up.addr], "")],
+        );
         let proxy = Proxy::start(&yaml).await?;
         let start = Instant::now();
         let r = Http::h1().get(local(port), "/delay/3000").await?;
@@ -586,7 +642,9 @@ async fn route_timeout_is_504_ut() -> Result<()> {
             r.text()
         );
         proxy
-            .wait_access("504 UT", |l| l.path == "/delay/3000" && l.code == 504 && l.has_flag("UT"))
+            .wait_access("504 UT", |l| {
+                l.path == "/delay/3000" && l.code == 504 && l.has_flag("UT")
+            })
             .await?;
         // A fast request on the same route is unaffected.
         let r = Http::h1().get(local(port), "/fast").await?;
@@ -604,9 +662,15 @@ async fn no_endpoints_is_503_uh() -> Result<()> {
         let proxy = Proxy::start(&yaml).await?;
         let r = Http::h1().get(local(port), "/x").await?;
         ensure!(r.status == 503, "status {}", r.status);
-        ensure!(r.text().contains("no healthy upstream"), "body {:?}", r.text());
+        ensure!(
+            r.text().contains("no healthy upstream"),
+            "body {:?}",
+            r.text()
+        );
         proxy
-            .wait_access("503 UH", |l| l.path == "/x" && l.code == 503 && l.has_flag("UH"))
+            .wait_access("503 UH", |l| {
+                l.path == "/x" && l.code == 503 && l.has_flag("UH")
+            })
             .await?;
         Ok(())
     })

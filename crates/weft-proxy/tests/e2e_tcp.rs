@@ -34,7 +34,10 @@ async fn websocket_echo_through_proxy() -> Result<()> {
             &[http_listener("main", port, vhosts)
                 .hcm("upgrade_configs: [{ upgrade_type: websocket }]")
                 .build()],
-            &[cluster("ws", &[ws.addr], ""), cluster("web", &[web.addr], "")],
+            &[
+                cluster("ws", &[ws.addr], ""),
+                cluster("web", &[web.addr], ""),
+            ],
         );
         let proxy = Proxy::start(&yaml).await?;
         let mut c = ws_connect(local(port), "ws.test", "/ws/chat").await?;
@@ -53,7 +56,10 @@ async fn websocket_echo_through_proxy() -> Result<()> {
             .await
             .context("no binary echo")?
             .context("WebSocket closed")??;
-        ensure!(m.into_data().as_ref() == blob.as_slice(), "binary echo differs");
+        ensure!(
+            m.into_data().as_ref() == blob.as_slice(),
+            "binary echo differs"
+        );
         c.close(None).await?;
         // Plain HTTP on the same listener still works.
         let r = Http::h1().get(local(port), "/plain").await?;
@@ -115,12 +121,19 @@ async fn connect_tunnel_raw_carries_tcp_bytes() -> Result<()> {
         let head = String::from_utf8_lossy(&head).into_owned();
         ensure!(status_of(&head) == Some(200), "CONNECT answered {head:?}");
         let end = head.find("\r\n\r\n").map_or(head.len(), |i| i + 4);
-        ensure!(end == head.len(), "unexpected bytes after the 200: {head:?}");
+        ensure!(
+            end == head.len(),
+            "unexpected bytes after the 200: {head:?}"
+        );
         for i in 0..3 {
             let msg = format!("tunnel payload {i}\n");
             s.write_all(msg.as_bytes()).await?;
             let back = read_n(&mut s, msg.len(), Duration::from_secs(5)).await?;
-            ensure!(back == msg.as_bytes(), "echo {i}: {:?}", String::from_utf8_lossy(&back));
+            ensure!(
+                back == msg.as_bytes(),
+                "echo {i}: {:?}",
+                String::from_utf8_lossy(&back)
+            );
         }
         ensure!(echo.connections() == 1);
         Ok(())
@@ -231,7 +244,11 @@ async fn server_first_protocol_gets_banner_immediately() -> Result<()> {
             .await
             .context("no banner within 1 s: the listener waited for client bytes")?;
         ensure!(got == BANNER);
-        ensure!(start.elapsed() < Duration::from_secs(1), "banner after {:?}", start.elapsed());
+        ensure!(
+            start.elapsed() < Duration::from_secs(1),
+            "banner after {:?}",
+            start.elapsed()
+        );
         s.write_all(b"HELO\r\n").await?;
         ensure!(read_n(&mut s, 6, Duration::from_secs(5)).await? == b"HELO\r\n");
         Ok(())
@@ -249,7 +266,9 @@ async fn tcp_proxy_large_payload_and_half_close() -> Result<()> {
             &[cluster("tcp_echo", &[echo.addr], "")],
         );
         let _proxy = Proxy::start(&yaml).await?;
-        let data: Vec<u8> = (0..(4 * 1024 * 1024u32)).map(|i| (i * 7 % 256) as u8).collect();
+        let data: Vec<u8> = (0..(4 * 1024 * 1024u32))
+            .map(|i| (i * 7 % 256) as u8)
+            .collect();
         let s = connect(local(port)).await?;
         let (mut r, mut w) = s.into_split();
         let to_send = data.clone();
@@ -264,7 +283,12 @@ async fn tcp_proxy_large_payload_and_half_close() -> Result<()> {
             .await
             .context("the echo did not end after half-close")??;
         let _w = writer.await??;
-        ensure!(back.len() == data.len(), "got {} of {} bytes", back.len(), data.len());
+        ensure!(
+            back.len() == data.len(),
+            "got {} of {} bytes",
+            back.len(),
+            data.len()
+        );
         ensure!(back == data, "bytes differ");
         Ok(())
     })

@@ -47,7 +47,10 @@ pub fn descriptors() -> DescriptorPool {
 }
 
 /// Parses YAML text (one document) into the Envoy message `M`.
-pub fn from_yaml<M: Message + Name + Default>(text: &str, source_name: &str) -> Result<M, JsonError> {
+pub fn from_yaml<M: Message + Name + Default>(
+    text: &str,
+    source_name: &str,
+) -> Result<M, JsonError> {
     let json: Json = serde_saphyr::from_str(text).map_err(|e| JsonError::Yaml {
         source_name: source_name.to_string(),
         message: e.to_string(),
@@ -64,7 +67,11 @@ pub fn from_json_value<M: Message + Name + Default>(
     let desc = pool
         .get_message_by_name(&M::full_name())
         .ok_or_else(|| JsonError::UnknownType(M::full_name()))?;
-    let mut cx = Cx { pool: &pool, source_name, path: String::new() };
+    let mut cx = Cx {
+        pool: &pool,
+        source_name,
+        path: String::new(),
+    };
     let dynamic = cx.message(&desc, json)?;
     M::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| cx.err(e.to_string()))
 }
@@ -107,12 +114,20 @@ impl Cx<'_> {
     fn err(&self, message: impl Into<String>) -> JsonError {
         JsonError::Field {
             source_name: self.source_name.to_string(),
-            path: if self.path.is_empty() { "<root>".into() } else { self.path.clone() },
+            path: if self.path.is_empty() {
+                "<root>".into()
+            } else {
+                self.path.clone()
+            },
             message: message.into(),
         }
     }
 
-    fn with<T>(&mut self, seg: &str, f: impl FnOnce(&mut Self) -> Result<T, JsonError>) -> Result<T, JsonError> {
+    fn with<T>(
+        &mut self,
+        seg: &str,
+        f: impl FnOnce(&mut Self) -> Result<T, JsonError>,
+    ) -> Result<T, JsonError> {
         let len = self.path.len();
         if seg.starts_with('[') || self.path.is_empty() {
             self.path.push_str(seg);
@@ -128,7 +143,11 @@ impl Cx<'_> {
     /// Converts `json` into a message of type `desc`, recursing into nested (non-well-known)
     /// messages itself so that errors keep their path, and leaving scalars, enums and
     /// well-known types to prost-reflect's canonical mapping.
-    fn message(&mut self, desc: &MessageDescriptor, json: Json) -> Result<DynamicMessage, JsonError> {
+    fn message(
+        &mut self,
+        desc: &MessageDescriptor,
+        json: Json,
+    ) -> Result<DynamicMessage, JsonError> {
         if desc.full_name() == "google.protobuf.Any" {
             return self.any(json);
         }
@@ -141,10 +160,13 @@ impl Cx<'_> {
         let mut leaf = serde_json::Map::new();
         let mut nested = Vec::new();
         for (key, value) in obj {
-            let field = desc.get_field_by_json_name(&key).or_else(|| desc.get_field_by_name(&key));
+            let field = desc
+                .get_field_by_json_name(&key)
+                .or_else(|| desc.get_field_by_name(&key));
             match field {
-                Some(f) if matches!(f.kind(), Kind::Message(ref m) if !is_well_known(m) || m.full_name() == "google.protobuf.Any")
-                    && !value.is_null() =>
+                Some(f)
+                    if matches!(f.kind(), Kind::Message(ref m) if !is_well_known(m) || m.full_name() == "google.protobuf.Any")
+                        && !value.is_null() =>
                 {
                     nested.push((key, f, value))
                 }
@@ -155,14 +177,23 @@ impl Cx<'_> {
         }
         let mut msg = self.leaf(desc, Json::Object(leaf))?;
         for (key, field, value) in nested {
-            if let Some(oneof) = field.containing_oneof() {
-                if let Some(other) = oneof.fields().find(|o| o.number() != field.number() && msg.has_field(o)) {
-                    return self.with(&key, |cx| {
-                        Err(cx.err(format!("`{}` and `{}` are exclusive (oneof `{}`)", other.name(), field.name(), oneof.name())))
-                    });
-                }
+            if let Some(oneof) = field.containing_oneof()
+                && let Some(other) = oneof
+                    .fields()
+                    .find(|o| o.number() != field.number() && msg.has_field(o))
+            {
+                return self.with(&key, |cx| {
+                    Err(cx.err(format!(
+                        "`{}` and `{}` are exclusive (oneof `{}`)",
+                        other.name(),
+                        field.name(),
+                        oneof.name()
+                    )))
+                });
             }
-            let Kind::Message(mdesc) = field.kind() else { continue };
+            let Kind::Message(mdesc) = field.kind() else {
+                continue;
+            };
             let v = self.with(&key, |cx| {
                 if field.is_map() {
                     let Json::Object(entries) = value else {
@@ -184,7 +215,9 @@ impl Cx<'_> {
                     };
                     let mut list = Vec::with_capacity(items.len());
                     for (i, item) in items.into_iter().enumerate() {
-                        list.push(Value::Message(cx.with(&format!("[{i}]"), |cx| cx.message(&mdesc, item))?));
+                        list.push(Value::Message(
+                            cx.with(&format!("[{i}]"), |cx| cx.message(&mdesc, item))?,
+                        ));
                     }
                     Ok(Value::List(list))
                 } else {
@@ -275,8 +308,12 @@ static_resources:
         let b: Bootstrap = from_yaml(GOOD, "t.yaml").unwrap();
         let sr = b.static_resources.unwrap();
         assert_eq!(sr.listeners[0].name, "l");
-        let tc = sr.listeners[0].filter_chains[0].filters[0].config_type.clone().unwrap();
-        let envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any) = tc else {
+        let tc = sr.listeners[0].filter_chains[0].filters[0]
+            .config_type
+            .clone()
+            .unwrap();
+        let envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any) = tc
+        else {
             panic!("typed config expected")
         };
         assert!(any.type_url.ends_with("HttpConnectionManager"));
@@ -287,32 +324,54 @@ static_resources:
 
     #[test]
     fn unknown_field_inside_typed_config_has_full_path() {
-        let bad = GOOD.replace("stat_prefix: ingress", "stat_prefix: ingress\n          bogus: 1");
-        let e = from_yaml::<Bootstrap>(&bad, "t.yaml").unwrap_err().to_string();
-        assert!(e.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config"), "{e}");
+        let bad = GOOD.replace(
+            "stat_prefix: ingress",
+            "stat_prefix: ingress\n          bogus: 1",
+        );
+        let e = from_yaml::<Bootstrap>(&bad, "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("static_resources.listeners[0].filter_chains[0].filters[0].typed_config"),
+            "{e}"
+        );
         assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]
     fn bad_duration_and_enum_are_reported_with_path() {
         let bad = GOOD.replace("timeout: 1.5s", "timeout: soon");
-        let e = from_yaml::<Bootstrap>(&bad, "t.yaml").unwrap_err().to_string();
+        let e = from_yaml::<Bootstrap>(&bad, "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("routes[0].route"), "{e}");
         let bad = GOOD.replace("type: STATIC", "type: STATICK");
-        let e = from_yaml::<Bootstrap>(&bad, "t.yaml").unwrap_err().to_string();
+        let e = from_yaml::<Bootstrap>(&bad, "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("clusters[0]"), "{e}");
     }
 
     #[test]
     fn unknown_any_type_is_named() {
-        let bad = GOOD.replace("http_connection_manager.v3.HttpConnectionManager", "nope.v3.Nope");
-        let e = from_yaml::<Bootstrap>(&bad, "t.yaml").unwrap_err().to_string();
-        assert!(e.contains("typed_config.@type") && e.contains("nope.v3.Nope"), "{e}");
+        let bad = GOOD.replace(
+            "http_connection_manager.v3.HttpConnectionManager",
+            "nope.v3.Nope",
+        );
+        let e = from_yaml::<Bootstrap>(&bad, "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("typed_config.@type") && e.contains("nope.v3.Nope"),
+            "{e}"
+        );
     }
 
     #[test]
     fn yaml_syntax_error_is_reported() {
-        let e = from_yaml::<Bootstrap>("a: [", "t.yaml").unwrap_err().to_string();
+        let e = from_yaml::<Bootstrap>("a: [", "t.yaml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("t.yaml: invalid YAML"), "{e}");
     }
 }

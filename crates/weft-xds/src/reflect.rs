@@ -28,7 +28,11 @@ pub fn unsupported_fields(
 }
 
 fn join(path: &str, seg: &str) -> String {
-    if path.is_empty() { seg.to_string() } else { format!("{path}.{seg}") }
+    if path.is_empty() {
+        seg.to_string()
+    } else {
+        format!("{path}.{seg}")
+    }
 }
 
 fn walk(
@@ -42,7 +46,9 @@ fn walk(
     if desc.full_name() == "google.protobuf.Any" {
         let type_url = msg.get_field_by_name("type_url");
         let value = msg.get_field_by_name("value");
-        let (Some(Value::String(url)), Some(Value::Bytes(bytes))) = (type_url.as_deref(), value.as_deref()) else {
+        let (Some(Value::String(url)), Some(Value::Bytes(bytes))) =
+            (type_url.as_deref(), value.as_deref())
+        else {
             return;
         };
         let name = url.rsplit('/').next().unwrap_or_default();
@@ -112,10 +118,18 @@ mod tests {
             "envoy.config.endpoint.v3.Endpoint" => f == "address",
             _ => false,
         };
-        let bad = unsupported_fields(&pool, "envoy.config.cluster.v3.Cluster", &c.encode_to_vec(), &allowed);
-        assert_eq!(bad, vec![
-            "health_checks".to_string(),
-            "load_assignment.endpoints[0].lb_endpoints[0].endpoint.hostname".to_string()
-        ]);
+        let bad = unsupported_fields(
+            &pool,
+            "envoy.config.cluster.v3.Cluster",
+            &c.encode_to_vec(),
+            &allowed,
+        );
+        assert_eq!(
+            bad,
+            vec![
+                "health_checks".to_string(),
+                "load_assignment.endpoints[0].lb_endpoints[0].endpoint.hostname".to_string()
+            ]
+        );
     }
 }

@@ -72,7 +72,7 @@ impl ReplayBody {
             pos: 0,
             source: None,
             trailers_sent: false,
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
         })
     }
 
@@ -94,7 +94,10 @@ impl Body for ReplayBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         {
             let mut s = this.shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,15 +115,19 @@ impl Body for ReplayBody {
                 }
                 return Poll::Ready(None);
             }
-            if s.capped && this.pos < s.buffered {
-                // Cannot happen for the attempt that owns the stream; a replay past the cap
-                // has nothing valid to send.
+            if s.capped && this.source.is_none() {
+                // Only the attempt that owns the stream may go on past the cap; any other
+                // reader would send a body with a hole in it.
                 return Poll::Ready(Some(Err("request body exceeded the retry buffer".into())));
             }
             if this.source.is_none() {
                 match s.source.take() {
                     Some(src) => this.source = Some(src),
-                    None => return Poll::Ready(Some(Err("request body is being read by another attempt".into()))),
+                    None => {
+                        return Poll::Ready(Some(Err(
+                            "request body is being read by another attempt".into(),
+                        )));
+                    }
                 }
             }
         }
@@ -164,7 +171,7 @@ impl Body for ReplayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size_hint.clone()
+        self.size_hint
     }
 }
 
@@ -189,10 +196,21 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub fn new(inner: Inner, on_done: Option<Box<dyn OnDone>>) -> Self {
-        ResponseBody { inner, sent: 0, on_done }
+        ResponseBody {
+            inner,
+            sent: 0,
+            on_done,
+        }
     }
     pub fn full(b: Bytes) -> Self {
-        Self::new(if b.is_empty() { Inner::Empty } else { Inner::Full(Some(b)) }, None)
+        Self::new(
+            if b.is_empty() {
+                Inner::Empty
+            } else {
+                Inner::Full(Some(b))
+            },
+            None,
+        )
     }
     pub fn set_on_done(&mut self, f: Box<dyn OnDone>) {
         self.on_done = Some(f);
@@ -214,7 +232,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let r = match &mut this.inner {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
@@ -280,9 +301,13 @@ mod tests {
 
     #[tokio::test]
     async fn stops_being_replayable_past_the_cap() {
-        let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> =
-            (0..4).map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 100])))).collect();
-        let first = ReplayBody::new(boxed(StreamBody::new(futures_util::stream::iter(chunks))), 250);
+        let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..4)
+            .map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 100]))))
+            .collect();
+        let first = ReplayBody::new(
+            boxed(StreamBody::new(futures_util::stream::iter(chunks))),
+            250,
+        );
         let handle = first.replay().unwrap();
         let all = first.collect().await.unwrap().to_bytes();
         assert_eq!(all.len(), 400);

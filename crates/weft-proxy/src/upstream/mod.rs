@@ -70,22 +70,64 @@ impl Cluster {
         Some((host, pool))
     }
 
+    /// Reports one attempt's outcome to outlier detection and refreshes its stats.
+    pub fn report(&self, host: &Host, outcome: outlier::Outcome) {
+        if let Some(o) = &self.outlier {
+            o.report(self.endpoints.load().set.hosts(), host, outcome);
+            self.sync_outlier_stats();
+        }
+    }
+
+    /// Copies outlier-detection counters into the cluster's stats.
+    pub fn sync_outlier_stats(&self) {
+        if let Some(o) = &self.outlier {
+            self.stats
+                .outlier_detection_ejections_active
+                .set(i64::from(o.ejections_active()));
+            let total = o.ejections_total();
+            let seen = self.stats.outlier_detection_ejections_total.get();
+            if total > seen {
+                self.stats
+                    .outlier_detection_ejections_total
+                    .add(total - seen);
+            }
+        }
+    }
+
     /// Replaces the endpoint set, keeping the pools (and host state) of endpoints that stay.
     pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
         let old = self.endpoints.load();
-        let old_hosts: HashMap<SocketAddr, &Arc<Host>> = old.set.hosts().iter().map(|h| (h.addr, h)).collect();
+        let old_hosts: HashMap<SocketAddr, &Arc<Host>> =
+            old.set.hosts().iter().map(|h| (h.addr, h)).collect();
         let hosts: Vec<Arc<Host>> = hosts
             .into_iter()
             .map(|h| match old_hosts.get(&h.addr) {
-                Some(o) if o.weight == h.weight && o.priority == h.priority && o.locality == h.locality => Arc::clone(o),
+                Some(o)
+                    if o.weight == h.weight
+                        && o.priority == h.priority
+                        && o.locality == h.locality =>
+                {
+                    Arc::clone(o)
+                }
                 _ => h,
             })
             .collect();
         let pools = hosts
             .iter()
-            .map(|h| (h.addr, old.pools.get(&h.addr).cloned().unwrap_or_else(|| HostPool::new(h.addr, self.pool.clone()))))
+            .map(|h| {
+                (
+                    h.addr,
+                    old.pools
+                        .get(&h.addr)
+                        .cloned()
+                        .unwrap_or_else(|| HostPool::new(h.addr, self.pool.clone())),
+                )
+            })
             .collect();
-        self.endpoints.store(Arc::new(Endpoints { set: EndpointSet::new(hosts, &self.lb), pools }));
+        self.endpoints.store(Arc::new(Endpoints {
+            set: EndpointSet::new(hosts, &self.lb),
+            pools,
+        }));
     }
 }
 
@@ -99,49 +141,90 @@ pub fn build(c: &cpb::Cluster, stats: &Stats) -> Result<Arc<Cluster>, ConfigErro
     use cpb::cluster::{ClusterDiscoveryType as T, DiscoveryType as D};
     let kind = match &c.cluster_discovery_type {
         None => D::Static,
-        Some(T::Type(t)) => D::try_from(*t).map_err(|_| ctx.err("type", format!("unknown type {t}")))?,
-        Some(T::ClusterType(_)) => return Err(ctx.err("cluster_type", "custom cluster types are not supported")),
+        Some(T::Type(t)) => {
+            D::try_from(*t).map_err(|_| ctx.err("type", format!("unknown type {t}")))?
+        }
+        Some(T::ClusterType(_)) => {
+            return Err(ctx.err("cluster_type", "custom cluster types are not supported"));
+        }
     };
     if matches!(kind, D::Eds | D::OriginalDst) {
-        return Err(ctx.err("type", format!("{} clusters need the control plane (xDS), not supported in a static bootstrap yet", kind.as_str_name())));
+        return Err(ctx.err(
+            "type",
+            format!(
+                "{} clusters need the control plane (xDS), not supported in a static bootstrap yet",
+                kind.as_str_name()
+            ),
+        ));
     }
-    let connect_timeout = opt_duration(&ctx, "connect_timeout", c.connect_timeout.as_ref())?.unwrap_or(Duration::from_secs(5));
+    let connect_timeout = opt_duration(&ctx, "connect_timeout", c.connect_timeout.as_ref())?
+        .unwrap_or(Duration::from_secs(5));
     let lb = lb::lb_config_from_cluster(c).map_err(|u| ctx.err(u.field, u.reason))?;
-    let circuit = Arc::new(circuit::CircuitBreakers::from_proto(c.circuit_breakers.as_ref()).map_err(|u| ctx.err(format!("circuit_breakers.{}", u.field), u.reason))?);
+    let circuit = Arc::new(
+        circuit::CircuitBreakers::from_proto(c.circuit_breakers.as_ref())
+            .map_err(|u| ctx.err(format!("circuit_breakers.{}", u.field), u.reason))?,
+    );
     let outlier = c
         .outlier_detection
         .as_ref()
-        .map(|o| outlier::OutlierConfig::from_proto(o).map_err(|u| ctx.err(format!("outlier_detection.{}", u.field), u.reason)))
+        .map(|o| {
+            outlier::OutlierConfig::from_proto(o)
+                .map_err(|u| ctx.err(format!("outlier_detection.{}", u.field), u.reason))
+        })
         .transpose()?
         .map(|cfg| Arc::new(OutlierDetector::new(cfg)));
 
     // Protocol and HTTP options.
-    let mut protocol = if c.http2_protocol_options.is_some() { Protocol::Http2 } else { Protocol::Http1 };
-    let mut common = c.common_http_protocol_options.clone();
+    let mut protocol = if c.http2_protocol_options.is_some() {
+        Protocol::Http2
+    } else {
+        Protocol::Http1
+    };
+    let mut common = c.common_http_protocol_options;
     for (k, any) in &c.typed_extension_protocol_options {
         let f = format!("typed_extension_protocol_options[{k:?}]");
         if k != "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" {
-            return Err(ctx.err(f, "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported"));
+            return Err(ctx.err(
+                f,
+                "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported",
+            ));
         }
         let o: upb::HttpProtocolOptions = decode_any(&ctx, &f, any)?;
-        use upb::http_protocol_options::{UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P};
+        use upb::http_protocol_options::{
+            UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P,
+        };
         protocol = match &o.upstream_protocol_options {
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(P::Http2ProtocolOptions(_)) => Protocol::Http2,
                 Some(P::HttpProtocolOptions(_)) | None => Protocol::Http1,
-                Some(P::Http3ProtocolOptions(_)) => return Err(ctx.err(format!("{f}.explicit_http_config"), "HTTP/3 is not supported")),
+                Some(P::Http3ProtocolOptions(_)) => {
+                    return Err(ctx.err(
+                        format!("{f}.explicit_http_config"),
+                        "HTTP/3 is not supported",
+                    ));
+                }
             },
             Some(U::UseDownstreamProtocolConfig(_)) => Protocol::Downstream,
-            Some(U::AutoConfig(_)) => return Err(ctx.err(format!("{f}.auto_config"), "ALPN auto protocol selection is not supported; use explicit_http_config")),
+            Some(U::AutoConfig(_)) => {
+                return Err(ctx.err(
+                    format!("{f}.auto_config"),
+                    "ALPN auto protocol selection is not supported; use explicit_http_config",
+                ));
+            }
             None => protocol,
         };
         if o.common_http_protocol_options.is_some() {
-            common = o.common_http_protocol_options.clone();
+            common = o.common_http_protocol_options;
         }
     }
     let idle_timeout = match common.as_ref().and_then(|c| c.idle_timeout.as_ref()) {
         None => Some(Duration::from_secs(3600)),
-        Some(d) => Some(crate::config::duration(&ctx, "common_http_protocol_options.idle_timeout", d)?).filter(|d| !d.is_zero()),
+        Some(d) => Some(crate::config::duration(
+            &ctx,
+            "common_http_protocol_options.idle_timeout",
+            d,
+        )?)
+        .filter(|d| !d.is_zero()),
     };
     let max_requests_per_connection = common
         .as_ref()
@@ -154,12 +237,24 @@ pub fn build(c: &cpb::Cluster, stats: &Stats) -> Result<Arc<Cluster>, ConfigErro
         Some(ts) => {
             use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
             match &ts.config_type {
-                Some(ConfigType::TypedConfig(any)) if any.type_url.ends_with("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") => None,
+                Some(ConfigType::TypedConfig(any))
+                    if any.type_url.ends_with(
+                        "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+                    ) =>
+                {
+                    None
+                }
                 Some(ConfigType::TypedConfig(any)) => {
                     let u: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext =
                         decode_any(&ctx, "transport_socket.typed_config", any)?;
                     let fallback = first_hostname(c).unwrap_or_else(|| c.name.clone());
-                    Some(crate::tls::client_config(&ctx, "transport_socket.typed_config", &u, &fallback, protocol == Protocol::Http2)?)
+                    Some(crate::tls::client_config(
+                        &ctx,
+                        "transport_socket.typed_config",
+                        &u,
+                        &fallback,
+                        protocol == Protocol::Http2,
+                    )?)
                 }
                 None => None,
             }
@@ -176,16 +271,24 @@ pub fn build(c: &cpb::Cluster, stats: &Stats) -> Result<Arc<Cluster>, ConfigErro
         circuit,
         stats: stats.clone(),
         freed: tokio::sync::Notify::new(),
+        waiters: std::sync::atomic::AtomicUsize::new(0),
     });
-    let retry_buffer_limit = c.per_connection_buffer_limit_bytes.as_ref().map_or(1 << 20, |v| v.value as usize);
+    let retry_buffer_limit = c
+        .per_connection_buffer_limit_bytes
+        .as_ref()
+        .map_or(1 << 20, |v| v.value as usize);
 
-    let (hosts, names) = hosts_from_assignment(&ctx, c.load_assignment.as_ref(), kind != D::Static)?;
+    let (hosts, names) =
+        hosts_from_assignment(&ctx, c.load_assignment.as_ref(), kind != D::Static)?;
     let cluster = Arc::new(Cluster {
         name: pool.cluster.clone(),
         source: prost::Message::encode_to_vec(c),
         protocol,
         lb: lb.clone(),
-        endpoints: ArcSwap::from_pointee(Endpoints { set: EndpointSet::new(Vec::new(), &lb), pools: HashMap::new() }),
+        endpoints: ArcSwap::from_pointee(Endpoints {
+            set: EndpointSet::new(Vec::new(), &lb),
+            pools: HashMap::new(),
+        }),
         outlier,
         stats,
         pool,
@@ -194,11 +297,20 @@ pub fn build(c: &cpb::Cluster, stats: &Stats) -> Result<Arc<Cluster>, ConfigErro
     cluster.set_hosts(hosts);
     if let Some(o) = &cluster.outlier {
         let weak = Arc::downgrade(&cluster);
-        o.spawn_ticker(move || weak.upgrade().map(|c| Arc::new(c.endpoints.load().set.clone())));
+        o.spawn_ticker(move || {
+            weak.upgrade()
+                .map(|c| Arc::new(c.endpoints.load().set.clone()))
+        });
     }
     if !names.is_empty() {
-        let dns_refresh = opt_duration(&ctx, "dns_refresh_rate", c.dns_refresh_rate.as_ref())?.unwrap_or(Duration::from_secs(5));
-        spawn_dns(Arc::downgrade(&cluster), names, dns_refresh.max(Duration::from_millis(100)), kind == D::LogicalDns);
+        let dns_refresh = opt_duration(&ctx, "dns_refresh_rate", c.dns_refresh_rate.as_ref())?
+            .unwrap_or(Duration::from_secs(5));
+        spawn_dns(
+            Arc::downgrade(&cluster),
+            names,
+            dns_refresh.max(Duration::from_millis(100)),
+            kind == D::LogicalDns,
+        );
     }
     Ok(cluster)
 }
@@ -207,9 +319,13 @@ fn first_hostname(c: &cpb::Cluster) -> Option<String> {
     use envoy_types::pb::envoy::config::core::v3::address::Address as A;
     let la = c.load_assignment.as_ref()?;
     let ep = la.endpoints.first()?.lb_endpoints.first()?;
-    let Some(epb::lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else { return None };
+    let Some(epb::lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
+        return None;
+    };
     match e.address.as_ref()?.address.as_ref()? {
-        A::SocketAddress(s) if s.address.parse::<std::net::IpAddr>().is_err() => Some(s.address.clone()),
+        A::SocketAddress(s) if s.address.parse::<std::net::IpAddr>().is_err() => {
+            Some(s.address.clone())
+        }
         _ => None,
     }
 }
@@ -229,36 +345,69 @@ fn hosts_from_assignment(
     la: Option<&epb::ClusterLoadAssignment>,
     dns: bool,
 ) -> Result<(Vec<Arc<Host>>, Vec<NamedHost>), ConfigError> {
-    use envoy_types::pb::envoy::config::core::v3::{address::Address as A, socket_address::PortSpecifier};
+    use envoy_types::pb::envoy::config::core::v3::{
+        address::Address as A, socket_address::PortSpecifier,
+    };
     let mut hosts = Vec::new();
     let mut names = Vec::new();
-    let Some(la) = la else { return Ok((hosts, names)) };
+    let Some(la) = la else {
+        return Ok((hosts, names));
+    };
     for (li, loc) in la.endpoints.iter().enumerate() {
-        let locality = loc.locality.as_ref().map_or_else(Locality::default, |l| Locality {
-            region: l.region.clone(),
-            zone: l.zone.clone(),
-            sub_zone: l.sub_zone.clone(),
-        });
+        let locality = loc
+            .locality
+            .as_ref()
+            .map_or_else(Locality::default, |l| Locality {
+                region: l.region.clone(),
+                zone: l.zone.clone(),
+                sub_zone: l.sub_zone.clone(),
+            });
         for (ei, lbe) in loc.lb_endpoints.iter().enumerate() {
             let f = format!("load_assignment.endpoints[{li}].lb_endpoints[{ei}]");
             // HealthStatus: UNKNOWN 0, HEALTHY 1, UNHEALTHY 2, DRAINING 3, TIMEOUT 4, DEGRADED 5.
-            if matches!(lbe.health_status, 2 | 3 | 4) {
+            if matches!(lbe.health_status, 2..=4) {
                 continue;
             }
-            let weight = lbe.load_balancing_weight.as_ref().map_or(1, |w| w.value.max(1));
+            let weight = lbe
+                .load_balancing_weight
+                .as_ref()
+                .map_or(1, |w| w.value.max(1));
             let Some(epb::lb_endpoint::HostIdentifier::Endpoint(ep)) = &lbe.host_identifier else {
                 return Err(ctx.err(f, "an endpoint with an address is required"));
             };
-            let Some(A::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) else {
-                return Err(ctx.err(format!("{f}.endpoint.address"), "a socket_address is required"));
+            let Some(A::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref())
+            else {
+                return Err(ctx.err(
+                    format!("{f}.endpoint.address"),
+                    "a socket_address is required",
+                ));
             };
             let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
-                return Err(ctx.err(format!("{f}.endpoint.address.socket_address.port_value"), "a port_value is required"));
+                return Err(ctx.err(
+                    format!("{f}.endpoint.address.socket_address.port_value"),
+                    "a port_value is required",
+                ));
             };
-            let port = u16::try_from(port).map_err(|_| ctx.err(format!("{f}.endpoint.address.socket_address.port_value"), "out of range"))?;
+            let port = u16::try_from(port).map_err(|_| {
+                ctx.err(
+                    format!("{f}.endpoint.address.socket_address.port_value"),
+                    "out of range",
+                )
+            })?;
             match sa.address.parse::<std::net::IpAddr>() {
-                Ok(ip) => hosts.push(Arc::new(Host::new(SocketAddr::new(ip, port), weight, loc.priority, locality.clone()))),
-                Err(_) if dns => names.push(NamedHost { name: sa.address.clone(), port, weight, priority: loc.priority, locality: locality.clone() }),
+                Ok(ip) => hosts.push(Arc::new(Host::new(
+                    SocketAddr::new(ip, port),
+                    weight,
+                    loc.priority,
+                    locality.clone(),
+                ))),
+                Err(_) if dns => names.push(NamedHost {
+                    name: sa.address.clone(),
+                    port,
+                    weight,
+                    priority: loc.priority,
+                    locality: locality.clone(),
+                }),
                 Err(_) => {
                     return Err(ctx.err(
                         format!("{f}.endpoint.address.socket_address.address"),
@@ -279,10 +428,17 @@ fn spawn_dns(cluster: Weak<Cluster>, names: Vec<NamedHost>, every: Duration, log
                 match tokio::net::lookup_host((n.name.as_str(), n.port)).await {
                     Ok(addrs) => {
                         for a in addrs.take(if logical { 1 } else { usize::MAX }) {
-                            hosts.push(Arc::new(Host::new(a, n.weight, n.priority, n.locality.clone())));
+                            hosts.push(Arc::new(Host::new(
+                                a,
+                                n.weight,
+                                n.priority,
+                                n.locality.clone(),
+                            )));
                         }
                     }
-                    Err(e) => tracing::warn!(host = %n.name, error = %e, "DNS resolution failed; keeping previous endpoints"),
+                    Err(e) => {
+                        tracing::warn!(host = %n.name, error = %e, "DNS resolution failed; keeping previous endpoints")
+                    }
                 }
             }
             let Some(c) = cluster.upgrade() else { return };

@@ -18,6 +18,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -33,7 +34,10 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 pub struct PoolSettings {
     pub cluster: Arc<str>,
     pub connect_timeout: Duration,
-    pub tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     pub idle_timeout: Option<Duration>,
     /// 0 = unlimited.
     pub max_requests_per_connection: u32,
@@ -41,6 +45,16 @@ pub struct PoolSettings {
     pub stats: Arc<ClusterStats>,
     /// Woken when a connection becomes idle or closes anywhere in the cluster.
     pub freed: Notify,
+    /// Requests waiting on `freed`; nobody pays for a wake-up when it is zero.
+    pub waiters: AtomicUsize,
+}
+
+impl PoolSettings {
+    fn wake(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.freed.notify_waiters();
+        }
+    }
 }
 
 /// Why an upstream exchange failed before response headers arrived.
@@ -62,33 +76,50 @@ pub enum UpstreamError {
     RemoteReset,
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The downstream request body failed (malformed chunking, client went away) while it was
+    /// being sent: the client's fault, not the upstream's.
+    #[error("downstream request body error: {0}")]
+    DownstreamBody(String),
 }
 
 impl UpstreamError {
     pub fn flag(&self) -> ResponseFlags {
         match self {
-            UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => ResponseFlags::UF,
+            UpstreamError::ConnectFailure(_)
+            | UpstreamError::ConnectTimeout
+            | UpstreamError::Tls(_) => ResponseFlags::UF,
             UpstreamError::Overflow(_) => ResponseFlags::UO,
             UpstreamError::ConnectionTermination => ResponseFlags::UC,
             UpstreamError::RefusedStream | UpstreamError::RemoteReset => ResponseFlags::UR,
             UpstreamError::Protocol(_) => ResponseFlags::UPE,
+            UpstreamError::DownstreamBody(_) => ResponseFlags::DPE,
         }
     }
     /// Envoy's reset reason wording, used in local reply bodies and response code details.
     pub fn reset_reason(&self) -> String {
         match self {
-            UpstreamError::ConnectFailure(e) => format!("connection failure, transport failure reason: {e}"),
+            UpstreamError::ConnectFailure(e) => {
+                format!("connection failure, transport failure reason: {e}")
+            }
             UpstreamError::ConnectTimeout => "connection timeout".into(),
-            UpstreamError::Tls(e) => format!("connection failure, transport failure reason: TLS error: {e}"),
+            UpstreamError::Tls(e) => {
+                format!("connection failure, transport failure reason: TLS error: {e}")
+            }
             UpstreamError::Overflow(what) => format!("overflow ({what})"),
             UpstreamError::ConnectionTermination => "connection termination".into(),
             UpstreamError::RefusedStream => "remote refused stream reset".into(),
             UpstreamError::RemoteReset => "remote reset".into(),
             UpstreamError::Protocol(e) => format!("protocol error: {e}"),
+            UpstreamError::DownstreamBody(e) => format!("downstream request body error: {e}"),
         }
     }
     pub fn is_connect_failure(&self) -> bool {
-        matches!(self, UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_))
+        matches!(
+            self,
+            UpstreamError::ConnectFailure(_)
+                | UpstreamError::ConnectTimeout
+                | UpstreamError::Tls(_)
+        )
     }
 }
 
@@ -108,7 +139,9 @@ pub struct HostPool {
 
 impl std::fmt::Debug for HostPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostPool").field("addr", &self.addr).finish()
+        f.debug_struct("HostPool")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -121,32 +154,54 @@ struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.settings.stats.upstream_cx_active.dec();
-        self.settings.freed.notify_waiters();
+        self.settings.wake();
     }
 }
 
 impl HostPool {
     pub fn new(addr: SocketAddr, settings: Arc<PoolSettings>) -> Arc<Self> {
-        Arc::new(Self { addr, settings, idle: Mutex::new(Vec::new()), h2: tokio::sync::Mutex::new(None) })
+        Arc::new(Self {
+            addr,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// Sends one request over HTTP/2 (multiplexed) or HTTP/1.1 (pooled). `upgrade` requests get
     /// a connection of their own that is never returned to the pool.
-    pub async fn send(self: &Arc<Self>, req: Request<Body>, h2: bool, upgrade: bool) -> Result<Response<UpstreamBody>, UpstreamError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<Body>,
+        h2: bool,
+        upgrade: bool,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if h2 {
             let mut sender = self.h2_sender().await?;
             let resp = sender.send_request(req).await.map_err(classify)?;
-            return Ok(resp.map(|b| UpstreamBody { inner: b, ret: None }));
+            return Ok(resp.map(|b| UpstreamBody {
+                inner: b,
+                ret: None,
+            }));
         }
-        let (mut sender, uses) = if upgrade { (self.connect_h1(self.slot()?).await?, 0) } else { self.checkout_h1().await? };
+        let (mut sender, uses) = if upgrade {
+            (self.connect_h1(self.slot()?).await?, 0)
+        } else {
+            self.checkout_h1().await?
+        };
         if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
             return Err(classify(e));
         }
         let resp = sender.send_request(req).await.map_err(classify)?;
         let keep = !upgrade
-            && (self.settings.max_requests_per_connection == 0 || uses + 1 < self.settings.max_requests_per_connection)
+            && (self.settings.max_requests_per_connection == 0
+                || uses + 1 < self.settings.max_requests_per_connection)
             && !connection_close(resp.headers());
-        let ret = keep.then(|| Return { pool: self.clone(), sender, uses: uses + 1 });
+        let ret = keep.then(|| Return {
+            pool: self.clone(),
+            sender,
+            uses: uses + 1,
+        });
         Ok(resp.map(|b| {
             let mut body = UpstreamBody { inner: b, ret };
             if body.inner.is_end_stream() {
@@ -156,8 +211,28 @@ impl HostPool {
         }))
     }
 
-    async fn checkout_h1(self: &Arc<Self>) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
-        let mut pending: Option<Pending> = None;
+    async fn checkout_h1(
+        self: &Arc<Self>,
+    ) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
+        // Fast path: an idle connection, or room for a new one.
+        if let Some(found) = self.take_idle() {
+            return Ok(found);
+        }
+        if let Some(slot) = self.settings.circuit.try_connection() {
+            return Ok((self.connect_h1(slot).await?, 0));
+        }
+        // Slow path: wait as a pending request for a connection to come back or close.
+        let guard = self.settings.circuit.try_pending().ok_or_else(|| {
+            self.settings.stats.upstream_rq_pending_overflow.inc();
+            UpstreamError::Overflow("pending requests")
+        })?;
+        self.settings.stats.upstream_rq_pending_total.inc();
+        self.settings.stats.upstream_rq_pending_active.inc();
+        self.settings.waiters.fetch_add(1, Ordering::SeqCst);
+        let _pending = Pending {
+            _guard: guard,
+            settings: self.settings.clone(),
+        };
         loop {
             let notified = self.settings.freed.notified();
             tokio::pin!(notified);
@@ -168,16 +243,7 @@ impl HostPool {
             if let Some(slot) = self.settings.circuit.try_connection() {
                 return Ok((self.connect_h1(slot).await?, 0));
             }
-            if pending.is_none() {
-                let guard = self.settings.circuit.try_pending().ok_or_else(|| {
-                    self.settings.stats.upstream_rq_pending_overflow.inc();
-                    UpstreamError::Overflow("pending requests")
-                })?;
-                self.settings.stats.upstream_rq_pending_active.inc();
-                pending = Some(Pending { _guard: guard, settings: self.settings.clone() });
-            }
-            // Wait for a connection to be returned or closed anywhere in the cluster; recheck
-            // periodically so a wake-up taken by another host's waiter cannot strand us.
+            // Recheck periodically so a wake-up taken by another host's waiter cannot strand us.
             let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
         }
     }
@@ -192,7 +258,10 @@ impl HostPool {
     fn take_idle(&self) -> Option<(http1::SendRequest<Body>, u32)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(i) = idle.pop() {
-            let expired = self.settings.idle_timeout.is_some_and(|t| i.since.elapsed() >= t);
+            let expired = self
+                .settings
+                .idle_timeout
+                .is_some_and(|t| i.since.elapsed() >= t);
             if !expired && i.sender.is_ready() {
                 return Some((i.sender, i.uses));
             }
@@ -204,14 +273,22 @@ impl HostPool {
         if sender.is_closed() {
             return;
         }
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(Idle { sender, since: Instant::now(), uses });
-        self.settings.freed.notify_waiters();
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Idle {
+                sender,
+                since: Instant::now(),
+                uses,
+            });
+        self.settings.wake();
     }
 
     async fn connect(&self, slot: Guard) -> Result<(Upstream, ConnGuard), UpstreamError> {
         let s = &self.settings;
         s.stats.upstream_cx_total.inc();
-        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(self.addr)).await {
+        let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(self.addr)).await
+        {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 s.stats.upstream_cx_connect_fail.inc();
@@ -225,7 +302,10 @@ impl HostPool {
         };
         let _ = tcp.set_nodelay(true);
         s.stats.upstream_cx_active.inc();
-        let guard = ConnGuard { _slot: slot, settings: s.clone() };
+        let guard = ConnGuard {
+            _slot: slot,
+            settings: s.clone(),
+        };
         let io = match &s.tls {
             None => MaybeTls::Plain(tcp),
             Some((cfg, name)) => {
@@ -255,10 +335,10 @@ impl HostPool {
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let mut slot = self.h2.lock().await;
-        if let Some(s) = slot.as_ref() {
-            if !s.is_closed() {
-                return Ok(s.clone());
-            }
+        if let Some(s) = slot.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
         }
         let (io, guard) = self.connect(self.slot()?).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -280,11 +360,18 @@ impl HostPool {
 }
 
 fn connection_close(h: &http::HeaderMap) -> bool {
-    h.get(http::header::CONNECTION).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    h.get(http::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
 }
 
 /// Maps a hyper client error to Envoy's failure classes.
 pub fn classify(e: hyper::Error) -> UpstreamError {
+    if e.is_user()
+        && let Some(src) = std::error::Error::source(&e)
+    {
+        return UpstreamError::DownstreamBody(src.to_string());
+    }
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = src {
         if let Some(h2e) = s.downcast_ref::<h2::Error>() {
@@ -313,6 +400,7 @@ struct Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        self.settings.waiters.fetch_sub(1, Ordering::SeqCst);
         self.settings.stats.upstream_rq_pending_active.dec();
     }
 }
@@ -348,7 +436,10 @@ impl HttpBody for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         match &r {
             Poll::Ready(None) => self.give_back(),

@@ -89,9 +89,40 @@ pub async fn eventually<T>(
 // Ports
 // ---------------------------------------------------------------------------------------------
 
-/// A 127.0.0.1 port that was free a moment ago (bind port 0, read, drop). Only the proxy's own
-/// ports are picked this way; upstream servers keep their listener.
+/// A 127.0.0.1 port that was free a moment ago. Only the proxy's own ports are picked this way;
+/// upstream servers keep their listener.
+///
+/// Ports come from just below the kernel's ephemeral range, walked from a per-process random
+/// start: a port from `bind(0)` could be handed out again — to another test's `bind(0)` or as
+/// the source port of any outgoing connection — between being picked and being bound by the
+/// proxy; ports outside that range never are.
 pub fn free_port() -> u16 {
+    static NEXT: LazyLock<(u16, u16, AtomicU16)> = LazyLock::new(|| {
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+            .unwrap_or(32768);
+        let (lo, hi) = if low > 12_000 {
+            (low - 10_000, low)
+        } else {
+            (0, 0)
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        let span = u32::from(hi - lo).max(1);
+        (lo, hi, AtomicU16::new((seed % span) as u16))
+    });
+    let (lo, hi, next) = &*NEXT;
+    if hi > lo {
+        for _ in 0..2_000 {
+            let p = lo + next.fetch_add(1, Ordering::Relaxed) % (hi - lo);
+            if StdTcpListener::bind(("127.0.0.1", p)).is_ok() {
+                return p;
+            }
+        }
+    }
     let l = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr of a bound socket").port()
 }
@@ -425,9 +456,10 @@ impl Proxy {
         timeout: Duration,
     ) -> Result<(ExitStatus, String)> {
         let p = Self::spawn(template, args)?;
-        let status = p.wait_exit(timeout).await.with_context(|| {
-            format!("the proxy kept running; its output so far:\n{}", p.logs())
-        })?;
+        let status = p
+            .wait_exit(timeout)
+            .await
+            .with_context(|| format!("the proxy kept running; its output so far:\n{}", p.logs()))?;
         Ok((status, p.logs()))
     }
 
@@ -641,7 +673,11 @@ impl Proxy {
     fn dump(&self) {
         const TAIL: usize = 80;
         let dir = self.dir.path();
-        eprintln!("===== weft-proxy pid {} (dir {}) =====", self.pid, dir.display());
+        eprintln!(
+            "===== weft-proxy pid {} (dir {}) =====",
+            self.pid,
+            dir.display()
+        );
         for f in ["bootstrap.yaml", "stdout.log", "stderr.log", "access.log"] {
             let text = read_lossy(&dir.join(f));
             let lines: Vec<&str> = text.lines().collect();
@@ -984,7 +1020,12 @@ impl Http {
         let r = req.build(addr)?;
         tokio::time::timeout(self.timeout, self.client.request(r))
             .await
-            .map_err(|_| anyhow!("{what} via {addr}: no response head within {:?}", self.timeout))?
+            .map_err(|_| {
+                anyhow!(
+                    "{what} via {addr}: no response head within {:?}",
+                    self.timeout
+                )
+            })?
             .with_context(|| format!("{what} via {addr}"))
     }
 
@@ -1331,11 +1372,8 @@ impl EchoServer {
             async move {
                 st.connections.fetch_add(1, Ordering::SeqCst);
                 let svc = hyper::service::service_fn(move |req| echo_handle(st.clone(), req));
-                let builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
             }
         });
         Ok(EchoServer {
@@ -1369,7 +1407,7 @@ impl EchoServer {
     pub fn max_active(&self) -> usize {
         self.state.max_active.load(Ordering::SeqCst)
     }
-    /// The next `n` requests answer `status` (use `usize::MAX` for "always").
+    /// The next `n` requests answer `status` once their body is read (`usize::MAX`: always).
     pub fn fail_first(&self, n: usize, status: u16) {
         self.state.fail_status.store(status, Ordering::SeqCst);
         self.state.fail_remaining.store(n, Ordering::SeqCst);
@@ -1453,6 +1491,9 @@ async fn echo_handle(
         .header("x-upstream", st.name.as_str())
         .header("x-echo-extra", "remove-me");
     if take(&st.fail_remaining) {
+        // Read the whole request first, so that the failure is a plain response to a complete
+        // request (an early answer would race the client's upload).
+        let _ = req.into_body().collect().await;
         let code = StatusCode::from_u16(st.fail_status.load(Ordering::SeqCst))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return Ok(base
@@ -1524,7 +1565,9 @@ async fn echo_handle(
                 Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"trailers-body"))),
                 Ok(Frame::trailers(trailers)),
             ];
-            base.body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames))))
+            base.body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))))
         }
     };
     Ok(resp.unwrap_or_else(|_| Response::new(full_body("bad response"))))
@@ -1580,7 +1623,9 @@ pub struct BannerServer(TcpEcho);
 
 impl BannerServer {
     pub async fn start() -> Result<BannerServer> {
-        Ok(BannerServer(TcpEcho::start_with_banner(Some(BANNER)).await?))
+        Ok(BannerServer(
+            TcpEcho::start_with_banner(Some(BANNER)).await?,
+        ))
     }
     pub fn addr(&self) -> SocketAddr {
         self.0.addr
@@ -1789,9 +1834,11 @@ impl AggregatedDiscoveryService for AdsEcho {
                 }
             }
         });
-        let out = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        });
+        let out =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|m| (m, rx)) },
+            );
         Ok(tonic::Response::new(Box::pin(out)))
     }
 
