@@ -21,6 +21,7 @@ pub mod supported;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
+pub mod xds;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,7 +68,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(async { runtime::compile(&b, None, &stats::Stats::new(), 1) })?;
+        rt.block_on(async {
+            runtime::compile(&b, &Default::default(), None, &stats::Stats::new(), 1)
+        })?;
         println!("configuration '{}' OK", opts.config_path.display());
         return Ok(());
     }
@@ -86,7 +89,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
     rt.block_on(async move {
         let stats = Arc::new(stats::Stats::new());
-        let proxy = runtime::Proxy::start(
+        let proxy = runtime::Control::start(
             opts.config_path.clone(),
             stats,
             Some(runtime::LogReload(reload)),
@@ -97,6 +100,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         let admin_listener = listener::bind(admin_addr)
             .map_err(|e| anyhow::anyhow!("cannot bind admin on {admin_addr}: {e}"))?;
         tracing::info!(%admin_addr, "admin listening");
+        let (xds_stop, xds_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let xds_task = tokio::spawn(xds::run(proxy.clone(), async move {
+            let _ = xds_stop_rx.await;
+        }));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let handler: Arc<dyn admin::AdminHandler> = Arc::new(runtime::Admin(shared.clone()));
         let admin_task = tokio::spawn(admin::serve(admin_listener, handler, async move {
@@ -104,6 +111,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         }));
         proxy.run(Duration::from_secs(opts.drain_time_s)).await?;
         let _ = stop_tx.send(());
+        let _ = xds_stop.send(());
+        let _ = xds_task.await;
         let _ = admin_task.await;
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())

@@ -251,6 +251,21 @@ fn server_name_rank(names: &[String], sni: Option<&str>) -> Option<usize> {
 }
 
 impl ListenerConfig {
+    /// Route configuration names this listener's connection managers take from RDS.
+    pub fn rds_names(&self) -> Vec<&str> {
+        self.chains
+            .iter()
+            .chain(self.default_chain.iter())
+            .filter_map(|c| match &c.filter {
+                NetworkFilter::Http(h) => match &h.routes {
+                    crate::http::Routes::Rds(n) => Some(n.as_str()),
+                    crate::http::Routes::Static(_) => None,
+                },
+                NetworkFilter::Tcp(_) => None,
+            })
+            .collect()
+    }
+
     /// Envoy's filter-chain selection: per criterion in order (destination port, server name,
     /// transport protocol, application protocols), chains that name a matching value beat
     /// chains that leave it empty; chains that name a non-matching value drop out.

@@ -15,14 +15,20 @@
 pub fn release_after_load() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        trim_heap();
+        trim_heap_glibc();
         page_out_image();
     }
 }
 
+/// Returns free heap pages to the OS (cheap enough for every xDS update).
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    trim_heap_glibc();
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn trim_heap() {
+fn trim_heap_glibc() {
     // SAFETY: malloc_trim takes no pointers from us, only walks glibc's own arenas under their
     // locks, and may be called at any time from any thread.
     unsafe {

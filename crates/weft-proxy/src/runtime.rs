@@ -1,8 +1,11 @@
-//! The proxy's life cycle: load a bootstrap, compile it into a snapshot, bind and serve
-//! listeners, swap snapshots atomically on reload (SIGHUP or a change of the file), drain
-//! removed listeners, and drain everything on SIGTERM or `/quitquitquit`.
+//! The proxy's life cycle: load a bootstrap, compile it (plus whatever xDS delivered) into a
+//! snapshot, bind and serve listeners, swap snapshots atomically on change (SIGHUP, a change of
+//! the file, an xDS update), drain removed listeners, and drain everything on SIGTERM or
+//! `/quitquitquit`.
 //!
-//! Nothing here is on the per-request path except `Shared::snapshot`, one atomic load.
+//! Every change goes through `Control`, which compiles the complete new config first and only
+//! then swaps it in: a bad change is refused (reload error, or xDS NACK) and the last good config
+//! keeps serving. Nothing here is on the per-request path except `Shared::snapshot`.
 
 use crate::listener::{self, ListenerConfig};
 use crate::router::RouteTable;
@@ -10,7 +13,11 @@ use crate::stats::Stats;
 use crate::upstream::{self, Cluster};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
-use std::collections::HashMap;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterPb;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerPb;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,14 +25,37 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{Notify, watch};
 
+/// A resource received over xDS, with its version.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub version: String,
+    pub value: T,
+    pub last_updated: SystemTime,
+}
+
+/// Everything received over xDS, by type and name.
+#[derive(Debug, Clone, Default)]
+pub struct Dynamic {
+    pub listeners: BTreeMap<String, Versioned<ListenerPb>>,
+    pub clusters: BTreeMap<String, Versioned<ClusterPb>>,
+    pub routes: BTreeMap<String, Versioned<RouteConfiguration>>,
+    pub endpoints: BTreeMap<String, Versioned<ClusterLoadAssignment>>,
+    /// Types for which at least one response arrived (readiness).
+    pub received: std::collections::BTreeSet<String>,
+}
+
 /// One compiled config generation.
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
     pub clusters: HashMap<String, Arc<Cluster>>,
     pub routes: HashMap<String, Arc<RouteTable>>,
+    /// Listeners ready to serve.
     pub listeners: Vec<Arc<ListenerConfig>>,
+    /// Listeners waiting for their route configuration (Envoy's listener warming).
+    pub warming: Vec<String>,
     pub bootstrap: Bootstrap,
+    pub dynamic: Arc<Dynamic>,
     pub loaded_at: SystemTime,
 }
 
@@ -34,11 +64,12 @@ pub struct Snapshot {
 pub struct Shared {
     current: ArcSwap<Snapshot>,
     pub stats: Arc<Stats>,
-    pub healthy: AtomicBool,
     pub draining: AtomicBool,
+    /// False until the first complete config is in force (xDS: LDS, CDS and what they name).
+    pub initialized: AtomicBool,
     pub quit: Notify,
     pub log_reload: Option<LogReload>,
-    /// The last reload error, shown by the admin server.
+    /// The last reload/xDS error, shown by the admin server.
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -63,7 +94,7 @@ impl Shared {
     }
 }
 
-/// Why a bootstrap could not be loaded.
+/// Why a config could not be loaded or applied.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
@@ -85,6 +116,20 @@ pub enum LoadError {
     },
 }
 
+fn unsupported(pool: &weft_xds::DescriptorPool, full_name: &str, bytes: &[u8]) -> Vec<String> {
+    weft_xds::reflect::unsupported_fields(pool, full_name, bytes, &crate::supported::allowed)
+}
+
+fn refusal(bad: &[String]) -> String {
+    format!(
+        "not supported by weft-proxy (refusing rather than ignoring): {}",
+        bad.iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// Reads and parses a bootstrap file (YAML or JSON) and refuses any field the proxy does not
 /// implement, naming it.
 pub fn read_bootstrap(path: &Path) -> Result<(Bootstrap, String), LoadError> {
@@ -95,44 +140,53 @@ pub fn read_bootstrap(path: &Path) -> Result<(Bootstrap, String), LoadError> {
     let name = path.display().to_string();
     let b: Bootstrap = weft_xds::from_yaml(&text, &name)?;
     let pool = weft_xds::descriptors();
-    let bad = weft_xds::reflect::unsupported_fields(
+    let bad = unsupported(
         &pool,
         "envoy.config.bootstrap.v3.Bootstrap",
         &prost::Message::encode_to_vec(&b),
-        &crate::supported::allowed,
     );
     if !bad.is_empty() {
-        return Err(LoadError::Unsupported(
-            format!(
-                "not supported by weft-proxy (refusing rather than ignoring): {}",
-                bad.iter()
-                    .map(|p| format!("`{p}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            name,
-        ));
+        return Err(LoadError::Unsupported(refusal(&bad), name));
     }
     Ok((b, text))
 }
 
-/// Compiles a bootstrap into a snapshot, reusing clusters whose resource did not change.
+/// Whether the bootstrap asks for an ADS connection.
+pub fn uses_xds(b: &Bootstrap) -> bool {
+    b.dynamic_resources
+        .as_ref()
+        .is_some_and(|d| d.ads_config.is_some())
+}
+
+/// Compiles bootstrap + xDS resources into a snapshot, reusing unchanged clusters, route tables
+/// and listeners from `prev`.
 pub fn compile(
     b: &Bootstrap,
+    dynamic: &Arc<Dynamic>,
     prev: Option<&Snapshot>,
     stats: &Stats,
     version: u64,
 ) -> Result<Snapshot, LoadError> {
+    let xds = uses_xds(b);
     let sr = b.static_resources.clone().unwrap_or_default();
     let mut clusters = HashMap::new();
-    for c in &sr.clusters {
+    let all_clusters = sr
+        .clusters
+        .iter()
+        .chain(dynamic.clusters.values().map(|v| &v.value));
+    for c in all_clusters {
+        let bytes = prost::Message::encode_to_vec(c);
         let reuse = prev
             .and_then(|p| p.clusters.get(&c.name))
-            .filter(|old| old.source == prost::Message::encode_to_vec(c));
+            .filter(|old| old.source == bytes);
         let cluster = match reuse {
             Some(old) => old.clone(),
-            None => upstream::build(c, stats)?,
+            None => upstream::build(c, stats, xds)?,
         };
+        if let Some(svc) = &cluster.eds_service
+            && let Some(cla) = dynamic.endpoints.get(svc) {
+                cluster.apply_cla(&cla.version, &cla.value)?;
+            }
         if clusters.insert(c.name.clone(), cluster).is_some() {
             return Err(crate::config::ConfigError::new(
                 format!("cluster {:?}", c.name),
@@ -142,9 +196,21 @@ pub fn compile(
             .into());
         }
     }
+    let mut routes = HashMap::new();
+    for (name, rc) in &dynamic.routes {
+        routes.insert(
+            name.clone(),
+            Arc::new(crate::router::route_table(&rc.value)?),
+        );
+    }
     let mut listeners = Vec::new();
+    let mut warming = Vec::new();
     let mut names = std::collections::HashSet::new();
-    for l in &sr.listeners {
+    let all_listeners = sr
+        .listeners
+        .iter()
+        .chain(dynamic.listeners.values().map(|v| &v.value));
+    for l in all_listeners {
         if !names.insert(l.name.clone()) {
             return Err(crate::config::ConfigError::new(
                 format!("listener {:?}", l.name),
@@ -153,16 +219,33 @@ pub fn compile(
             )
             .into());
         }
-        let built = listener::build(l, stats)?;
-        validate_clusters(&built, &clusters)?;
-        listeners.push(Arc::new(built));
+        let bytes = prost::Message::encode_to_vec(l);
+        let built = match prev.and_then(|p| {
+            p.listeners
+                .iter()
+                .find(|x| x.name == l.name && x.source == bytes)
+        }) {
+            Some(old) => old.clone(),
+            None => {
+                let built = listener::build(l, stats)?;
+                validate_clusters(&built, &clusters)?;
+                Arc::new(built)
+            }
+        };
+        if built.rds_names().iter().any(|n| !routes.contains_key(*n)) {
+            warming.push(built.name.clone());
+            continue;
+        }
+        listeners.push(built);
     }
     Ok(Snapshot {
         version,
         clusters,
-        routes: HashMap::new(),
+        routes,
         listeners,
+        warming,
         bootstrap: b.clone(),
+        dynamic: dynamic.clone(),
         loaded_at: SystemTime::now(),
     })
 }
@@ -206,146 +289,123 @@ struct Running {
     stop: watch::Sender<bool>,
 }
 
-/// Owns the running listeners and applies new snapshots.
-pub struct Proxy {
-    pub shared: Arc<Shared>,
-    running: HashMap<String, Running>,
+struct State {
     path: PathBuf,
     last_text: String,
+    bootstrap: Bootstrap,
+    dynamic: Arc<Dynamic>,
+    running: HashMap<String, Running>,
 }
 
-impl Proxy {
+/// Owns the running listeners and applies every config change.
+pub struct Control {
+    pub shared: Arc<Shared>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+impl Control {
     /// Loads the bootstrap, binds every listener, and starts serving.
     pub fn start(
         path: PathBuf,
         stats: Arc<Stats>,
         log_reload: Option<LogReload>,
-    ) -> Result<Proxy, LoadError> {
+    ) -> Result<Arc<Control>, LoadError> {
         let (b, text) = read_bootstrap(&path)?;
-        let snap = compile(&b, None, &stats, 1)?;
+        let dynamic = Arc::new(Dynamic::default());
+        let snap = compile(&b, &dynamic, None, &stats, 1)?;
+        let xds = uses_xds(&b);
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(snap),
             stats,
-            healthy: AtomicBool::new(true),
             draining: AtomicBool::new(false),
+            initialized: AtomicBool::new(!xds),
             quit: Notify::new(),
             log_reload,
             last_error: Mutex::new(None),
         });
-        let mut p = Proxy {
-            shared,
-            running: HashMap::new(),
-            path,
-            last_text: text,
-        };
-        let snap = p.shared.snapshot();
-        p.sync_listeners(&snap)?;
-        p.shared.stats.server.live.set(1);
+        let control = Arc::new(Control {
+            shared: shared.clone(),
+            state: Mutex::new(State {
+                path,
+                last_text: text,
+                bootstrap: b,
+                dynamic,
+                running: HashMap::new(),
+            }),
+        });
+        {
+            let mut st = control.lock();
+            let snap = shared.snapshot();
+            sync_listeners(&mut st.running, &snap, &shared)?;
+        }
+        shared.stats.server.live.set(1);
         crate::mem::release_after_load();
-        Ok(p)
+        Ok(control)
     }
 
-    /// Binds new listeners first (so a bind failure leaves everything as it was), then updates
-    /// kept ones and drains removed ones.
-    fn sync_listeners(&mut self, snap: &Snapshot) -> Result<(), LoadError> {
-        let mut fresh = Vec::new();
-        for l in &snap.listeners {
-            let keep = self.running.get(&l.name).is_some_and(|r| r.addr == l.addr);
-            if !keep {
-                // A listener moving address under the same name: free the old socket first.
-                if let Some(old) = self.running.get(&l.name)
-                    && old.addr != l.addr
-                {
-                    let _ = old.stop.send(true);
-                }
-                let sock = listener::bind(l.addr).map_err(|e| LoadError::Bind {
-                    name: l.name.clone(),
-                    addr: l.addr,
-                    source: e,
-                })?;
-                fresh.push((l.clone(), sock));
-            }
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn bootstrap(&self) -> Bootstrap {
+        self.lock().bootstrap.clone()
+    }
+
+    /// Compiles and swaps in a new config; on error nothing changes.
+    fn commit(
+        &self,
+        st: &mut State,
+        b: Bootstrap,
+        dynamic: Arc<Dynamic>,
+    ) -> Result<u64, LoadError> {
+        let old = self.shared.snapshot();
+        let snap = Arc::new(compile(
+            &b,
+            &dynamic,
+            Some(&old),
+            &self.shared.stats,
+            old.version + 1,
+        )?);
+        // Bind new listeners before anything changes; then swap, then move listeners over.
+        self.shared.current.store(snap.clone());
+        if let Err(e) = sync_listeners(&mut st.running, &snap, &self.shared) {
+            self.shared.current.store(old);
+            return Err(e);
         }
-        let wanted: std::collections::HashSet<&str> =
-            snap.listeners.iter().map(|l| l.name.as_str()).collect();
-        let removed: Vec<String> = self
-            .running
-            .keys()
-            .filter(|k| !wanted.contains(k.as_str()))
-            .cloned()
-            .collect();
-        for name in removed {
-            if let Some(r) = self.running.remove(&name) {
-                tracing::info!(listener = %name, "listener removed; draining");
-                let _ = r.stop.send(true);
-            }
-        }
-        for l in &snap.listeners {
-            if let Some(r) = self.running.get(&l.name)
-                && r.addr == l.addr
-            {
-                r.config.store(l.clone());
-            }
-        }
-        for (l, sock) in fresh {
-            let config = Arc::new(ArcSwap::new(l.clone()));
-            let (stop, stop_rx) = watch::channel(false);
-            tokio::spawn(listener::serve(
-                sock,
-                config.clone(),
-                self.shared.clone(),
-                stop_rx,
-            ));
-            tracing::info!(listener = %l.name, addr = %l.addr, "listening");
-            self.running.insert(
-                l.name.clone(),
-                Running {
-                    addr: l.addr,
-                    config,
-                    stop,
-                },
-            );
-        }
-        Ok(())
+        st.bootstrap = b;
+        st.dynamic = dynamic;
+        Ok(snap.version)
     }
 
     /// Re-reads the bootstrap; on any error the running config stays in force.
-    pub fn reload(&mut self, force: bool) {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        if !force && text == self.last_text {
+    pub fn reload(&self, force: bool) {
+        let mut st = self.lock();
+        let text = std::fs::read_to_string(&st.path).unwrap_or_default();
+        if !force && text == st.last_text {
             return;
         }
-        let old = self.shared.snapshot();
-        let result = read_bootstrap(&self.path).and_then(|(b, text)| {
-            let snap = compile(&b, Some(&old), &self.shared.stats, old.version + 1)?;
-            Ok((snap, text))
+        st.last_text = text;
+        let result = read_bootstrap(&st.path).and_then(|(b, _)| {
+            let dynamic = st.dynamic.clone();
+            self.commit(&mut st, b, dynamic)
         });
         match result {
-            Ok((snap, text)) => {
-                let snap = Arc::new(snap);
-                // Swap config before listeners move, so new connections see the new routes.
-                self.shared.current.store(snap.clone());
-                if let Err(e) = self.sync_listeners(&snap) {
-                    tracing::error!(error = %e, "reload: listener change failed; previous config restored");
-                    self.shared.current.store(old);
-                    *self
-                        .shared
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                    return;
-                }
-                self.last_text = text;
+            Ok(version) => {
                 *self
                     .shared
                     .last_error
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = None;
-                tracing::info!(version = snap.version, "config reloaded");
+                tracing::info!(version, "config reloaded");
                 crate::mem::release_after_load();
             }
             Err(e) => {
-                self.last_text = text;
                 tracing::error!(error = %e, "reload rejected; the previous config keeps serving");
                 *self
                     .shared
@@ -356,9 +416,178 @@ impl Proxy {
         }
     }
 
+    /// Applies one xDS update (Envoy type URL, added/changed and removed resources). An error is
+    /// a NACK: nothing changes and the message names the resource and field.
+    pub fn apply_xds(
+        &self,
+        type_url: &str,
+        added: &[(String, String, envoy_types::pb::google::protobuf::Any)],
+        removed: &[String],
+    ) -> Result<(), String> {
+        let mut st = self.lock();
+        let mut dynamic = (*st.dynamic).clone();
+        let pool = weft_xds::descriptors();
+        let full = type_url.rsplit('/').next().unwrap_or("");
+        let now = SystemTime::now();
+        macro_rules! merge {
+            ($map:ident, $ty:ty) => {{
+                for (name, version, any) in added {
+                    let bad = unsupported(&pool, full, &any.value);
+                    if !bad.is_empty() {
+                        return Err(format!("{full} {name:?}: {}", refusal(&bad)));
+                    }
+                    let value = <$ty as prost::Message>::decode(any.value.as_slice())
+                        .map_err(|e| format!("{full} {name:?}: undecodable: {e}"))?;
+                    dynamic.$map.insert(
+                        name.clone(),
+                        Versioned {
+                            version: version.clone(),
+                            value,
+                            last_updated: now,
+                        },
+                    );
+                }
+                for name in removed {
+                    dynamic.$map.remove(name);
+                }
+            }};
+        }
+        match full {
+            "envoy.config.listener.v3.Listener" => merge!(listeners, ListenerPb),
+            "envoy.config.cluster.v3.Cluster" => merge!(clusters, ClusterPb),
+            "envoy.config.route.v3.RouteConfiguration" => merge!(routes, RouteConfiguration),
+            "envoy.config.endpoint.v3.ClusterLoadAssignment" => {
+                merge!(endpoints, ClusterLoadAssignment)
+            }
+            other => {
+                return Err(format!(
+                    "resource type `{other}` is not supported by weft-proxy"
+                ));
+            }
+        }
+        dynamic.received.insert(full.to_string());
+        let dynamic = Arc::new(dynamic);
+        // Endpoint-only changes touch the clusters in place: no recompilation.
+        if full == "envoy.config.endpoint.v3.ClusterLoadAssignment" {
+            let snap = self.shared.snapshot();
+            for c in snap.clusters.values() {
+                if let Some(cla) = c
+                    .eds_service
+                    .as_ref()
+                    .and_then(|s| dynamic.endpoints.get(s))
+                {
+                    c.apply_cla(&cla.version, &cla.value)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            st.dynamic = dynamic;
+            self.update_initialized(&st);
+            return Ok(());
+        }
+        let b = st.bootstrap.clone();
+        match self.commit(&mut st, b, dynamic) {
+            Ok(version) => {
+                tracing::debug!(version, type_url, "xDS update applied");
+                crate::mem::trim_heap();
+                self.update_initialized(&st);
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                *self
+                    .shared
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    /// Ready once LDS and CDS arrived and every route/endpoint set they name is known.
+    fn update_initialized(&self, st: &State) {
+        if self.shared.initialized.load(Ordering::Relaxed) {
+            return;
+        }
+        let d = &st.dynamic;
+        let snap = self.shared.snapshot();
+        let have_types = d.received.contains("envoy.config.listener.v3.Listener")
+            && d.received.contains("envoy.config.cluster.v3.Cluster");
+        let eds_done = snap.clusters.values().all(|c| {
+            c.eds_service
+                .as_ref()
+                .is_none_or(|s| d.endpoints.contains_key(s))
+        });
+        if have_types && eds_done && snap.warming.is_empty() {
+            self.shared.initialized.store(true, Ordering::SeqCst);
+            tracing::info!("initial xDS configuration complete");
+        }
+    }
+
+    /// Names this proxy wants for a type (RDS: route configs its listeners use; EDS: its EDS
+    /// clusters' service names); None for wildcard types.
+    pub fn wanted(&self, type_url: &str) -> Option<Vec<String>> {
+        let st = self.lock();
+        let snap = self.shared.snapshot();
+        match type_url.rsplit('/').next().unwrap_or("") {
+            "envoy.config.route.v3.RouteConfiguration" => {
+                let sr = st.bootstrap.static_resources.clone().unwrap_or_default();
+                let mut names = std::collections::BTreeSet::new();
+                let stats = Stats::new();
+                for l in sr
+                    .listeners
+                    .iter()
+                    .chain(st.dynamic.listeners.values().map(|v| &v.value))
+                {
+                    if let Some(built) = snap.listeners.iter().find(|x| x.name == l.name) {
+                        names.extend(built.rds_names().into_iter().map(str::to_string));
+                    } else if let Ok(built) = listener::build(l, &stats) {
+                        names.extend(built.rds_names().into_iter().map(str::to_string));
+                    }
+                }
+                Some(names.into_iter().collect())
+            }
+            "envoy.config.endpoint.v3.ClusterLoadAssignment" => {
+                let mut names: Vec<String> = snap
+                    .clusters
+                    .values()
+                    .filter_map(|c| c.eds_service.clone())
+                    .collect();
+                names.sort();
+                names.dedup();
+                Some(names)
+            }
+            _ => None,
+        }
+    }
+
+    /// Versions of what this proxy has, per type (sent on reconnect).
+    pub fn known_versions(&self, type_url: &str) -> HashMap<String, String> {
+        let st = self.lock();
+        let d = &st.dynamic;
+        fn versions<T>(m: &BTreeMap<String, Versioned<T>>) -> HashMap<String, String> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.version.clone()))
+                .collect()
+        }
+        match type_url.rsplit('/').next().unwrap_or("") {
+            "envoy.config.listener.v3.Listener" => versions(&d.listeners),
+            "envoy.config.cluster.v3.Cluster" => versions(&d.clusters),
+            "envoy.config.route.v3.RouteConfiguration" => versions(&d.routes),
+            "envoy.config.endpoint.v3.ClusterLoadAssignment" => versions(&d.endpoints),
+            _ => HashMap::new(),
+        }
+    }
+
+    fn stop_all(&self) {
+        for r in self.lock().running.values() {
+            let _ = r.stop.send(true);
+        }
+    }
+
     /// Serves until SIGTERM/SIGINT or `/quitquitquit`, reloading on SIGHUP and file changes;
     /// then stops accepting, drains open connections for at most `drain_time`, and returns.
-    pub async fn run(mut self, drain_time: Duration) -> std::io::Result<()> {
+    pub async fn run(self: Arc<Self>, drain_time: Duration) -> std::io::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
@@ -366,12 +595,13 @@ impl Proxy {
         let mut poll = tokio::time::interval(Duration::from_millis(250));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let shared = self.shared.clone();
-        let mut last_meta = file_stamp(&self.path);
+        let path = self.lock().path.clone();
+        let mut last_meta = file_stamp(&path);
         loop {
             tokio::select! {
                 _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); self.reload(true); }
                 _ = poll.tick() => {
-                    let stamp = file_stamp(&self.path);
+                    let stamp = file_stamp(&path);
                     if stamp != last_meta {
                         last_meta = stamp;
                         self.reload(false);
@@ -385,9 +615,7 @@ impl Proxy {
         tracing::info!(drain_time = ?drain_time, "draining");
         shared.draining.store(true, Ordering::SeqCst);
         shared.stats.server.live.set(0);
-        for r in self.running.values() {
-            let _ = r.stop.send(true);
-        }
+        self.stop_all();
         let deadline = tokio::time::Instant::now() + drain_time;
         while shared.stats.server.total_connections.get() > 0
             && tokio::time::Instant::now() < deadline
@@ -396,6 +624,86 @@ impl Proxy {
         }
         Ok(())
     }
+}
+
+/// Binds new listeners first (so a bind failure leaves everything as it was), then updates kept
+/// ones and drains removed ones. Warming listeners keep any running predecessor untouched.
+fn sync_listeners(
+    running: &mut HashMap<String, Running>,
+    snap: &Snapshot,
+    shared: &Arc<Shared>,
+) -> Result<(), LoadError> {
+    let mut fresh = Vec::new();
+    for l in &snap.listeners {
+        let keep = running.get(&l.name).is_some_and(|r| r.addr == l.addr);
+        if !keep {
+            let moving_same_addr = running.values().any(|r| r.addr == l.addr);
+            if let Some(old) = running.get(&l.name) {
+                let _ = old.stop.send(true);
+            }
+            let sock = match listener::bind(l.addr) {
+                Ok(s) => s,
+                Err(e) if moving_same_addr => {
+                    return Err(LoadError::Bind {
+                        name: l.name.clone(),
+                        addr: l.addr,
+                        source: e,
+                    });
+                }
+                Err(e) => {
+                    return Err(LoadError::Bind {
+                        name: l.name.clone(),
+                        addr: l.addr,
+                        source: e,
+                    });
+                }
+            };
+            fresh.push((l.clone(), sock));
+        }
+    }
+    let wanted: std::collections::HashSet<&str> = snap
+        .listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .chain(snap.warming.iter().map(String::as_str))
+        .collect();
+    let removed: Vec<String> = running
+        .keys()
+        .filter(|k| !wanted.contains(k.as_str()))
+        .cloned()
+        .collect();
+    for name in removed {
+        if let Some(r) = running.remove(&name) {
+            tracing::info!(listener = %name, "listener removed; draining");
+            let _ = r.stop.send(true);
+        }
+    }
+    for l in &snap.listeners {
+        if let Some(r) = running.get(&l.name)
+            && r.addr == l.addr {
+                r.config.store(l.clone());
+            }
+    }
+    for (l, sock) in fresh {
+        let config = Arc::new(ArcSwap::new(l.clone()));
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(listener::serve(
+            sock,
+            config.clone(),
+            shared.clone(),
+            stop_rx,
+        ));
+        tracing::info!(listener = %l.name, addr = %l.addr, "listening");
+        running.insert(
+            l.name.clone(),
+            Running {
+                addr: l.addr,
+                config,
+                stop,
+            },
+        );
+    }
+    Ok(())
 }
 
 fn file_stamp(p: &Path) -> Option<(SystemTime, u64)> {
@@ -409,7 +717,7 @@ pub struct Admin(pub Arc<Shared>);
 
 impl crate::admin::AdminHandler for Admin {
     fn is_ready(&self) -> bool {
-        !self.0.draining.load(Ordering::Relaxed)
+        self.0.initialized.load(Ordering::Relaxed) && !self.0.draining.load(Ordering::Relaxed)
     }
     fn config_dump(&self) -> serde_json::Value {
         config_dump(&self.0)
@@ -493,11 +801,22 @@ pub fn config_dump(shared: &Shared) -> serde_json::Value {
     if let Some(o) = bootstrap.as_object_mut() {
         o.remove("static_resources");
     }
+    let d = &snap.dynamic;
+    let stamp = |t: SystemTime| httpdate::fmt_http_date(t);
+    let dyn_listeners: Vec<_> = d.listeners.iter().map(|(n, v)| {
+        let state = if snap.warming.contains(n) { "warming_state" } else { "active_state" };
+        json!({"name": n, state: {"version_info": v.version, "listener": dump("envoy.config.listener.v3.Listener", &prost::Message::encode_to_vec(&v.value)), "last_updated": stamp(v.last_updated)}})
+    }).collect();
+    let dyn_clusters: Vec<_> = d.clusters.values().map(|v| json!({"version_info": v.version, "cluster": dump("envoy.config.cluster.v3.Cluster", &prost::Message::encode_to_vec(&v.value)), "last_updated": stamp(v.last_updated)})).collect();
+    let dyn_routes: Vec<_> = d.routes.values().map(|v| json!({"version_info": v.version, "route_config": dump("envoy.config.route.v3.RouteConfiguration", &prost::Message::encode_to_vec(&v.value)), "last_updated": stamp(v.last_updated)})).collect();
+    let dyn_eps: Vec<_> = d.endpoints.values().map(|v| json!({"version_info": v.version, "endpoint_config": dump("envoy.config.endpoint.v3.ClusterLoadAssignment", &prost::Message::encode_to_vec(&v.value)), "last_updated": stamp(v.last_updated)})).collect();
     json!({
         "configs": [
             {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": bootstrap, "last_updated": ts},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snap.version.to_string(), "static_listeners": listeners},
-            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snap.version.to_string(), "static_clusters": clusters},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snap.version.to_string(), "static_listeners": listeners, "dynamic_listeners": dyn_listeners},
+            {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "version_info": snap.version.to_string(), "static_clusters": clusters, "dynamic_active_clusters": dyn_clusters},
+            {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": dyn_routes},
+            {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump", "dynamic_endpoint_configs": dyn_eps},
         ],
         "weft": {
             "version": snap.version,

@@ -7,9 +7,33 @@
 /// Whether `field` of message `msg` (full protobuf name) is implemented.
 pub fn allowed(msg: &str, field: &str) -> bool {
     let fields: &[&str] = match msg {
-        "envoy.config.bootstrap.v3.Bootstrap" => {
-            &["node", "static_resources", "admin", "stats_flush_interval"]
+        "envoy.config.bootstrap.v3.Bootstrap" => &[
+            "node",
+            "static_resources",
+            "dynamic_resources",
+            "admin",
+            "stats_flush_interval",
+        ],
+        "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => {
+            &["lds_config", "cds_config", "ads_config"]
         }
+        "envoy.config.core.v3.ConfigSource" => {
+            &["ads", "resource_api_version", "initial_fetch_timeout"]
+        }
+        "envoy.config.core.v3.AggregatedConfigSource" => &[],
+        "envoy.config.core.v3.ApiConfigSource" => &[
+            "api_type",
+            "transport_api_version",
+            "grpc_services",
+            "set_node_on_first_message_only",
+        ],
+        "envoy.config.core.v3.GrpcService" => &["envoy_grpc", "google_grpc", "timeout"],
+        "envoy.config.core.v3.GrpcService.EnvoyGrpc" => &["cluster_name", "authority"],
+        "envoy.config.core.v3.GrpcService.GoogleGrpc" => &["target_uri", "stat_prefix"],
+        "envoy.extensions.filters.network.http_connection_manager.v3.Rds" => {
+            &["config_source", "route_config_name"]
+        }
+        "envoy.config.cluster.v3.Cluster.EdsClusterConfig" => &["eds_config", "service_name"],
         "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => &["listeners", "clusters"],
         "envoy.config.bootstrap.v3.Admin" => {
             &["address", "access_log_path", "access_log", "profile_path"]
@@ -86,6 +110,7 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "codec_type",
             "stat_prefix",
             "route_config",
+            "rds",
             "http_filters",
             "access_log",
             "upgrade_configs",
@@ -282,6 +307,7 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "dns_refresh_rate",
             "dns_lookup_family",
             "outlier_detection",
+            "eds_cluster_config",
             "common_lb_config",
             "transport_socket",
             "least_request_lb_config",

@@ -76,6 +76,30 @@ pub fn from_json_value<M: Message + Name + Default>(
     M::decode(dynamic.encode_to_vec().as_slice()).map_err(|e| cx.err(e.to_string()))
 }
 
+/// Converts Envoy-shaped JSON into an `Any` of the message `full_name`, with the same checks
+/// and error paths as [`from_json_value`]. For producers that build many resources (the control
+/// plane), pass one long-lived pool.
+pub fn json_to_any(
+    pool: &DescriptorPool,
+    full_name: &str,
+    json: Json,
+    source_name: &str,
+) -> Result<envoy_types::pb::google::protobuf::Any, JsonError> {
+    let desc = pool
+        .get_message_by_name(full_name)
+        .ok_or_else(|| JsonError::UnknownType(full_name.to_string()))?;
+    let mut cx = Cx {
+        pool,
+        source_name,
+        path: String::new(),
+    };
+    let dynamic = cx.message(&desc, json)?;
+    Ok(envoy_types::pb::google::protobuf::Any {
+        type_url: format!("type.googleapis.com/{full_name}"),
+        value: dynamic.encode_to_vec(),
+    })
+}
+
 /// Renders an Envoy message as canonical JSON with proto field names (as Envoy's config dump).
 pub fn to_json<M: Message + Name>(msg: &M) -> Json {
     let pool = descriptors();

@@ -59,6 +59,10 @@ pub struct Cluster {
     pub pool: Arc<PoolSettings>,
     /// Request bodies up to this size are kept for retries.
     pub retry_buffer_limit: usize,
+    /// For EDS clusters, the ClusterLoadAssignment name to follow.
+    pub eds_service: Option<String>,
+    /// Version of the ClusterLoadAssignment last applied (EDS clusters).
+    pub eds_version: std::sync::Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -133,7 +137,7 @@ impl Cluster {
 
 /// Compiles a Cluster resource. DNS clusters start resolving in the background (the returned
 /// cluster has no hosts until the first answer).
-pub fn build(c: &cpb::Cluster, stats: &Stats) -> Result<Arc<Cluster>, ConfigError> {
+pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>, ConfigError> {
     let ctx = Ctx::new("cluster", &c.name);
     if c.name.is_empty() {
         return Err(ctx.err("name", "a cluster needs a name"));
@@ -148,15 +152,22 @@ pub fn build(c: &cpb::Cluster, stats: &Stats) -> Result<Arc<Cluster>, ConfigErro
             return Err(ctx.err("cluster_type", "custom cluster types are not supported"));
         }
     };
-    if matches!(kind, D::Eds | D::OriginalDst) {
+    if kind == D::OriginalDst || (kind == D::Eds && !xds) {
         return Err(ctx.err(
             "type",
             format!(
-                "{} clusters need the control plane (xDS), not supported in a static bootstrap yet",
+                "{} clusters need an xDS source (dynamic_resources.ads_config); not available here",
                 kind.as_str_name()
             ),
         ));
     }
+    let eds_service = (kind == D::Eds).then(|| {
+        c.eds_cluster_config
+            .as_ref()
+            .map(|e| e.service_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| c.name.clone())
+    });
     let connect_timeout = opt_duration(&ctx, "connect_timeout", c.connect_timeout.as_ref())?
         .unwrap_or(Duration::from_secs(5));
     let lb = lb::lb_config_from_cluster(c).map_err(|u| ctx.err(u.field, u.reason))?;
@@ -293,6 +304,8 @@ pub fn build(c: &cpb::Cluster, stats: &Stats) -> Result<Arc<Cluster>, ConfigErro
         stats,
         pool,
         retry_buffer_limit,
+        eds_service,
+        eds_version: std::sync::Mutex::new(None),
     });
     cluster.set_hosts(hosts);
     if let Some(o) = &cluster.outlier {
@@ -338,6 +351,30 @@ struct NamedHost {
     weight: u32,
     priority: u32,
     locality: Locality,
+}
+
+/// Hosts of an EDS ClusterLoadAssignment (IP endpoints only).
+pub fn hosts_from_cla(cla: &epb::ClusterLoadAssignment) -> Result<Vec<Arc<Host>>, ConfigError> {
+    let ctx = Ctx::new("cluster_load_assignment", &cla.cluster_name);
+    Ok(hosts_from_assignment(&ctx, Some(cla), false)?.0)
+}
+
+impl Cluster {
+    /// Applies an EDS assignment unless that version is already in force.
+    pub fn apply_cla(
+        &self,
+        version: &str,
+        cla: &epb::ClusterLoadAssignment,
+    ) -> Result<(), ConfigError> {
+        let mut applied = self.eds_version.lock().unwrap_or_else(|p| p.into_inner());
+        if applied.as_deref() == Some(version) {
+            return Ok(());
+        }
+        let hosts = hosts_from_cla(cla)?;
+        self.set_hosts(hosts);
+        *applied = Some(version.to_string());
+        Ok(())
+    }
 }
 
 fn hosts_from_assignment(

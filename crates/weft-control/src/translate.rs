@@ -1,0 +1,1382 @@
+//! Translation of the mesh model and Istio's traffic config into Envoy v3 resources for one
+//! proxy: sidecars (explicit outbound proxy on :15001, one inbound listener per served port),
+//! gateways (listeners per Gateway server), and proxyless gRPC clients (API listeners).
+//!
+//! Istio's names and defaults are kept: clusters `outbound|PORT|SUBSET|FQDN` and `inbound|PORT||`,
+//! LEAST_REQUEST load balancing, no route timeout, two retries on
+//! `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` (503), first
+//! matching VirtualService rule wins, short hosts resolved in the resource's namespace.
+//!
+//! Istio specs are read as JSON (`spec` of validated resources), output is Envoy-shaped JSON that
+//! `weft_xds::json::json_to_any` turns into typed resources — both sides keep the field names
+//! users read in the docs. This module must not do I/O.
+
+use crate::model::{Endpoint, ProxyNode, Resolution, Service, selects};
+use serde_json::{Map, Value as Json, json};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A validated Istio resource, reduced to what translation reads.
+#[derive(Debug, Clone)]
+pub struct Res {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub spec: Json,
+}
+
+impl Res {
+    pub fn id(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+    fn list(&self, key: &str) -> Vec<&Json> {
+        self.spec
+            .get(key)
+            .and_then(Json::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
+    }
+    fn strings(&self, key: &str) -> Vec<String> {
+        self.list(key)
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+/// Everything translation needs, computed once per push.
+#[derive(Debug, Default)]
+pub struct Env {
+    pub services: Vec<Service>,
+    pub virtual_services: Vec<Res>,
+    pub destination_rules: Vec<Res>,
+    pub gateways: Vec<Res>,
+    pub sidecars: Vec<Res>,
+    /// Mesh-wide outbound policy (Sidecar resources may override per namespace/workload).
+    pub registry_only: bool,
+}
+
+/// The Envoy resources of one proxy, as Envoy-shaped JSON keyed by name.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub listeners: BTreeMap<String, Json>,
+    pub routes: BTreeMap<String, Json>,
+    pub clusters: BTreeMap<String, Json>,
+    pub endpoints: BTreeMap<String, Json>,
+}
+
+pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+pub const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+pub const TCP_PROXY: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
+const HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Istio's cluster name.
+pub fn cluster_name(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// A short host resolved in `ns`: `reviews` → `reviews.ns.svc.cluster.local`,
+/// `reviews.other` → `reviews.other.svc.cluster.local`; FQDNs and wildcards as they are.
+pub fn fqdn(host: &str, ns: &str) -> String {
+    if host.starts_with('*') || host.ends_with(".svc.cluster.local") {
+        return host.to_string();
+    }
+    match host.matches('.').count() {
+        0 => format!("{host}.{ns}.svc.cluster.local"),
+        1 => format!("{host}.svc.cluster.local"),
+        _ => host.to_string(),
+    }
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+fn ads() -> Json {
+    json!({"ads": {}, "resource_api_version": "V3"})
+}
+
+impl Env {
+    fn exported(res: &Res, to_ns: &str) -> bool {
+        let exp = res.strings("exportTo");
+        exp.is_empty()
+            || exp
+                .iter()
+                .any(|e| e == "*" || e == to_ns || (e == "." && res.namespace == to_ns))
+    }
+
+    /// Services the proxy may reach: exported to its namespace, and allowed by its Sidecar's
+    /// `egress.hosts` (`ns/host`, `./*`, `*/*`) when one applies.
+    pub fn visible_services(&self, p: &ProxyNode) -> Vec<&Service> {
+        let scope = self.sidecar_for(p).map(|s| {
+            let mut hosts = Vec::new();
+            for eg in s.list("egress") {
+                for h in eg
+                    .get("hosts")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Json::as_str)
+                {
+                    let (ns, host) = h.split_once('/').unwrap_or(("*", h));
+                    let ns = if ns == "." {
+                        s.namespace.clone()
+                    } else {
+                        ns.to_string()
+                    };
+                    hosts.push((ns, host.to_string()));
+                }
+            }
+            hosts
+        });
+        self.services
+            .iter()
+            .filter(|svc| svc.visible_from(&p.namespace))
+            .filter(|svc| match &scope {
+                None => true,
+                Some(hosts) => hosts.iter().any(|(ns, h)| {
+                    (ns == "*" || *ns == svc.namespace)
+                        && (h == "*"
+                            || host_matches(h, &svc.hostname)
+                            || fqdn(h, ns) == svc.hostname)
+                }),
+            })
+            .collect()
+    }
+
+    /// The Sidecar resource for a workload: one with a matching selector in its namespace, else
+    /// the namespace default (no selector), else the root namespace's.
+    pub fn sidecar_for(&self, p: &ProxyNode) -> Option<&Res> {
+        let selected = |s: &&Res| match s
+            .spec
+            .pointer("/workloadSelector/labels")
+            .and_then(Json::as_object)
+        {
+            Some(sel) => sel
+                .iter()
+                .all(|(k, v)| p.labels.get(k).map(String::as_str) == v.as_str()),
+            None => false,
+        };
+        let default = |s: &&Res| s.spec.get("workloadSelector").is_none();
+        let sc = &self.sidecars;
+        sc.iter()
+            .filter(|s| s.namespace == p.namespace)
+            .find(selected)
+            .or_else(|| {
+                sc.iter()
+                    .filter(|s| s.namespace == p.namespace)
+                    .find(default)
+            })
+            .or_else(|| {
+                sc.iter()
+                    .filter(|s| s.namespace == "istio-system")
+                    .find(default)
+            })
+    }
+
+    fn registry_only_for(&self, p: &ProxyNode) -> bool {
+        match self
+            .sidecar_for(p)
+            .and_then(|s| s.spec.pointer("/outboundTrafficPolicy/mode"))
+            .and_then(Json::as_str)
+        {
+            Some("REGISTRY_ONLY") => true,
+            Some(_) => false,
+            None => self.registry_only,
+        }
+    }
+
+    /// The VirtualService for `host` seen from `ns` through `gateway` (None = the mesh): the
+    /// first one (own namespace first, then by name) whose hosts cover it.
+    pub fn virtual_service(&self, host: &str, ns: &str, gateway: Option<&str>) -> Option<&Res> {
+        let mut candidates: Vec<&Res> = self
+            .virtual_services
+            .iter()
+            .filter(|vs| Self::exported(vs, ns))
+            .filter(|vs| {
+                vs.strings("hosts")
+                    .iter()
+                    .any(|h| host_matches(&fqdn(h, &vs.namespace), host))
+            })
+            .filter(|vs| gateway_bound(vs, gateway))
+            .collect();
+        candidates.sort_by_key(|vs| (vs.namespace != ns, vs.namespace.clone(), vs.name.clone()));
+        candidates.into_iter().next()
+    }
+
+    pub fn destination_rule(&self, host: &str, ns: &str) -> Option<&Res> {
+        let mut c: Vec<&Res> = self
+            .destination_rules
+            .iter()
+            .filter(|dr| Self::exported(dr, ns))
+            .filter(|dr| {
+                dr.spec
+                    .get("host")
+                    .and_then(Json::as_str)
+                    .is_some_and(|h| host_matches(&fqdn(h, &dr.namespace), host))
+            })
+            .collect();
+        c.sort_by_key(|dr| (dr.namespace != ns, dr.namespace.clone(), dr.name.clone()));
+        c.into_iter().next()
+    }
+
+    fn service(&self, host: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.hostname == host)
+    }
+}
+
+/// Whether a VirtualService applies to `gateway` (`None` = sidecars, Istio's reserved `mesh`).
+fn gateway_bound(vs: &Res, gateway: Option<&str>) -> bool {
+    let gws = vs.strings("gateways");
+    match gateway {
+        None => gws.is_empty() || gws.iter().any(|g| g == "mesh"),
+        Some(gw) => gws.iter().any(|g| qualify_gateway(g, &vs.namespace) == gw),
+    }
+}
+
+/// `name` → `ns/name`.
+fn qualify_gateway(g: &str, ns: &str) -> String {
+    if g.contains('/') {
+        g.to_string()
+    } else {
+        format!("{ns}/{g}")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+
+/// Context of a route being built.
+struct RouteCx<'a> {
+    env: &'a Env,
+    proxy: &'a ProxyNode,
+    /// `ns/name` of the gateway, or None for sidecars.
+    gateway: Option<&'a str>,
+    port: u16,
+}
+
+fn string_match(m: &Json) -> Option<Json> {
+    let o = m.as_object()?;
+    if let Some(v) = o.get("exact") {
+        return Some(json!({"exact": v}));
+    }
+    if let Some(v) = o.get("prefix") {
+        return Some(json!({"prefix": v}));
+    }
+    if let Some(v) = o.get("regex") {
+        return Some(json!({"safe_regex": {"regex": v}}));
+    }
+    None
+}
+
+/// One HTTPMatchRequest as an Envoy RouteMatch; None when it cannot apply to this proxy/port.
+fn route_match(m: Option<&Json>, cx: &RouteCx<'_>) -> Option<Json> {
+    let mut out = Map::new();
+    let Some(m) = m else {
+        out.insert("prefix".into(), json!("/"));
+        return Some(Json::Object(out));
+    };
+    if let Some(p) = m.get("port").and_then(Json::as_u64)
+        && p != u64::from(cx.port) {
+            return None;
+        }
+    if let Some(sel) = m.get("sourceLabels").and_then(Json::as_object)
+        && !sel
+            .iter()
+            .all(|(k, v)| cx.proxy.labels.get(k).map(String::as_str) == v.as_str())
+        {
+            return None;
+        }
+    if let Some(ns) = m.get("sourceNamespace").and_then(Json::as_str)
+        && ns != cx.proxy.namespace {
+            return None;
+        }
+    if let Some(gws) = m.get("gateways").and_then(Json::as_array) {
+        let here = cx
+            .gateway
+            .map_or_else(|| "mesh".to_string(), str::to_string);
+        let ns = cx.proxy.namespace.as_str();
+        if !gws.iter().filter_map(Json::as_str).any(|g| {
+            (g == "mesh" && cx.gateway.is_none()) || qualify_gateway(g, ns) == here || g == here
+        }) {
+            return None;
+        }
+    }
+    match m.get("uri").and_then(Json::as_object) {
+        Some(u) if u.contains_key("exact") => {
+            out.insert("path".into(), u["exact"].clone());
+        }
+        Some(u) if u.contains_key("prefix") => {
+            out.insert("prefix".into(), u["prefix"].clone());
+        }
+        Some(u) if u.contains_key("regex") => {
+            out.insert("safe_regex".into(), json!({"regex": u["regex"]}));
+        }
+        _ => {
+            out.insert("prefix".into(), json!("/"));
+        }
+    }
+    if m.get("ignoreUriCase").and_then(Json::as_bool) == Some(true) {
+        out.insert("case_sensitive".into(), json!(false));
+    }
+    let mut headers = Vec::new();
+    for (pseudo, key) in [
+        (":method", "method"),
+        (":authority", "authority"),
+        (":scheme", "scheme"),
+    ] {
+        if let Some(sm) = m.get(key).and_then(string_match) {
+            headers.push(json!({"name": pseudo, "string_match": sm}));
+        }
+    }
+    if let Some(h) = m.get("headers").and_then(Json::as_object) {
+        for (name, v) in h {
+            match string_match(v) {
+                Some(sm) => headers.push(json!({"name": name, "string_match": sm})),
+                None => headers.push(json!({"name": name, "present_match": true})),
+            }
+        }
+    }
+    if let Some(h) = m.get("withoutHeaders").and_then(Json::as_object) {
+        for (name, v) in h {
+            match string_match(v) {
+                Some(sm) => {
+                    headers.push(json!({"name": name, "string_match": sm, "invert_match": true}))
+                }
+                None => headers.push(json!({"name": name, "present_match": false})),
+            }
+        }
+    }
+    if !headers.is_empty() {
+        out.insert("headers".into(), Json::Array(headers));
+    }
+    if let Some(q) = m.get("queryParams").and_then(Json::as_object) {
+        let qs: Vec<Json> = q
+            .iter()
+            .map(|(name, v)| match string_match(v) {
+                Some(sm) => json!({"name": name, "string_match": sm}),
+                None => json!({"name": name, "present_match": true}),
+            })
+            .collect();
+        out.insert("query_parameters".into(), Json::Array(qs));
+    }
+    Some(Json::Object(out))
+}
+
+/// Istio `headers: {request|response: {set, add, remove}}` into Envoy header mutations.
+fn header_ops(h: Option<&Json>, which: &str, out: &mut Map<String, Json>) {
+    let Some(ops) = h.and_then(|h| h.get(which)) else {
+        return;
+    };
+    let mut add = Vec::new();
+    if let Some(set) = ops.get("set").and_then(Json::as_object) {
+        for (k, v) in set {
+            add.push(json!({"header": {"key": k, "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}));
+        }
+    }
+    if let Some(a) = ops.get("add").and_then(Json::as_object) {
+        for (k, v) in a {
+            add.push(json!({"header": {"key": k, "value": v}, "append_action": "APPEND_IF_EXISTS_OR_ADD"}));
+        }
+    }
+    if !add.is_empty() {
+        out.insert(format!("{which}_headers_to_add"), Json::Array(add));
+    }
+    if let Some(rm) = ops.get("remove").and_then(Json::as_array)
+        && !rm.is_empty() {
+            out.insert(
+                format!("{which}_headers_to_remove"),
+                Json::Array(rm.clone()),
+            );
+        }
+}
+
+/// Istio's retry default (unset `retries`): 2 attempts on transient failures.
+fn default_retry() -> Json {
+    json!({
+        "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        "num_retries": 2,
+        "retriable_status_codes": [503],
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": 5
+    })
+}
+
+fn retry_policy(r: Option<&Json>) -> Option<Json> {
+    let Some(r) = r else {
+        return Some(default_retry());
+    };
+    let attempts = r.get("attempts").and_then(Json::as_u64).unwrap_or(2);
+    if attempts == 0 {
+        return None;
+    }
+    let mut on = Vec::new();
+    let mut codes = Vec::new();
+    let spec = r
+        .get("retryOn")
+        .and_then(Json::as_str)
+        .unwrap_or("connect-failure,refused-stream,unavailable,cancelled,503");
+    for t in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match t.parse::<u16>() {
+            Ok(c) => codes.push(c),
+            Err(_) => on.push(t.to_string()),
+        }
+    }
+    if !codes.is_empty() && !on.iter().any(|t| t == "retriable-status-codes") {
+        on.push("retriable-status-codes".into());
+    }
+    let mut p = json!({
+        "retry_on": on.join(","),
+        "num_retries": attempts,
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}],
+        "host_selection_retry_max_attempts": 5
+    });
+    if !codes.is_empty() {
+        p["retriable_status_codes"] = json!(codes);
+    }
+    if let Some(t) = r.get("perTryTimeout").and_then(Json::as_str) {
+        p["per_try_timeout"] = json!(t);
+    }
+    Some(p)
+}
+
+fn destination_cluster(d: &Json, vs_ns: &str, cx: &RouteCx<'_>) -> String {
+    let host = fqdn(d.get("host").and_then(Json::as_str).unwrap_or(""), vs_ns);
+    let subset = d.get("subset").and_then(Json::as_str).unwrap_or("");
+    let port = d
+        .pointer("/port/number")
+        .and_then(Json::as_u64)
+        .map(|p| p as u16)
+        .or_else(|| {
+            cx.env
+                .service(&host)
+                .filter(|s| s.ports.len() == 1)
+                .map(|s| s.ports[0].number)
+        })
+        .unwrap_or(cx.port);
+    cluster_name(port, subset, &host)
+}
+
+/// Envoy routes for one VirtualService (or the default route when there is none).
+fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
+    let mut routes = Vec::new();
+    for rule in vs.list("http") {
+        let matches: Vec<Option<&Json>> = match rule.get("match").and_then(Json::as_array) {
+            Some(ms) if !ms.is_empty() => ms.iter().map(Some).collect(),
+            _ => vec![None],
+        };
+        for m in matches {
+            let Some(mjson) = route_match(m, cx) else {
+                continue;
+            };
+            let mut r = Map::new();
+            if let Some(n) = rule.get("name").and_then(Json::as_str) {
+                r.insert("name".into(), json!(n));
+            }
+            let is_prefix = mjson.get("prefix").is_some();
+            r.insert("match".into(), mjson);
+            if let Some(red) = rule.get("redirect") {
+                let mut rd = Map::new();
+                if let Some(u) = red.get("uri") {
+                    rd.insert("path_redirect".into(), u.clone());
+                }
+                if let Some(a) = red.get("authority") {
+                    rd.insert("host_redirect".into(), a.clone());
+                }
+                if let Some(p) = red.get("port") {
+                    rd.insert("port_redirect".into(), p.clone());
+                }
+                if let Some(s) = red.get("scheme") {
+                    rd.insert("scheme_redirect".into(), s.clone());
+                }
+                let code = match red.get("redirectCode").and_then(Json::as_u64) {
+                    Some(302) => "FOUND",
+                    Some(303) => "SEE_OTHER",
+                    Some(307) => "TEMPORARY_REDIRECT",
+                    Some(308) => "PERMANENT_REDIRECT",
+                    _ => "MOVED_PERMANENTLY",
+                };
+                rd.insert("response_code".into(), json!(code));
+                r.insert("redirect".into(), Json::Object(rd));
+            } else if let Some(dr) = rule.get("directResponse") {
+                let mut d = json!({"status": dr.get("status").cloned().unwrap_or(json!(200))});
+                if let Some(b) = dr.pointer("/body/string") {
+                    d["body"] = json!({"inline_string": b});
+                }
+                r.insert("direct_response".into(), d);
+            } else {
+                let dests: Vec<&Json> = rule
+                    .get("route")
+                    .and_then(Json::as_array)
+                    .map(|a| a.iter().collect())
+                    .unwrap_or_default();
+                let mut action = Map::new();
+                if dests.len() == 1 && dests[0].get("headers").is_none() {
+                    action.insert(
+                        "cluster".into(),
+                        json!(destination_cluster(
+                            &dests[0]["destination"],
+                            &vs.namespace,
+                            cx
+                        )),
+                    );
+                } else {
+                    let clusters: Vec<Json> = dests
+                        .iter()
+                        .filter(|d| {
+                            d.get("weight").and_then(Json::as_u64) != Some(0) || dests.len() == 1
+                        })
+                        .map(|d| {
+                            let mut c = Map::new();
+                            c.insert(
+                                "name".into(),
+                                json!(destination_cluster(&d["destination"], &vs.namespace, cx)),
+                            );
+                            c.insert(
+                                "weight".into(),
+                                json!(
+                                    d.get("weight")
+                                        .and_then(Json::as_u64)
+                                        .unwrap_or(if dests.len() == 1 { 100 } else { 0 })
+                                ),
+                            );
+                            header_ops(d.get("headers"), "request", &mut c);
+                            header_ops(d.get("headers"), "response", &mut c);
+                            Json::Object(c)
+                        })
+                        .collect();
+                    action.insert("weighted_clusters".into(), json!({"clusters": clusters}));
+                }
+                action.insert(
+                    "timeout".into(),
+                    json!(rule.get("timeout").and_then(Json::as_str).unwrap_or("0s")),
+                );
+                if let Some(p) = retry_policy(rule.get("retries")) {
+                    action.insert("retry_policy".into(), p);
+                }
+                if let Some(rw) = rule.get("rewrite") {
+                    if let Some(u) = rw.get("uri").and_then(Json::as_str) {
+                        if is_prefix {
+                            action.insert("prefix_rewrite".into(), json!(u));
+                        } else {
+                            action.insert(
+                                "regex_rewrite".into(),
+                                json!({"pattern": {"regex": "^.*$"}, "substitution": u}),
+                            );
+                        }
+                    }
+                    if let Some(re) = rw.get("uriRegexRewrite") {
+                        action.insert("regex_rewrite".into(), json!({"pattern": {"regex": re.get("match")}, "substitution": re.get("rewrite")}));
+                    }
+                    if let Some(a) = rw.get("authority") {
+                        action.insert("host_rewrite_literal".into(), a.clone());
+                    }
+                }
+                action.insert(
+                    "upgrade_configs".into(),
+                    json!([{"upgrade_type": "websocket"}]),
+                );
+                r.insert("route".into(), Json::Object(action));
+            }
+            header_ops(rule.get("headers"), "request", &mut r);
+            header_ops(rule.get("headers"), "response", &mut r);
+            routes.push(Json::Object(r));
+        }
+    }
+    routes
+}
+
+fn default_route(cluster: &str) -> Json {
+    json!({"name": "default", "match": {"prefix": "/"}, "route": {
+        "cluster": cluster, "timeout": "0s", "retry_policy": default_retry(),
+        "upgrade_configs": [{"upgrade_type": "websocket"}]
+    }})
+}
+
+fn connect_route(cluster: &str) -> Json {
+    json!({"name": "connect", "match": {"connect_matcher": {}}, "route": {
+        "cluster": cluster, "timeout": "0s",
+        "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]
+    }})
+}
+
+/// Domains a client uses for `svc:port`: every alias, with and without the port (the bare
+/// name only for port 80).
+fn domains(svc: &Service, port: u16, from_ns: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in svc.aliases(from_ns) {
+        out.push(format!("{a}:{port}"));
+        if port == 80 {
+            out.push(a);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clusters and endpoints
+
+fn lb_policy(tp: Option<&Json>) -> (String, Map<String, Json>) {
+    let mut extra = Map::new();
+    let lb = tp.and_then(|t| t.get("loadBalancer"));
+    if let Some(ch) = lb.and_then(|l| l.get("consistentHash")) {
+        let maglev = ch.get("maglev").is_some();
+        if let Some(m) = ch
+            .pointer("/ringHash/minimumRingSize")
+            .or_else(|| ch.get("minimumRingSize"))
+        {
+            extra.insert(
+                "ring_hash_lb_config".into(),
+                json!({"minimum_ring_size": m}),
+            );
+        }
+        if let Some(ts) = ch.pointer("/maglev/tableSize") {
+            extra.insert("maglev_lb_config".into(), json!({"table_size": ts}));
+        }
+        return (if maglev { "MAGLEV" } else { "RING_HASH" }.into(), extra);
+    }
+    let simple = lb
+        .and_then(|l| l.get("simple"))
+        .and_then(Json::as_str)
+        .unwrap_or("LEAST_REQUEST");
+    let p = match simple {
+        "ROUND_ROBIN" => "ROUND_ROBIN",
+        "RANDOM" => "RANDOM",
+        _ => "LEAST_REQUEST",
+    };
+    (p.into(), extra)
+}
+
+/// Route-level hash policy for a destination with consistent hashing.
+pub fn hash_policy(tp: Option<&Json>) -> Option<Json> {
+    let ch = tp?.pointer("/loadBalancer/consistentHash")?;
+    if let Some(h) = ch.get("httpHeaderName") {
+        return Some(json!([{"header": {"header_name": h}}]));
+    }
+    if let Some(c) = ch.get("httpCookie") {
+        let mut cookie = json!({"name": c.get("name")});
+        if let Some(t) = c.get("ttl") {
+            cookie["ttl"] = t.clone();
+        }
+        if let Some(p) = c.get("path") {
+            cookie["path"] = p.clone();
+        }
+        return Some(json!([{"cookie": cookie}]));
+    }
+    if ch.get("useSourceIp").and_then(Json::as_bool) == Some(true) {
+        return Some(json!([{"connection_properties": {"source_ip": true}}]));
+    }
+    if let Some(q) = ch.get("httpQueryParameterName") {
+        return Some(json!([{"query_parameter": {"name": q}}]));
+    }
+    None
+}
+
+fn merged_policy(dr: Option<&Res>, subset: Option<&Json>, port: u16) -> Option<Json> {
+    let base = dr.and_then(|d| d.spec.get("trafficPolicy")).cloned();
+    let sub = subset.and_then(|s| s.get("trafficPolicy")).cloned();
+    let mut p = match (base, sub) {
+        (None, None) => return None,
+        (Some(b), None) => b,
+        (None, Some(s)) => s,
+        (Some(mut b), Some(s)) => {
+            if let (Some(bo), Some(so)) = (b.as_object_mut(), s.as_object()) {
+                for (k, v) in so {
+                    bo.insert(k.clone(), v.clone());
+                }
+            }
+            b
+        }
+    };
+    // portLevelSettings for this port override the policy's own fields.
+    if let Some(pls) = p.get("portLevelSettings").and_then(Json::as_array).cloned() {
+        for s in pls {
+            if s.pointer("/port/number").and_then(Json::as_u64) == Some(u64::from(port))
+                && let (Some(po), Some(so)) = (p.as_object_mut(), s.as_object()) {
+                    for (k, v) in so {
+                        if k != "port" {
+                            po.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+        }
+    }
+    Some(p)
+}
+
+fn cluster_json(
+    name: &str,
+    svc: &Service,
+    port: &crate::model::Port,
+    policy: Option<&Json>,
+    eds: bool,
+    downstream_protocol: bool,
+) -> Json {
+    let (lb, extra) = lb_policy(policy);
+    let tcp = policy.and_then(|p| p.pointer("/connectionPool/tcp"));
+    let http = policy.and_then(|p| p.pointer("/connectionPool/http"));
+    let max = json!(4294967295u32);
+    let n = |v: Option<&Json>| v.cloned().unwrap_or_else(|| max.clone());
+    let mut c = json!({
+        "name": name,
+        "connect_timeout": tcp.and_then(|t| t.get("connectTimeout")).cloned().unwrap_or(json!("10s")),
+        "lb_policy": lb,
+        "circuit_breakers": {"thresholds": [{
+            "max_connections": n(tcp.and_then(|t| t.get("maxConnections"))),
+            "max_pending_requests": n(http.and_then(|h| h.get("http1MaxPendingRequests"))),
+            "max_requests": n(http.and_then(|h| h.get("http2MaxRequests"))),
+            "max_retries": n(http.and_then(|h| h.get("maxRetries"))),
+        }]},
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+    });
+    for (k, v) in extra {
+        c[k] = v;
+    }
+    let mut common = Map::new();
+    if let Some(t) = http.and_then(|h| h.get("idleTimeout")) {
+        common.insert("idle_timeout".into(), t.clone());
+    }
+    if let Some(m) = http.and_then(|h| h.get("maxRequestsPerConnection")) {
+        common.insert("max_requests_per_connection".into(), m.clone());
+    }
+    let h2 = port.protocol.is_h2()
+        || http
+            .and_then(|h| h.get("h2UpgradePolicy"))
+            .and_then(Json::as_str)
+            == Some("UPGRADE");
+    let proto = if h2 {
+        json!({"explicit_http_config": {"http2_protocol_options": {}}})
+    } else if downstream_protocol {
+        json!({"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}})
+    } else {
+        json!({"explicit_http_config": {"http_protocol_options": {}}})
+    };
+    let mut opts = json!({"@type": format!("type.googleapis.com/{HTTP_OPTIONS}")});
+    if port.protocol.is_http() {
+        for (k, v) in proto.as_object().into_iter().flatten() {
+            opts[k] = v.clone();
+        }
+    }
+    if !common.is_empty() {
+        opts["common_http_protocol_options"] = Json::Object(common);
+    }
+    if opts.as_object().is_some_and(|o| o.len() > 1) {
+        c["typed_extension_protocol_options"] = json!({HTTP_OPTIONS: opts});
+    }
+    if let Some(od) = policy.and_then(|p| p.get("outlierDetection")) {
+        let mut o = Map::new();
+        if let Some(v) = od
+            .get("consecutive5xxErrors")
+            .or_else(|| od.get("consecutiveErrors"))
+        {
+            o.insert("consecutive_5xx".into(), v.clone());
+        }
+        if let Some(v) = od.get("consecutiveGatewayErrors") {
+            o.insert("consecutive_gateway_failure".into(), v.clone());
+            o.insert("enforcing_consecutive_gateway_failure".into(), json!(100));
+        }
+        for (k, e) in [
+            ("interval", "interval"),
+            ("baseEjectionTime", "base_ejection_time"),
+            ("maxEjectionPercent", "max_ejection_percent"),
+        ] {
+            if let Some(v) = od.get(k) {
+                o.insert(e.into(), v.clone());
+            }
+        }
+        if let Some(v) = od.get("minHealthPercent") {
+            c["common_lb_config"] = json!({"healthy_panic_threshold": {"value": v}});
+        }
+        c["outlier_detection"] = Json::Object(o);
+    }
+    if eds {
+        c["type"] = json!("EDS");
+        c["eds_cluster_config"] = json!({"eds_config": ads(), "service_name": name});
+    } else {
+        // DNS services: resolve the host itself.
+        c["type"] = json!("STRICT_DNS");
+        c["load_assignment"] = json!({"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": svc.hostname, "port_value": port.target.unwrap_or(port.number)}}}}]}]});
+    }
+    c
+}
+
+fn endpoint_port(ep: &Endpoint, port: &crate::model::Port) -> u16 {
+    ep.ports
+        .get(&port.name)
+        .copied()
+        .or(port.target)
+        .unwrap_or(port.number)
+}
+
+fn cla_json(name: &str, eps: &[&Endpoint], port: &crate::model::Port) -> Json {
+    let mut by_locality: BTreeMap<&str, Vec<Json>> = BTreeMap::new();
+    for ep in eps {
+        by_locality.entry(ep.locality.as_str()).or_default().push(json!({
+            "endpoint": {"address": {"socket_address": {"address": ep.address.to_string(), "port_value": endpoint_port(ep, port)}}},
+            "load_balancing_weight": ep.weight.max(1),
+        }));
+    }
+    let endpoints: Vec<Json> = by_locality
+        .into_iter()
+        .map(|(loc, lbs)| {
+            let mut parts = loc.splitn(3, '/');
+            let (region, zone, sub_zone) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            json!({"locality": {"region": region, "zone": zone, "sub_zone": sub_zone}, "lb_endpoints": lbs})
+        })
+        .collect();
+    json!({"cluster_name": name, "endpoints": endpoints})
+}
+
+/// Outbound clusters (and their endpoints) for every port and subset of `services`.
+fn outbound_clusters(env: &Env, services: &[&Service], from_ns: &str, out: &mut Output) {
+    for svc in services {
+        let dr = env.destination_rule(&svc.hostname, from_ns);
+        let eds = svc.resolution != Resolution::Dns;
+        for port in &svc.ports {
+            let name = cluster_name(port.number, "", &svc.hostname);
+            let policy = merged_policy(dr, None, port.number);
+            let implicit = svc.origin.starts_with("implicit");
+            out.clusters.insert(
+                name.clone(),
+                cluster_json(&name, svc, port, policy.as_ref(), eds, implicit),
+            );
+            if eds {
+                let eps: Vec<&Endpoint> = svc.endpoints.iter().collect();
+                out.endpoints
+                    .insert(name.clone(), cla_json(&name, &eps, port));
+            }
+            for subset in dr.map(|d| d.list("subsets")).unwrap_or_default() {
+                let Some(sname) = subset.get("name").and_then(Json::as_str) else {
+                    continue;
+                };
+                let sel: BTreeMap<String, String> = subset
+                    .get("labels")
+                    .and_then(Json::as_object)
+                    .map(|o| {
+                        o.iter()
+                            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let cname = cluster_name(port.number, sname, &svc.hostname);
+                let policy = merged_policy(dr, Some(subset), port.number);
+                out.clusters.insert(
+                    cname.clone(),
+                    cluster_json(&cname, svc, port, policy.as_ref(), eds, implicit),
+                );
+                if eds {
+                    let eps: Vec<&Endpoint> = svc
+                        .endpoints
+                        .iter()
+                        .filter(|e| selects(&sel, &e.labels))
+                        .collect();
+                    out.endpoints
+                        .insert(cname.clone(), cla_json(&cname, &eps, port));
+                }
+            }
+        }
+    }
+}
+
+fn hcm(stat_prefix: &str, rds: Option<&str>, inline: Option<Json>, extra: Option<Json>) -> Json {
+    let mut h = json!({
+        "@type": HCM,
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "upgrade_configs": [{"upgrade_type": "websocket"}, {"upgrade_type": "CONNECT"}],
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "stream_idle_timeout": "0s",
+    });
+    if let Some(name) = rds {
+        h["rds"] = json!({"config_source": ads(), "route_config_name": name});
+    }
+    if let Some(rc) = inline {
+        h["route_config"] = rc;
+    }
+    if let Some(Json::Object(e)) = extra {
+        for (k, v) in e {
+            h[k] = v;
+        }
+    }
+    h
+}
+
+fn socket(ip: &str, port: u16) -> Json {
+    json!({"socket_address": {"address": ip, "port_value": port}})
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-proxy outputs
+
+/// The full configuration of one proxy.
+pub fn for_proxy(p: &ProxyNode, env: &Env) -> Output {
+    if p.proxyless {
+        return proxyless(p, env);
+    }
+    let mut out = Output::default();
+    let services = env.visible_services(p);
+    outbound_clusters(env, &services, &p.namespace, &mut out);
+    if p.role == "router" {
+        gateway(p, env, &services, &mut out);
+    } else {
+        sidecar(p, env, &services, &mut out);
+    }
+    out
+}
+
+fn outbound_vhosts(
+    p: &ProxyNode,
+    env: &Env,
+    services: &[&Service],
+    gateway: Option<&str>,
+) -> Vec<Json> {
+    let mut vhosts = Vec::new();
+    for svc in services {
+        for port in &svc.ports {
+            let cluster = cluster_name(port.number, "", &svc.hostname);
+            let mut routes = vec![connect_route(&cluster)];
+            if port.protocol.is_http() {
+                let cx = RouteCx {
+                    env,
+                    proxy: p,
+                    gateway,
+                    port: port.number,
+                };
+                match env.virtual_service(&svc.hostname, &p.namespace, None) {
+                    Some(vs) => routes.extend(vs_routes(vs, &cx)),
+                    None => {
+                        let mut r = default_route(&cluster);
+                        let dr = env.destination_rule(&svc.hostname, &p.namespace);
+                        if let Some(hp) = hash_policy(merged_policy(dr, None, port.number).as_ref())
+                        {
+                            r["route"]["hash_policy"] = hp;
+                        }
+                        routes.push(r);
+                    }
+                }
+            }
+            vhosts.push(json!({"name": format!("{}:{}", svc.hostname, port.number), "domains": domains(svc, port.number, &p.namespace), "routes": routes}));
+        }
+    }
+    vhosts
+}
+
+fn sidecar(p: &ProxyNode, env: &Env, services: &[&Service], out: &mut Output) {
+    let ip = p.ip.to_string();
+    // Outbound: the explicit proxy applications reach through HTTP_PROXY.
+    let mut vhosts = outbound_vhosts(p, env, services, None);
+    let blackhole = env.registry_only_for(p);
+    vhosts.push(json!({"name": "allow_any", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {
+        "status": if blackhole { 502 } else { 404 },
+        "body": {"inline_string": if blackhole {
+            "outbound traffic policy is REGISTRY_ONLY: this host is not in the mesh registry\n"
+        } else {
+            "this host is not in the mesh registry (add a ServiceEntry)\n"
+        }}
+    }}]}));
+    out.routes.insert(
+        "outbound".into(),
+        json!({"name": "outbound", "virtual_hosts": vhosts, "validate_clusters": false}),
+    );
+    out.listeners.insert("outbound".into(), json!({
+        "name": "outbound",
+        "address": socket(&ip, 15001),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm("outbound_0.0.0.0_15001", Some("outbound"), None, None)}]}],
+        "traffic_direction": "OUTBOUND",
+    }));
+    // Inbound: one listener per served port, forwarding to the application.
+    for (port, app_port) in &p.inbound {
+        let cname = format!("inbound|{port}||");
+        out.clusters.insert(cname.clone(), json!({
+            "name": cname, "type": "STATIC", "connect_timeout": "10s", "lb_policy": "ROUND_ROBIN",
+            "typed_extension_protocol_options": {HTTP_OPTIONS: {"@type": format!("type.googleapis.com/{HTTP_OPTIONS}"),
+                "use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": cname, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(&ip, *app_port)}}]}]},
+        }));
+        let route = json!({"name": format!("inbound|{port}"), "virtual_hosts": [{"name": format!("inbound|http|{port}"), "domains": ["*"],
+            "routes": [{"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cname, "timeout": "0s", "upgrade_configs": [{"upgrade_type": "websocket"}]}}]}]});
+        let declared_tcp = env.services.iter().any(|s| {
+            s.endpoints.iter().any(|e| e.address == p.ip)
+                && s.ports
+                    .iter()
+                    .any(|sp| sp.number == *port && !sp.protocol.is_http())
+        });
+        let http_chain = json!({"filter_chain_match": {"application_protocols": ["http/1.1", "h2c"]},
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm(&format!("inbound_0.0.0.0_{port}"), None, Some(route), None)}]});
+        let tcp_chain = json!({"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {"@type": TCP_PROXY, "stat_prefix": cname, "cluster": cname}}]});
+        let listener = if declared_tcp {
+            json!({"name": format!("inbound|{port}"), "address": socket(&ip, *port), "filter_chains": [tcp_chain], "traffic_direction": "INBOUND"})
+        } else {
+            json!({"name": format!("inbound|{port}"), "address": socket(&ip, *port), "traffic_direction": "INBOUND",
+                "listener_filters": [{"name": "envoy.filters.listener.http_inspector", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"}}],
+                "listener_filters_timeout": "0.1s", "continue_on_listener_filters_timeout": true,
+                "filter_chains": [http_chain], "default_filter_chain": tcp_chain})
+        };
+        out.listeners.insert(format!("inbound|{port}"), listener);
+    }
+}
+
+fn gateway(p: &ProxyNode, env: &Env, _services: &[&Service], out: &mut Output) {
+    let mut by_port: BTreeMap<u16, Vec<(&Res, Vec<String>)>> = BTreeMap::new();
+    for gw in &env.gateways {
+        let sel: BTreeMap<String, String> = gw
+            .spec
+            .get("selector")
+            .and_then(Json::as_object)
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !selects(&sel, &p.labels) {
+            continue;
+        }
+        for server in gw.list("servers") {
+            let Some(port) = server.pointer("/port/number").and_then(Json::as_u64) else {
+                continue;
+            };
+            let hosts: Vec<String> = server
+                .get("hosts")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Json::as_str)
+                .map(str::to_string)
+                .collect();
+            by_port.entry(port as u16).or_default().push((gw, hosts));
+        }
+    }
+    for (port, servers) in by_port {
+        let rname = format!("http.{port}");
+        let mut vhosts: BTreeMap<String, Json> = BTreeMap::new();
+        for (gw, server_hosts) in &servers {
+            let gw_id = format!("{}/{}", gw.namespace, gw.name);
+            for vs in env
+                .virtual_services
+                .iter()
+                .filter(|vs| gateway_bound(vs, Some(&gw_id)))
+            {
+                for h in vs.strings("hosts") {
+                    let allowed = server_hosts.iter().any(|sh| {
+                        let (ns, host) = sh.split_once('/').unwrap_or(("*", sh));
+                        (ns == "*"
+                            || ns == "." && vs.namespace == gw.namespace
+                            || ns == vs.namespace)
+                            && (host_matches(host, &h) || host_matches(&h, host))
+                    });
+                    if !allowed || vhosts.contains_key(&h) {
+                        continue;
+                    }
+                    let cx = RouteCx {
+                        env,
+                        proxy: p,
+                        gateway: Some(&gw_id),
+                        port,
+                    };
+                    let routes = vs_routes(vs, &cx);
+                    let domains = if h == "*" {
+                        vec!["*".to_string()]
+                    } else {
+                        vec![h.clone(), format!("{h}:{port}")]
+                    };
+                    vhosts.insert(h.clone(), json!({"name": format!("{h}:{port}"), "domains": domains, "routes": routes}));
+                }
+            }
+        }
+        out.routes.insert(rname.clone(), json!({"name": rname, "virtual_hosts": vhosts.into_values().collect::<Vec<_>>(), "validate_clusters": false}));
+        let bind = p.port_map.get(&port).copied().unwrap_or(port);
+        let name = format!("0.0.0.0_{port}");
+        out.listeners.insert(name.clone(), json!({
+            "name": name,
+            "address": socket(&p.ip.to_string(), bind),
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                "typed_config": hcm(&name, Some(&rname), None, Some(json!({"use_remote_address": true})))}]}],
+        }));
+    }
+}
+
+/// Proxyless gRPC: API listeners named `host:port` with RDS, EDS clusters — what gRPC's xDS
+/// resolver asks for when dialing `xds:///host:port`.
+fn proxyless(p: &ProxyNode, env: &Env) -> Output {
+    let mut out = Output::default();
+    let services = env.visible_services(p);
+    outbound_clusters(env, &services, &p.namespace, &mut out);
+    for svc in &services {
+        for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
+            let cx = RouteCx {
+                env,
+                proxy: p,
+                gateway: None,
+                port: port.number,
+            };
+            let cluster = cluster_name(port.number, "", &svc.hostname);
+            let mut routes = match env.virtual_service(&svc.hostname, &p.namespace, None) {
+                Some(vs) => vs_routes(vs, &cx),
+                None => vec![json!({"match": {"prefix": ""}, "route": {"cluster": cluster}})],
+            };
+            // gRPC's resolver understands a subset of route fields: keep match + cluster choice.
+            for r in &mut routes {
+                if let Some(route) = r.get_mut("route").and_then(Json::as_object_mut) {
+                    route.retain(|k, _| {
+                        k == "cluster" || k == "weighted_clusters" || k == "timeout"
+                    });
+                    if route.get("timeout").and_then(Json::as_str) == Some("0s") {
+                        route.remove("timeout");
+                    }
+                }
+                if let Some(m) = r.get_mut("match").and_then(Json::as_object_mut)
+                    && m.get("prefix").and_then(Json::as_str) == Some("/") {
+                        m.insert("prefix".into(), json!(""));
+                    }
+                if let Some(o) = r.as_object_mut() {
+                    o.retain(|k, _| k == "match" || k == "route" || k == "name");
+                }
+            }
+            for alias in svc.aliases(&p.namespace) {
+                let name = format!("{alias}:{}", port.number);
+                out.routes.insert(name.clone(), json!({"name": name, "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]}));
+                out.listeners.insert(name.clone(), json!({
+                    "name": name,
+                    "api_listener": {"api_listener": {"@type": HCM, "stat_prefix": name,
+                        "rds": {"config_source": ads(), "route_config_name": name},
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]}},
+                }));
+            }
+        }
+    }
+    for c in out.clusters.values_mut() {
+        if let Some(o) = c.as_object_mut() {
+            // gRPC clients support round robin and ring hash; the rest is Envoy's business.
+            if o.get("lb_policy").and_then(Json::as_str) == Some("LEAST_REQUEST") {
+                o.insert("lb_policy".into(), json!("ROUND_ROBIN"));
+            }
+            o.remove("typed_extension_protocol_options");
+            o.remove("circuit_breakers");
+            o.remove("common_lb_config");
+        }
+    }
+    out
+}
+
+/// Names of every Service a set of outputs touches (for incremental pushes).
+pub fn referenced_hosts(out: &Output) -> BTreeSet<String> {
+    out.clusters
+        .keys()
+        .filter_map(|c| c.rsplit('|').next().map(str::to_string))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Port, Protocol};
+    use std::net::IpAddr;
+
+    fn svc(host: &str, ns: &str, port: u16, eps: &[(&str, &str)]) -> Service {
+        Service {
+            hostname: host.into(),
+            namespace: ns.into(),
+            ports: vec![Port {
+                number: port,
+                name: "http".into(),
+                protocol: Protocol::Http,
+                target: None,
+            }],
+            resolution: Resolution::Static,
+            mesh_external: false,
+            endpoints: eps
+                .iter()
+                .map(|(ip, v)| Endpoint {
+                    address: ip.parse().unwrap(),
+                    ports: BTreeMap::new(),
+                    labels: [
+                        ("app".to_string(), "reviews".to_string()),
+                        ("version".to_string(), v.to_string()),
+                    ]
+                    .into(),
+                    locality: String::new(),
+                    weight: 1,
+                    service_account: "default".into(),
+                    workload: format!("reviews-{v}"),
+                    namespace: ns.into(),
+                })
+                .collect(),
+            export_to: vec![],
+            origin: "ServiceEntry default/reviews".into(),
+        }
+    }
+
+    fn proxy() -> ProxyNode {
+        ProxyNode {
+            id: "sidecar~127.0.1.1~productpage.default~default.svc.cluster.local".into(),
+            role: "sidecar".into(),
+            ip: "127.0.1.1".parse::<IpAddr>().unwrap(),
+            name: "productpage".into(),
+            namespace: "default".into(),
+            labels: [("app".to_string(), "productpage".to_string())].into(),
+            service_account: "default".into(),
+            inbound: vec![(9080, 19080)],
+            port_map: BTreeMap::new(),
+            proxyless: false,
+        }
+    }
+
+    fn res(kind: &str, name: &str, spec: Json) -> Res {
+        Res {
+            kind: kind.into(),
+            name: name.into(),
+            namespace: "default".into(),
+            spec,
+        }
+    }
+
+    #[test]
+    fn names_and_fqdn() {
+        assert_eq!(
+            cluster_name(9080, "v1", "reviews.default.svc.cluster.local"),
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            fqdn("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            fqdn("reviews.other", "default"),
+            "reviews.other.svc.cluster.local"
+        );
+        assert_eq!(fqdn("example.com.org", "default"), "example.com.org");
+    }
+
+    #[test]
+    fn subsets_weights_and_header_match_translate_to_valid_envoy_resources() {
+        let env = Env {
+            services: vec![svc(
+                "reviews.default.svc.cluster.local",
+                "default",
+                9080,
+                &[("127.0.1.2", "v1"), ("127.0.1.3", "v2")],
+            )],
+            destination_rules: vec![res(
+                "DestinationRule",
+                "reviews",
+                json!({"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}),
+            )],
+            virtual_services: vec![res(
+                "VirtualService",
+                "reviews",
+                json!({"hosts": ["reviews"], "http": [
+                    {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+                    {"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 50}, {"destination": {"host": "reviews", "subset": "v2"}, "weight": 50}]}
+                ]}),
+            )],
+            ..Default::default()
+        };
+        let out = for_proxy(&proxy(), &env);
+        assert!(
+            out.clusters
+                .contains_key("outbound|9080|v1|reviews.default.svc.cluster.local")
+        );
+        assert!(out.clusters.contains_key("inbound|9080||"));
+        let v2 = &out.endpoints["outbound|9080|v2|reviews.default.svc.cluster.local"];
+        assert_eq!(
+            v2["endpoints"][0]["lb_endpoints"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(
+            v2["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"],
+            "127.0.1.3"
+        );
+        let rc = &out.routes["outbound"];
+        let vh = rc["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "reviews.default.svc.cluster.local:9080")
+            .unwrap();
+        assert!(
+            vh["domains"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("reviews:9080"))
+        );
+        let routes = vh["routes"].as_array().unwrap();
+        assert_eq!(routes[0]["match"]["connect_matcher"], json!({}));
+        assert_eq!(routes[1]["match"]["headers"][0]["name"], "end-user");
+        assert_eq!(
+            routes[1]["route"]["cluster"],
+            "outbound|9080|v2|reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            routes[2]["route"]["weighted_clusters"]["clusters"][0]["weight"],
+            50
+        );
+        // Every resource is valid Envoy config.
+        let pool = weft_xds::descriptors();
+        for (t, m) in [
+            ("envoy.config.listener.v3.Listener", &out.listeners),
+            ("envoy.config.route.v3.RouteConfiguration", &out.routes),
+            ("envoy.config.cluster.v3.Cluster", &out.clusters),
+            (
+                "envoy.config.endpoint.v3.ClusterLoadAssignment",
+                &out.endpoints,
+            ),
+        ] {
+            for (n, j) in m {
+                weft_xds::json::json_to_any(&pool, t, j.clone(), n)
+                    .unwrap_or_else(|e| panic!("{n}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn gateway_binds_virtual_services_by_gateway_name_and_maps_ports() {
+        let mut gw = proxy();
+        gw.role = "router".into();
+        gw.labels = [("istio".to_string(), "ingressgateway".to_string())].into();
+        gw.port_map = [(80u16, 8080u16)].into();
+        gw.inbound.clear();
+        let env = Env {
+            services: vec![svc(
+                "productpage.default.svc.cluster.local",
+                "default",
+                9080,
+                &[("127.0.1.1", "v1")],
+            )],
+            gateways: vec![res(
+                "Gateway",
+                "bookinfo-gateway",
+                json!({"selector": {"istio": "ingressgateway"}, "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}),
+            )],
+            virtual_services: vec![res(
+                "VirtualService",
+                "bookinfo",
+                json!({"hosts": ["*"], "gateways": ["bookinfo-gateway"], "http": [
+                    {"match": [{"uri": {"exact": "/productpage"}}, {"uri": {"prefix": "/static"}}], "route": [{"destination": {"host": "productpage", "port": {"number": 9080}}}]}
+                ]}),
+            )],
+            ..Default::default()
+        };
+        let out = for_proxy(&gw, &env);
+        let l = &out.listeners["0.0.0.0_80"];
+        assert_eq!(l["address"]["socket_address"]["port_value"], 8080);
+        let rc = &out.routes["http.80"];
+        assert_eq!(rc["virtual_hosts"][0]["domains"][0], "*");
+        assert_eq!(
+            rc["virtual_hosts"][0]["routes"].as_array().unwrap().len(),
+            2
+        );
+        assert_eq!(
+            rc["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
+            "outbound|9080||productpage.default.svc.cluster.local"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! The snapshot cache: the one place the control plane writes what each node should see.
+//!
+//! A [`Snapshot`] is immutable once set and shared behind an `Arc`; setting one replaces the
+//! node's previous snapshot atomically and wakes the node's streams (a `tokio::sync::watch`
+//! per node). Per-resource delta versions are hashed once per snapshot, lazily, only if a delta
+//! stream asks. The cache must not know about streams beyond that wake-up and a stream count.
+
+use super::status::{NodeConn, NodeStatus, StatusHandle};
+use super::{FNV_OFFSET, fnv1a};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use tokio::sync::watch;
+
+/// Everything one node should see, by type URL (see [`super::types`]).
+///
+/// A type absent from the map is "not known yet": subscribers to it get no response until a
+/// snapshot has it. Include every type the node uses, even empty, once it is known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub resources: HashMap<String, TypeResources>,
+}
+
+impl Snapshot {
+    /// An empty snapshot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the resources of one type.
+    pub fn with(mut self, type_url: impl Into<String>, resources: TypeResources) -> Self {
+        self.resources.insert(type_url.into(), resources);
+        self
+    }
+}
+
+/// The resources of one type. `version` must change whenever `items` change: it is the SotW
+/// `version_info` and what streams compare to decide whether to push.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypeResources {
+    pub version: String,
+    /// Keyed by the resource's own name (`Listener.name`, `ClusterLoadAssignment.cluster_name`…).
+    pub items: BTreeMap<String, Any>,
+}
+
+impl TypeResources {
+    /// No resources, at `version`.
+    pub fn new(version: impl Into<String>) -> Self {
+        Self {
+            version: version.into(),
+            items: BTreeMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) one resource.
+    pub fn with(mut self, name: impl Into<String>, resource: Any) -> Self {
+        self.items.insert(name.into(), resource);
+        self
+    }
+}
+
+/// A snapshot as streams see it: the snapshot plus derived data computed at most once.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) snapshot: Arc<Snapshot>,
+    /// type URL → resource name → version (hash of the encoded `Any`), for delta streams.
+    delta_versions: OnceLock<HashMap<String, HashMap<String, String>>>,
+}
+
+impl Prepared {
+    pub(crate) fn new(snapshot: Arc<Snapshot>) -> Self {
+        Self {
+            snapshot,
+            delta_versions: OnceLock::new(),
+        }
+    }
+
+    /// The per-resource versions of `type_url`, if the snapshot has that type.
+    pub(crate) fn delta_versions(&self, type_url: &str) -> Option<&HashMap<String, String>> {
+        self.delta_versions
+            .get_or_init(|| {
+                self.snapshot
+                    .resources
+                    .iter()
+                    .map(|(type_url, res)| {
+                        let versions = res
+                            .items
+                            .iter()
+                            .map(|(name, any)| (name.clone(), resource_version(any)))
+                            .collect();
+                        (type_url.clone(), versions)
+                    })
+                    .collect()
+            })
+            .get(type_url)
+    }
+}
+
+/// The delta version of a resource: a hash of its encoded `Any` (type URL and bytes).
+pub(crate) fn resource_version(any: &Any) -> String {
+    let h = fnv1a(fnv1a(FNV_OFFSET, any.type_url.as_bytes()), &any.value);
+    format!("{h:016x}")
+}
+
+struct NodeEntry {
+    snapshots: watch::Sender<Option<Arc<Prepared>>>,
+    /// Present while the node has at least one open stream.
+    conn: Option<StatusHandle>,
+}
+
+impl NodeEntry {
+    fn new() -> Self {
+        Self {
+            snapshots: watch::Sender::new(None),
+            conn: None,
+        }
+    }
+}
+
+/// Snapshots and status per node id. Cheap to clone; all clones share the same state.
+#[derive(Clone, Default)]
+pub struct Cache {
+    nodes: Arc<Mutex<HashMap<String, NodeEntry>>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("nodes", &self.lock().len())
+            .finish()
+    }
+}
+
+impl Cache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEntry>> {
+        self.nodes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the snapshot of `node_id` and wakes its streams, which push what changed.
+    pub fn set_snapshot(&self, node_id: &str, snapshot: Snapshot) {
+        self.set_shared_snapshot(node_id, Arc::new(snapshot));
+    }
+
+    /// [`Cache::set_snapshot`] for a snapshot shared with other nodes (no copy).
+    pub fn set_shared_snapshot(&self, node_id: &str, snapshot: Arc<Snapshot>) {
+        let prepared = Arc::new(Prepared::new(snapshot));
+        let mut nodes = self.lock();
+        let entry = match nodes.get_mut(node_id) {
+            Some(entry) => entry,
+            None => nodes
+                .entry(node_id.to_owned())
+                .or_insert_with(NodeEntry::new),
+        };
+        entry.snapshots.send_replace(Some(prepared));
+    }
+
+    /// Forgets the snapshot of `node_id`. Open streams keep what they have and wait for the
+    /// next snapshot.
+    pub fn clear(&self, node_id: &str) {
+        let mut nodes = self.lock();
+        if let Some(entry) = nodes.get_mut(node_id) {
+            entry.snapshots.send_replace(None);
+            if entry.conn.is_none() {
+                nodes.remove(node_id);
+            }
+        }
+    }
+
+    /// The current snapshot of `node_id`.
+    pub fn snapshot(&self, node_id: &str) -> Option<Arc<Snapshot>> {
+        let nodes = self.lock();
+        let entry = nodes.get(node_id)?;
+        let current = entry.snapshots.borrow();
+        current.as_ref().map(|p| p.snapshot.clone())
+    }
+
+    /// Connected nodes and their per-type sync state, sorted by node id.
+    pub fn status(&self) -> Vec<NodeStatus> {
+        let nodes = self.lock();
+        let mut out: Vec<NodeStatus> = nodes
+            .iter()
+            .filter_map(|(id, entry)| {
+                let conn = entry.conn.as_ref()?;
+                let conn = conn.0.lock().unwrap_or_else(PoisonError::into_inner);
+                Some(conn.to_status(id))
+            })
+            .collect();
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        out
+    }
+
+    /// Registers one more stream of `node`.
+    pub(crate) fn register(
+        &self,
+        node: &Node,
+    ) -> (watch::Receiver<Option<Arc<Prepared>>>, StatusHandle) {
+        let mut nodes = self.lock();
+        let entry = match nodes.get_mut(&node.id) {
+            Some(entry) => entry,
+            None => nodes.entry(node.id.clone()).or_insert_with(NodeEntry::new),
+        };
+        let conn = entry
+            .conn
+            .get_or_insert_with(|| StatusHandle(Arc::new(Mutex::new(NodeConn::new(node)))))
+            .clone();
+        conn.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .streams += 1;
+        (entry.snapshots.subscribe(), conn)
+    }
+
+    /// One stream of `node_id` ended.
+    pub(crate) fn unregister(&self, node_id: &str) {
+        let mut nodes = self.lock();
+        let Some(entry) = nodes.get_mut(node_id) else {
+            return;
+        };
+        if let Some(conn) = &entry.conn {
+            let mut c = conn.0.lock().unwrap_or_else(PoisonError::into_inner);
+            c.streams = c.streams.saturating_sub(1);
+            let last = c.streams == 0;
+            drop(c);
+            if last {
+                entry.conn = None;
+            }
+        }
+        if entry.conn.is_none() && entry.snapshots.borrow().is_none() {
+            nodes.remove(node_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any(v: &[u8]) -> Any {
+        Any {
+            type_url: "t".into(),
+            value: v.to_vec(),
+        }
+    }
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            cluster: "c".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn set_wakes_and_clear_keeps_connected_nodes() {
+        let cache = Cache::new();
+        let (mut rx, _h) = cache.register(&node("a"));
+        assert!(rx.borrow_and_update().is_none());
+        cache.set_snapshot(
+            "a",
+            Snapshot::new().with("t", TypeResources::new("1").with("x", any(b"x"))),
+        );
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(cache.snapshot("a").unwrap().resources["t"].version, "1");
+        cache.clear("a");
+        assert!(cache.snapshot("a").is_none());
+        assert_eq!(cache.status().len(), 1, "still connected");
+        cache.unregister("a");
+        assert!(cache.status().is_empty());
+        assert!(cache.lock().is_empty(), "nothing left for a gone node");
+    }
+
+    #[test]
+    fn snapshot_survives_disconnect_and_streams_are_counted() {
+        let cache = Cache::new();
+        cache.set_snapshot("a", Snapshot::new());
+        let _s1 = cache.register(&node("a"));
+        let _s2 = cache.register(&node("a"));
+        let st = cache.status();
+        assert_eq!(st[0].streams, 2);
+        assert_eq!(st[0].cluster, "c");
+        cache.unregister("a");
+        assert_eq!(cache.status()[0].streams, 1);
+        cache.unregister("a");
+        assert!(cache.status().is_empty());
+        assert!(cache.snapshot("a").is_some());
+    }
+
+    #[test]
+    fn delta_versions_follow_content() {
+        let p1 = Prepared::new(Arc::new(
+            Snapshot::new().with(
+                "t",
+                TypeResources::new("1")
+                    .with("x", any(b"x"))
+                    .with("y", any(b"y")),
+            ),
+        ));
+        let p2 = Prepared::new(Arc::new(
+            Snapshot::new().with(
+                "t",
+                TypeResources::new("2")
+                    .with("x", any(b"x"))
+                    .with("y", any(b"y2")),
+            ),
+        ));
+        let v1 = p1.delta_versions("t").unwrap();
+        let v2 = p2.delta_versions("t").unwrap();
+        assert_eq!(v1["x"], v2["x"]);
+        assert_ne!(v1["y"], v2["y"]);
+        assert!(p1.delta_versions("other").is_none());
+    }
+}
