@@ -24,6 +24,15 @@ pub struct DemoArgs {
     /// services, gateway and destination rules).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Control plane xDS address.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    pub xds: SocketAddr,
+    /// Control plane API address (what `weft` commands reach through `--control`).
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    pub api: SocketAddr,
+    /// The ingress gateway's admin address.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub gateway_admin: SocketAddr,
 }
 
 /// The demo's starting configuration (Istio's own files where Istio has one).
@@ -135,7 +144,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
             .context("control plane");
     }
     let mut children = Vec::new();
-    let result = start_all(&cp, &logs, xds, a.port, &mut children).await;
+    let result = start_all(&cp, &logs, xds, a.port, a.gateway_admin, &mut children).await;
     if result.is_ok() {
         println!(
             "\nWeft demo mesh is up.\n\n  Open  http://127.0.0.1:{port}/productpage   (Bookinfo through the ingress gateway)\n  Sign in as `jason` on the page, or send `end-user: jason`.\n\n  Shift traffic by applying Istio's own Bookinfo YAML (in examples/bookinfo/networking/):\n    weft apply -f examples/bookinfo/networking/virtual-service-all-v1.yaml          # all to reviews-v1\n    weft apply -f examples/bookinfo/networking/virtual-service-reviews-50-v3.yaml   # 50/50 v1/v3\n    weft apply -f examples/bookinfo/networking/virtual-service-reviews-test-v2.yaml # jason sees v2\n    weft apply -f examples/bookinfo/networking/virtual-service-reviews-v3.yaml      # all to v3\n\n  Inspect:  weft proxy-status · weft proxy-config routes productpage-v1 · weft get vs\n  Config directory (watched): {}\n  Logs: {}\n\nPress Ctrl-C to stop.",
@@ -159,6 +168,7 @@ async fn start_all(
     logs: &std::path::Path,
     xds: SocketAddr,
     port: u16,
+    gateway_admin: SocketAddr,
     children: &mut Vec<tokio::process::Child>,
 ) -> Result<()> {
     let log = |name: &str| std::fs::File::create(logs.join(format!("{name}.log")));
@@ -175,7 +185,7 @@ async fn start_all(
         ip: "127.0.0.1".parse()?,
         inbound: Vec::new(),
         port_map: vec![(80, port)],
-        admin: "127.0.0.1:15000".parse()?,
+        admin: gateway_admin,
         xds,
     };
     // Apps and their sidecars; the gateway last, once it has routes to them.

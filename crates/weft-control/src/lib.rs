@@ -279,17 +279,19 @@ impl ControlPlane {
         type_url: &str,
         items: &BTreeMap<String, serde_json::Value>,
     ) -> TypeResources {
-        let mut tr = TypeResources::new("");
+        let mut map = BTreeMap::new();
         let mut h = std::hash::DefaultHasher::new();
         for (name, json) in items {
             if let Some(any) = self.to_any(type_url, name, json) {
                 std::hash::Hash::hash(&name, &mut h);
                 std::hash::Hash::hash(&any.value, &mut h);
-                tr.items.insert(name.clone(), any);
+                map.insert(name.clone(), any);
             }
         }
-        tr.version = format!("{:016x}", std::hash::Hasher::finish(&h));
-        tr
+        TypeResources {
+            version: format!("{:016x}", std::hash::Hasher::finish(&h)),
+            items: Arc::new(map),
+        }
     }
 
     /// Recomputes and pushes every connected proxy's configuration.
@@ -313,21 +315,47 @@ impl ControlPlane {
         }
         let workloads = self.workloads();
         let env = registry::build_env(&resources, &workloads);
+        // Outbound config is computed once per group of alike proxies and shared (`Arc`).
+        let mut groups: HashMap<String, [TypeResources; 4]> = HashMap::new();
         for node in &workloads {
-            let out = translate::for_proxy(node, &env);
+            let key = translate::group_key(node, &env);
+            let shared = groups.entry(key).or_insert_with(|| {
+                let out = translate::shared(node, &env);
+                [
+                    self.type_resources(types::LISTENER, &out.listeners),
+                    self.type_resources(types::ROUTE, &out.routes),
+                    self.type_resources(types::CLUSTER, &out.clusters),
+                    self.type_resources(types::ENDPOINT, &out.endpoints),
+                ]
+            });
+            let local = translate::local(node, &env);
+            let merge = |tr: &TypeResources,
+                         type_url: &str,
+                         items: &BTreeMap<String, serde_json::Value>| {
+                if items.is_empty() {
+                    return tr.clone();
+                }
+                let own = self.type_resources(type_url, items);
+                let mut all = (*tr.items).clone();
+                all.extend(own.items.iter().map(|(k, v)| (k.clone(), v.clone())));
+                TypeResources {
+                    version: format!("{}.{}", tr.version, own.version),
+                    items: Arc::new(all),
+                }
+            };
             let snap = Snapshot::new()
                 .with(
                     types::LISTENER,
-                    self.type_resources(types::LISTENER, &out.listeners),
+                    merge(&shared[0], types::LISTENER, &local.listeners),
                 )
-                .with(types::ROUTE, self.type_resources(types::ROUTE, &out.routes))
+                .with(types::ROUTE, merge(&shared[1], types::ROUTE, &local.routes))
                 .with(
                     types::CLUSTER,
-                    self.type_resources(types::CLUSTER, &out.clusters),
+                    merge(&shared[2], types::CLUSTER, &local.clusters),
                 )
                 .with(
                     types::ENDPOINT,
-                    self.type_resources(types::ENDPOINT, &out.endpoints),
+                    merge(&shared[3], types::ENDPOINT, &local.endpoints),
                 );
             self.cache.set_snapshot(&node.id, snap);
         }
@@ -358,12 +386,10 @@ impl ControlPlane {
                 }
             }
             // Debounce: coalesce changes arriving within the window.
-            loop {
-                match tokio::time::timeout(self.opts.debounce, self.dirty.notified()).await {
-                    Ok(()) => continue,
-                    Err(_) => break,
-                }
-            }
+            while tokio::time::timeout(self.opts.debounce, self.dirty.notified())
+                .await
+                .is_ok()
+            {}
             self.push_all();
         }
     }

@@ -124,9 +124,9 @@ pub fn build_env(resources: &[Res], workloads: &[ProxyNode]) -> Env {
                     {
                         if selects(&sel, &labels(we.spec.get("labels")))
                             && let Some(ep) = endpoint_from_spec(&we.spec, &we.namespace, &we.name)
-                            {
-                                endpoints.push(ep);
-                            }
+                        {
+                            endpoints.push(ep);
+                        }
                     }
                     for (i, w) in sidecars.iter().enumerate() {
                         if w.namespace == r.namespace && selects(&sel, &w.labels) {

@@ -283,20 +283,22 @@ fn route_match(m: Option<&Json>, cx: &RouteCx<'_>) -> Option<Json> {
         return Some(Json::Object(out));
     };
     if let Some(p) = m.get("port").and_then(Json::as_u64)
-        && p != u64::from(cx.port) {
-            return None;
-        }
+        && p != u64::from(cx.port)
+    {
+        return None;
+    }
     if let Some(sel) = m.get("sourceLabels").and_then(Json::as_object)
         && !sel
             .iter()
             .all(|(k, v)| cx.proxy.labels.get(k).map(String::as_str) == v.as_str())
-        {
-            return None;
-        }
+    {
+        return None;
+    }
     if let Some(ns) = m.get("sourceNamespace").and_then(Json::as_str)
-        && ns != cx.proxy.namespace {
-            return None;
-        }
+        && ns != cx.proxy.namespace
+    {
+        return None;
+    }
     if let Some(gws) = m.get("gateways").and_then(Json::as_array) {
         let here = cx
             .gateway
@@ -389,12 +391,13 @@ fn header_ops(h: Option<&Json>, which: &str, out: &mut Map<String, Json>) {
         out.insert(format!("{which}_headers_to_add"), Json::Array(add));
     }
     if let Some(rm) = ops.get("remove").and_then(Json::as_array)
-        && !rm.is_empty() {
-            out.insert(
-                format!("{which}_headers_to_remove"),
-                Json::Array(rm.clone()),
-            );
-        }
+        && !rm.is_empty()
+    {
+        out.insert(
+            format!("{which}_headers_to_remove"),
+            Json::Array(rm.clone()),
+        );
+    }
 }
 
 /// Istio's retry default (unset `retries`): 2 attempts on transient failures.
@@ -700,13 +703,14 @@ fn merged_policy(dr: Option<&Res>, subset: Option<&Json>, port: u16) -> Option<J
     if let Some(pls) = p.get("portLevelSettings").and_then(Json::as_array).cloned() {
         for s in pls {
             if s.pointer("/port/number").and_then(Json::as_u64) == Some(u64::from(port))
-                && let (Some(po), Some(so)) = (p.as_object_mut(), s.as_object()) {
-                    for (k, v) in so {
-                        if k != "port" {
-                            po.insert(k.clone(), v.clone());
-                        }
+                && let (Some(po), Some(so)) = (p.as_object_mut(), s.as_object())
+            {
+                for (k, v) in so {
+                    if k != "port" {
+                        po.insert(k.clone(), v.clone());
                     }
                 }
+            }
         }
     }
     Some(p)
@@ -918,6 +922,17 @@ fn socket(ip: &str, port: u16) -> Json {
 
 /// The full configuration of one proxy.
 pub fn for_proxy(p: &ProxyNode, env: &Env) -> Output {
+    let mut out = shared(p, env);
+    let local = local(p, env);
+    out.listeners.extend(local.listeners);
+    out.clusters.extend(local.clusters);
+    out.routes.extend(local.routes);
+    out
+}
+
+/// What proxies of the same group (see [`group_key`]) share: outbound clusters, endpoints and
+/// routes — the bulk of a mesh's config, computed once per group per push.
+pub fn shared(p: &ProxyNode, env: &Env) -> Output {
     if p.proxyless {
         return proxyless(p, env);
     }
@@ -925,11 +940,48 @@ pub fn for_proxy(p: &ProxyNode, env: &Env) -> Output {
     let services = env.visible_services(p);
     outbound_clusters(env, &services, &p.namespace, &mut out);
     if p.role == "router" {
-        gateway(p, env, &services, &mut out);
+        gateway(p, env, &mut out);
+        out.listeners.clear();
     } else {
-        sidecar(p, env, &services, &mut out);
+        sidecar_routes(p, env, &services, &mut out);
     }
     out
+}
+
+/// What is this proxy's own: its listeners and inbound clusters.
+pub fn local(p: &ProxyNode, env: &Env) -> Output {
+    let mut out = Output::default();
+    if p.proxyless {
+        return out;
+    }
+    if p.role == "router" {
+        gateway(p, env, &mut out);
+        out.routes.clear();
+        out.clusters.clear();
+        out.endpoints.clear();
+    } else {
+        sidecar_local(p, env, &mut out);
+    }
+    out
+}
+
+/// Proxies with equal keys get equal [`shared`] output.
+pub fn group_key(p: &ProxyNode, env: &Env) -> String {
+    let sidecar = env.sidecar_for(p).map(Res::id).unwrap_or_default();
+    let uses_labels = p.role == "router"
+        || env
+            .virtual_services
+            .iter()
+            .any(|vs| vs.spec.to_string().contains("\"sourceLabels\""));
+    let labels = if uses_labels {
+        format!("{:?}", p.labels)
+    } else {
+        String::new()
+    };
+    format!(
+        "{}|{}|{}|{}|{}",
+        p.role, p.proxyless, p.namespace, sidecar, labels
+    )
 }
 
 fn outbound_vhosts(
@@ -969,8 +1021,7 @@ fn outbound_vhosts(
     vhosts
 }
 
-fn sidecar(p: &ProxyNode, env: &Env, services: &[&Service], out: &mut Output) {
-    let ip = p.ip.to_string();
+fn sidecar_routes(p: &ProxyNode, env: &Env, services: &[&Service], out: &mut Output) {
     // Outbound: the explicit proxy applications reach through HTTP_PROXY.
     let mut vhosts = outbound_vhosts(p, env, services, None);
     let blackhole = env.registry_only_for(p);
@@ -986,6 +1037,10 @@ fn sidecar(p: &ProxyNode, env: &Env, services: &[&Service], out: &mut Output) {
         "outbound".into(),
         json!({"name": "outbound", "virtual_hosts": vhosts, "validate_clusters": false}),
     );
+}
+
+fn sidecar_local(p: &ProxyNode, env: &Env, out: &mut Output) {
+    let ip = p.ip.to_string();
     out.listeners.insert("outbound".into(), json!({
         "name": "outbound",
         "address": socket(&ip, 15001),
@@ -1024,7 +1079,7 @@ fn sidecar(p: &ProxyNode, env: &Env, services: &[&Service], out: &mut Output) {
     }
 }
 
-fn gateway(p: &ProxyNode, env: &Env, _services: &[&Service], out: &mut Output) {
+fn gateway(p: &ProxyNode, env: &Env, out: &mut Output) {
     let mut by_port: BTreeMap<u16, Vec<(&Res, Vec<String>)>> = BTreeMap::new();
     for gw in &env.gateways {
         let sel: BTreeMap<String, String> = gw
@@ -1134,9 +1189,10 @@ fn proxyless(p: &ProxyNode, env: &Env) -> Output {
                     }
                 }
                 if let Some(m) = r.get_mut("match").and_then(Json::as_object_mut)
-                    && m.get("prefix").and_then(Json::as_str) == Some("/") {
-                        m.insert("prefix".into(), json!(""));
-                    }
+                    && m.get("prefix").and_then(Json::as_str) == Some("/")
+                {
+                    m.insert("prefix".into(), json!(""));
+                }
                 if let Some(o) = r.as_object_mut() {
                     o.retain(|k, _| k == "match" || k == "route" || k == "name");
                 }

@@ -184,9 +184,10 @@ pub fn compile(
             None => upstream::build(c, stats, xds)?,
         };
         if let Some(svc) = &cluster.eds_service
-            && let Some(cla) = dynamic.endpoints.get(svc) {
-                cluster.apply_cla(&cla.version, &cla.value)?;
-            }
+            && let Some(cla) = dynamic.endpoints.get(svc)
+        {
+            cluster.apply_cla(&cla.version, &cla.value)?;
+        }
         if clusters.insert(c.name.clone(), cluster).is_some() {
             return Err(crate::config::ConfigError::new(
                 format!("cluster {:?}", c.name),
@@ -680,9 +681,10 @@ fn sync_listeners(
     }
     for l in &snap.listeners {
         if let Some(r) = running.get(&l.name)
-            && r.addr == l.addr {
-                r.config.store(l.clone());
-            }
+            && r.addr == l.addr
+        {
+            r.config.store(l.clone());
+        }
     }
     for (l, sock) in fresh {
         let config = Arc::new(ArcSwap::new(l.clone()));

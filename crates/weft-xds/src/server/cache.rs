@@ -41,7 +41,8 @@ impl Snapshot {
 pub struct TypeResources {
     pub version: String,
     /// Keyed by the resource's own name (`Listener.name`, `ClusterLoadAssignment.cluster_name`…).
-    pub items: BTreeMap<String, Any>,
+    /// Shared (`Arc`) so that proxies with the same resources of a type hold one copy.
+    pub items: Arc<BTreeMap<String, Any>>,
 }
 
 impl TypeResources {
@@ -49,13 +50,13 @@ impl TypeResources {
     pub fn new(version: impl Into<String>) -> Self {
         Self {
             version: version.into(),
-            items: BTreeMap::new(),
+            items: Arc::new(BTreeMap::new()),
         }
     }
 
     /// Adds (or replaces) one resource.
     pub fn with(mut self, name: impl Into<String>, resource: Any) -> Self {
-        self.items.insert(name.into(), resource);
+        Arc::make_mut(&mut self.items).insert(name.into(), resource);
         self
     }
 }
