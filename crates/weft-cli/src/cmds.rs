@@ -86,6 +86,9 @@ pub async fn apply(control: &str, files: &[PathBuf]) -> Result<i32> {
             for a in v["applied"].as_array().into_iter().flatten() {
                 println!("{}", a.as_str().unwrap_or_default());
             }
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", w.as_str().unwrap_or_default());
+            }
         } else {
             failed = true;
             eprintln!("{}", client::error_text(status, &body));

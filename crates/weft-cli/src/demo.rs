@@ -127,6 +127,8 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&logs)?;
     let opts = weft_control::Options {
         dir: Some(dir.clone()),
+        xds_addr: a.xds,
+        api_addr: a.api,
         ..Default::default()
     };
     let xds = opts.xds_addr;

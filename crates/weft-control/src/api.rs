@@ -65,8 +65,8 @@ async fn body(req: Request<Incoming>) -> Result<Bytes, Resp> {
 
 fn kind_name(k: &str) -> String {
     // Accept `virtualservice`, `VirtualService`, `virtualservices`, `vs`.
-    let lower = k.to_ascii_lowercase();
-    let lower = lower.trim_end_matches('s');
+    let exact = k.to_ascii_lowercase();
+    let lower = exact.trim_end_matches('s');
     let known = [
         ("vs", "VirtualService"),
         ("dr", "DestinationRule"),
@@ -78,7 +78,8 @@ fn kind_name(k: &str) -> String {
         ("ra", "RequestAuthentication"),
     ];
     for (short, full) in known {
-        if lower == short || lower == full.to_ascii_lowercase() {
+        // `vs` itself ends in `s`: match the short name before the plural is trimmed.
+        if exact == short || lower == short || lower == full.to_ascii_lowercase() {
             return full.to_string();
         }
     }
@@ -114,7 +115,10 @@ async fn handle(cp: Arc<ControlPlane>, req: Request<Incoming>) -> Resp {
                 Ok(list) if list.is_empty() => {
                     error(StatusCode::BAD_REQUEST, "no resources in the input")
                 }
-                Ok(list) => reply(StatusCode::OK, json!({"applied": cp.apply(list)})),
+                Ok(list) => {
+                    let warnings: Vec<String> = list.iter().flat_map(|r| crate::translate::unimplemented(&r.res())).collect();
+                    reply(StatusCode::OK, json!({"applied": cp.apply(list), "warnings": warnings}))
+                }
                 Err(errs) => reply(
                     StatusCode::BAD_REQUEST,
                     json!({"error": "invalid configuration; nothing was applied", "errors": errs}),
@@ -238,5 +242,20 @@ pub fn app_port(port: u16) -> u16 {
         port + 10000
     } else {
         port - 10000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kind_name;
+
+    #[test]
+    fn kind_names_accept_short_plural_and_full_forms() {
+        for k in ["vs", "VS", "virtualservice", "VirtualServices"] {
+            assert_eq!(kind_name(k), "VirtualService", "{k}");
+        }
+        assert_eq!(kind_name("dr"), "DestinationRule");
+        assert_eq!(kind_name("gateways"), "Gateway");
+        assert_eq!(kind_name("se"), "ServiceEntry");
     }
 }

@@ -132,9 +132,16 @@ impl ControlPlane {
         store::merged(&list)
     }
 
+    /// Problems in the config sources, then valid config this version does not act on yet.
     pub fn config_errors(&self) -> Vec<String> {
-        let s = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        s.dir.as_ref().map(|d| d.errors()).unwrap_or_default()
+        let mut out = {
+            let s = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+            s.dir.as_ref().map(|d| d.errors()).unwrap_or_default()
+        };
+        for r in self.resources() {
+            out.extend(translate::unimplemented(&r.res()).into_iter().map(|w| format!("warning: {w}")));
+        }
+        out
     }
 
     /// Applies parsed resources to the API store (after validation).

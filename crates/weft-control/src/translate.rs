@@ -1231,6 +1231,49 @@ pub fn referenced_hosts(out: &Output) -> BTreeSet<String> {
         .collect()
 }
 
+/// Fields of valid Istio config that this version of Weft does not act on yet: they are
+/// reported (API `/api/v1/errors`, logs) rather than silently ignored.
+pub fn unimplemented(r: &Res) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut flag = |path: String| out.push(format!("{}: `{path}` is not implemented yet and has no effect", r.id()));
+    match r.kind.as_str() {
+        "VirtualService" => {
+            for (i, rule) in r.list("http").iter().enumerate() {
+                for f in ["fault", "mirror", "mirrors", "mirrorPercentage", "corsPolicy", "delegate"] {
+                    if rule.get(f).is_some() {
+                        flag(format!("spec.http[{i}].{f}"));
+                    }
+                }
+            }
+            for f in ["tcp", "tls"] {
+                if r.spec.get(f).is_some() {
+                    flag(format!("spec.{f}"));
+                }
+            }
+        }
+        "DestinationRule" => {
+            for f in ["tls", "localityLbSetting"] {
+                if r.spec.pointer(&format!("/trafficPolicy/{f}")).is_some() || r.spec.pointer(&format!("/trafficPolicy/loadBalancer/{f}")).is_some() {
+                    flag(format!("spec.trafficPolicy.{f}"));
+                }
+            }
+        }
+        "Gateway" => {
+            for (i, s) in r.list("servers").iter().enumerate() {
+                let proto = s.pointer("/port/protocol").and_then(Json::as_str).unwrap_or("HTTP");
+                if !matches!(proto, "HTTP" | "HTTP2" | "GRPC") || s.get("tls").is_some() {
+                    flag(format!("spec.servers[{i}] ({proto}{})", if s.get("tls").is_some() { ", tls" } else { "" }));
+                }
+            }
+        }
+        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" | "Telemetry" | "KubernetesGateway" | "HTTPRoute" | "GRPCRoute" => {
+            flag(format!("{} resources", r.kind));
+        }
+        _ => {}
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
