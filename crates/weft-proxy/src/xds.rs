@@ -118,7 +118,20 @@ pub async fn run(control: Arc<Control>, shutdown: impl std::future::Future<Outpu
         node.user_agent_name = "weft-proxy".into();
     }
     tracing::info!(%endpoint, node = %node.id, "connecting to the control plane");
-    let client = XdsClient::new(endpoint, node, Arc::new(ProxyHandler(control)));
+    // Every type wildcard: the control plane sends exactly the routes and endpoints this proxy
+    // uses, in make-before-break order (clusters, endpoints, listeners, routes) within one push,
+    // so a new cluster has its endpoints before any route points at it — no round trip to
+    // subscribe by name in between. (`wanted` still answers for by-name servers.)
+    use weft_xds::server::types;
+    let client = XdsClient::new(endpoint, node, Arc::new(ProxyHandler(control))).with_types(
+        &[
+            types::CLUSTER,
+            types::ENDPOINT,
+            types::LISTENER,
+            types::ROUTE,
+        ],
+        &[],
+    );
     if let Err(e) = client.run(shutdown).await {
         tracing::error!(error = %e, "xDS client stopped");
     }
