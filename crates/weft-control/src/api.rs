@@ -116,8 +116,14 @@ async fn handle(cp: Arc<ControlPlane>, req: Request<Incoming>) -> Resp {
                     error(StatusCode::BAD_REQUEST, "no resources in the input")
                 }
                 Ok(list) => {
-                    let warnings: Vec<String> = list.iter().flat_map(|r| crate::translate::unimplemented(&r.res())).collect();
-                    reply(StatusCode::OK, json!({"applied": cp.apply(list), "warnings": warnings}))
+                    let warnings: Vec<String> = list
+                        .iter()
+                        .flat_map(|r| crate::translate::unimplemented(&r.res()))
+                        .collect();
+                    reply(
+                        StatusCode::OK,
+                        json!({"applied": cp.apply(list), "warnings": warnings}),
+                    )
                 }
                 Err(errs) => reply(
                     StatusCode::BAD_REQUEST,

@@ -139,7 +139,11 @@ impl ControlPlane {
             s.dir.as_ref().map(|d| d.errors()).unwrap_or_default()
         };
         for r in self.resources() {
-            out.extend(translate::unimplemented(&r.res()).into_iter().map(|w| format!("warning: {w}")));
+            out.extend(
+                translate::unimplemented(&r.res())
+                    .into_iter()
+                    .map(|w| format!("warning: {w}")),
+            );
         }
         out
     }

@@ -1235,11 +1235,23 @@ pub fn referenced_hosts(out: &Output) -> BTreeSet<String> {
 /// reported (API `/api/v1/errors`, logs) rather than silently ignored.
 pub fn unimplemented(r: &Res) -> Vec<String> {
     let mut out = Vec::new();
-    let mut flag = |path: String| out.push(format!("{}: `{path}` is not implemented yet and has no effect", r.id()));
+    let mut flag = |path: String| {
+        out.push(format!(
+            "{}: `{path}` is not implemented yet and has no effect",
+            r.id()
+        ))
+    };
     match r.kind.as_str() {
         "VirtualService" => {
             for (i, rule) in r.list("http").iter().enumerate() {
-                for f in ["fault", "mirror", "mirrors", "mirrorPercentage", "corsPolicy", "delegate"] {
+                for f in [
+                    "fault",
+                    "mirror",
+                    "mirrors",
+                    "mirrorPercentage",
+                    "corsPolicy",
+                    "delegate",
+                ] {
                     if rule.get(f).is_some() {
                         flag(format!("spec.http[{i}].{f}"));
                     }
@@ -1253,20 +1265,36 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
         }
         "DestinationRule" => {
             for f in ["tls", "localityLbSetting"] {
-                if r.spec.pointer(&format!("/trafficPolicy/{f}")).is_some() || r.spec.pointer(&format!("/trafficPolicy/loadBalancer/{f}")).is_some() {
+                if r.spec.pointer(&format!("/trafficPolicy/{f}")).is_some()
+                    || r.spec
+                        .pointer(&format!("/trafficPolicy/loadBalancer/{f}"))
+                        .is_some()
+                {
                     flag(format!("spec.trafficPolicy.{f}"));
                 }
             }
         }
         "Gateway" => {
             for (i, s) in r.list("servers").iter().enumerate() {
-                let proto = s.pointer("/port/protocol").and_then(Json::as_str).unwrap_or("HTTP");
+                let proto = s
+                    .pointer("/port/protocol")
+                    .and_then(Json::as_str)
+                    .unwrap_or("HTTP");
                 if !matches!(proto, "HTTP" | "HTTP2" | "GRPC") || s.get("tls").is_some() {
-                    flag(format!("spec.servers[{i}] ({proto}{})", if s.get("tls").is_some() { ", tls" } else { "" }));
+                    flag(format!(
+                        "spec.servers[{i}] ({proto}{})",
+                        if s.get("tls").is_some() { ", tls" } else { "" }
+                    ));
                 }
             }
         }
-        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" | "Telemetry" | "KubernetesGateway" | "HTTPRoute" | "GRPCRoute" => {
+        "PeerAuthentication"
+        | "AuthorizationPolicy"
+        | "RequestAuthentication"
+        | "Telemetry"
+        | "KubernetesGateway"
+        | "HTTPRoute"
+        | "GRPCRoute" => {
             flag(format!("{} resources", r.kind));
         }
         _ => {}
