@@ -565,6 +565,25 @@ fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
                 if let Some(p) = retry_policy(rule.get("retries")) {
                     action.insert("retry_policy".into(), p);
                 }
+                // Consistent hashing is a DestinationRule policy but a route setting in Envoy:
+                // take it from the (first) destination's rule, subset policy included.
+                if let Some(d) = dests.first().map(|d| &d["destination"]) {
+                    let host = fqdn(
+                        d.get("host").and_then(Json::as_str).unwrap_or(""),
+                        &vs.namespace,
+                    );
+                    let dr = cx.env.destination_rule(&host, &cx.proxy.namespace);
+                    let subset = d.get("subset").and_then(Json::as_str).and_then(|s| {
+                        dr.and_then(|dr| {
+                            dr.list("subsets")
+                                .into_iter()
+                                .find(|x| x.get("name").and_then(Json::as_str) == Some(s))
+                        })
+                    });
+                    if let Some(hp) = hash_policy(merged_policy(dr, subset, cx.port).as_ref()) {
+                        action.insert("hash_policy".into(), hp);
+                    }
+                }
                 if let Some(rw) = rule.get("rewrite") {
                     if let Some(u) = rw.get("uri").and_then(Json::as_str) {
                         if is_prefix {
@@ -821,19 +840,23 @@ fn endpoint_port(ep: &Endpoint, port: &crate::model::Port) -> u16 {
 }
 
 fn cla_json(name: &str, eps: &[&Endpoint], port: &crate::model::Port) -> Json {
-    let mut by_locality: BTreeMap<&str, Vec<Json>> = BTreeMap::new();
+    let mut by_locality: BTreeMap<&str, (u32, Vec<Json>)> = BTreeMap::new();
     for ep in eps {
-        by_locality.entry(ep.locality.as_str()).or_default().push(json!({
+        let entry = by_locality.entry(ep.locality.as_str()).or_default();
+        entry.0 = entry.0.saturating_add(ep.weight.max(1));
+        entry.1.push(json!({
             "endpoint": {"address": {"socket_address": {"address": ep.address.to_string(), "port_value": endpoint_port(ep, port)}}},
             "load_balancing_weight": ep.weight.max(1),
         }));
     }
     let endpoints: Vec<Json> = by_locality
         .into_iter()
-        .map(|(loc, lbs)| {
+        .map(|(loc, (weight, lbs))| {
             let mut parts = loc.splitn(3, '/');
             let (region, zone, sub_zone) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            json!({"locality": {"region": region, "zone": zone, "sub_zone": sub_zone}, "lb_endpoints": lbs})
+            // The locality weight, as Istio sets it: gRPC's xDS client ignores a locality
+            // without one ("contains no localities"), Envoy uses it with locality-weighted LB.
+            json!({"locality": {"region": region, "zone": zone, "sub_zone": sub_zone}, "load_balancing_weight": weight, "lb_endpoints": lbs})
         })
         .collect();
     json!({"cluster_name": name, "endpoints": endpoints})
@@ -1505,5 +1528,141 @@ mod tests {
             rc["virtual_hosts"][0]["routes"][0]["route"]["cluster"],
             "outbound|9080||productpage.default.svc.cluster.local"
         );
+    }
+
+    fn assert_valid(out: &Output) {
+        let pool = weft_xds::descriptors();
+        for (t, m) in [
+            ("envoy.config.listener.v3.Listener", &out.listeners),
+            ("envoy.config.route.v3.RouteConfiguration", &out.routes),
+            ("envoy.config.cluster.v3.Cluster", &out.clusters),
+            (
+                "envoy.config.endpoint.v3.ClusterLoadAssignment",
+                &out.endpoints,
+            ),
+        ] {
+            for (n, j) in m {
+                weft_xds::json::json_to_any(&pool, t, j.clone(), n)
+                    .unwrap_or_else(|e| panic!("{n}: {e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn destination_rule_policies_and_route_actions() {
+        let env = Env {
+            services: vec![svc(
+                "reviews.default.svc.cluster.local",
+                "default",
+                9080,
+                &[("127.0.1.2", "v1")],
+            )],
+            destination_rules: vec![res(
+                "DestinationRule",
+                "reviews",
+                json!({"host": "reviews", "trafficPolicy": {
+                "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}},
+                "connectionPool": {"tcp": {"maxConnections": 1, "connectTimeout": "2s"}, "http": {"http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1}},
+                "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 100}
+            }, "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}]}),
+            )],
+            virtual_services: vec![res(
+                "VirtualService",
+                "reviews",
+                json!({"hosts": ["reviews"], "http": [
+                    {"match": [{"uri": {"prefix": "/old"}}], "redirect": {"uri": "/new", "redirectCode": 302}},
+                    {"match": [{"uri": {"prefix": "/api"}}], "rewrite": {"uri": "/v2"}, "timeout": "3s",
+                     "retries": {"attempts": 3, "perTryTimeout": "1s", "retryOn": "5xx,503"},
+                     "headers": {"request": {"set": {"x-a": "1"}, "remove": ["x-b"]}},
+                     "route": [{"destination": {"host": "reviews"}}]},
+                    {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
+                ]}),
+            )],
+            ..Default::default()
+        };
+        let out = for_proxy(&proxy(), &env);
+        assert_valid(&out);
+        let c = &out.clusters["outbound|9080||reviews.default.svc.cluster.local"];
+        assert_eq!(c["lb_policy"], "RING_HASH");
+        assert_eq!(c["connect_timeout"], "2s");
+        assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_connections"], 1);
+        assert_eq!(c["outlier_detection"]["consecutive_5xx"], 3);
+        assert_eq!(
+            out.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"]["lb_policy"],
+            "ROUND_ROBIN"
+        );
+        let vh = out.routes["outbound"]["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "reviews.default.svc.cluster.local:9080")
+            .unwrap()
+            .clone();
+        let r = vh["routes"].as_array().unwrap();
+        assert_eq!(r[1]["redirect"]["path_redirect"], "/new");
+        assert_eq!(r[1]["redirect"]["response_code"], "FOUND");
+        let a = &r[2]["route"];
+        assert_eq!(a["prefix_rewrite"], "/v2");
+        assert_eq!(a["timeout"], "3s");
+        assert_eq!(a["retry_policy"]["num_retries"], 3);
+        assert_eq!(a["retry_policy"]["retry_on"], "5xx,retriable-status-codes");
+        assert_eq!(a["retry_policy"]["retriable_status_codes"], json!([503]));
+        assert_eq!(a["hash_policy"][0]["header"]["header_name"], "x-user");
+        assert_eq!(r[2]["request_headers_to_remove"], json!(["x-b"]));
+        // Istio's defaults on a rule without retries/timeout.
+        assert_eq!(r[3]["route"]["timeout"], "0s");
+        assert_eq!(r[3]["route"]["retry_policy"]["num_retries"], 2);
+    }
+
+    #[test]
+    fn sidecar_scoping_and_registry_only() {
+        let mut other = svc(
+            "ratings.other.svc.cluster.local",
+            "other",
+            9080,
+            &[("127.0.1.9", "v1")],
+        );
+        other.namespace = "other".into();
+        let env = Env {
+            services: vec![
+                svc(
+                    "reviews.default.svc.cluster.local",
+                    "default",
+                    9080,
+                    &[("127.0.1.2", "v1")],
+                ),
+                other,
+            ],
+            sidecars: vec![res(
+                "Sidecar",
+                "default",
+                json!({"egress": [{"hosts": ["./*"]}], "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
+            )],
+            ..Default::default()
+        };
+        let out = for_proxy(&proxy(), &env);
+        assert!(out.clusters.keys().any(|c| c.contains("reviews.default")));
+        assert!(
+            !out.clusters.keys().any(|c| c.contains("ratings.other")),
+            "Sidecar egress must scope clusters"
+        );
+        let vhs = out.routes["outbound"]["virtual_hosts"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let any = vhs.iter().find(|v| v["name"] == "allow_any").unwrap();
+        assert_eq!(any["routes"][0]["direct_response"]["status"], 502);
+    }
+
+    #[test]
+    fn valid_but_unimplemented_fields_are_reported() {
+        let vs = res(
+            "VirtualService",
+            "r",
+            json!({"hosts": ["r"], "http": [{"fault": {"abort": {"httpStatus": 500}}, "route": [{"destination": {"host": "r"}}]}]}),
+        );
+        let w = unimplemented(&vs);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("spec.http[0].fault"), "{w:?}");
     }
 }
