@@ -9,7 +9,7 @@
 // Deprecated Envoy fields are still accepted: existing configs use them.
 #![allow(deprecated)]
 
-use crate::config::{ConfigError, Ctx, opt_duration};
+use crate::config::{ConfigError, Ctx, decode_any, opt_duration};
 use crate::upstream::hash::{HashPolicy, hash_policies_from_route};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -46,6 +46,8 @@ pub struct VirtualHost {
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
     pub retry_policy: Option<Arc<RetryPolicy>>,
+    /// The virtual host's own per-filter configs (already merged into each route's).
+    pub filters: FilterConfigs,
 }
 
 #[derive(Debug)]
@@ -55,6 +57,17 @@ pub struct Route {
     pub action: Action,
     pub request_headers: HeaderMutation,
     pub response_headers: HeaderMutation,
+    /// Per-filter configs in force for this route: the route's, else the virtual host's (CORS
+    /// policies merged attribute by attribute).
+    pub filters: FilterConfigs,
+}
+
+/// Per-route / per-virtual-host configs of the HTTP filters (`typed_per_filter_config`, and the
+/// deprecated `cors` fields). They apply only when the connection manager runs the filter.
+#[derive(Debug, Default, Clone)]
+pub struct FilterConfigs {
+    pub fault: Option<Arc<crate::http::fault::FaultConfig>>,
+    pub cors: Option<Arc<crate::http::cors::CorsPolicy>>,
 }
 
 #[derive(Debug)]
@@ -75,6 +88,8 @@ pub struct RouteAction {
     pub retry_policy: Option<Arc<RetryPolicy>>,
     pub hash_policies: Vec<HashPolicy>,
     pub upgrades: Upgrades,
+    /// `request_mirror_policies`.
+    pub mirrors: Vec<crate::http::mirror::MirrorPolicy>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -360,6 +375,12 @@ impl RouteTable {
                         }
                         ClusterChoice::Header(_) => {}
                     }
+                    for (i, m) in ra.mirrors.iter().enumerate() {
+                        out.push((
+                            format!("{f}.request_mirror_policies[{i}].cluster"),
+                            m.cluster.as_str(),
+                        ));
+                    }
                 }
             }
         }
@@ -473,7 +494,7 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
 }
 
 impl HeaderMatcher {
-    fn matches(&self, req: &RequestView<'_>) -> bool {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
         let joined;
         let value: Option<&str> = match &self.name {
             Err(Pseudo::Method) => Some(req.method.as_str()),
@@ -697,6 +718,12 @@ pub fn route_table(rc: &rpb::RouteConfiguration) -> Result<RouteTable, ConfigErr
             .map(|p| retry_policy(&ctx, &format!("{vf}.retry_policy"), p))
             .transpose()?
             .map(Arc::new);
+        let vh_filters = filter_configs(
+            &ctx,
+            &vf,
+            &vh.typed_per_filter_config,
+            vh.cors.as_ref().map(|c| (format!("{vf}.cors"), c)),
+        )?;
         let mut routes = Vec::with_capacity(vh.routes.len());
         for (ri, r) in vh.routes.iter().enumerate() {
             routes.push(route(
@@ -704,6 +731,7 @@ pub fn route_table(rc: &rpb::RouteConfiguration) -> Result<RouteTable, ConfigErr
                 &format!("{vf}.routes[{ri}]"),
                 r,
                 retry.as_ref(),
+                &vh_filters,
             )?);
         }
         t.vhosts.push(VirtualHost {
@@ -722,6 +750,7 @@ pub fn route_table(rc: &rpb::RouteConfiguration) -> Result<RouteTable, ConfigErr
                 &vh.response_headers_to_remove,
             )?,
             retry_policy: retry,
+            filters: vh_filters,
         });
     }
     t.suffix.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
@@ -729,11 +758,55 @@ pub fn route_table(rc: &rpb::RouteConfiguration) -> Result<RouteTable, ConfigErr
     Ok(t)
 }
 
+/// Compiles `typed_per_filter_config` (fault and CORS) plus a deprecated `cors` field.
+fn filter_configs(
+    ctx: &Ctx,
+    f: &str,
+    typed: &HashMap<String, envoy_types::pb::google::protobuf::Any>,
+    deprecated_cors: Option<(String, &rpb::CorsPolicy)>,
+) -> Result<FilterConfigs, ConfigError> {
+    use crate::http::{cors, fault};
+    let mut out = FilterConfigs::default();
+    if let Some((cf, c)) = deprecated_cors {
+        out.cors = Some(Arc::new(cors::from_route_policy(ctx, &cf, c)?));
+    }
+    let mut keys: Vec<&String> = typed.keys().collect();
+    keys.sort();
+    for k in keys {
+        let Some(any) = typed.get(k) else { continue };
+        let kf = format!("{f}.typed_per_filter_config[{k:?}]");
+        match k.as_str() {
+            fault::NAME => {
+                let h: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
+                    decode_any(ctx, &kf, any)?;
+                out.fault = Some(Arc::new(fault::compile(ctx, &kf, &h)?));
+            }
+            cors::NAME => {
+                let p: envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy =
+                    decode_any(ctx, &kf, any)?;
+                out.cors = Some(Arc::new(cors::from_filter_policy(ctx, &kf, &p)?));
+            }
+            other => {
+                return Err(ctx.err(
+                    kf,
+                    format!(
+                        "per-route config for `{other}` is not supported (only {} and {})",
+                        fault::NAME,
+                        cors::NAME
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn route(
     ctx: &Ctx,
     f: &str,
     r: &rpb::Route,
     vh_retry: Option<&Arc<RetryPolicy>>,
+    vh_filters: &FilterConfigs,
 ) -> Result<Route, ConfigError> {
     let Some(m) = &r.r#match else {
         return Err(ctx.err(format!("{f}.match"), "`match` is required"));
@@ -792,10 +865,27 @@ fn route(
             ));
         }
     };
+    let own = filter_configs(
+        ctx,
+        f,
+        &r.typed_per_filter_config,
+        match &r.action {
+            Some(A::Route(ra)) => ra.cors.as_ref().map(|c| (format!("{f}.route.cors"), c)),
+            _ => None,
+        },
+    )?;
+    let filters = FilterConfigs {
+        fault: own.fault.or_else(|| vh_filters.fault.clone()),
+        cors: match (own.cors, &vh_filters.cors) {
+            (Some(r), Some(v)) => Some(Arc::new(r.merged_over(v))),
+            (r, v) => r.or_else(|| v.clone()),
+        },
+    };
     Ok(Route {
         name: r.name.clone(),
         matcher,
         action,
+        filters,
         request_headers: header_mutation(
             ctx,
             &format!("{f}.request"),
@@ -825,39 +915,7 @@ fn route_match(ctx: &Ctx, f: &str, m: &rpb::RouteMatch) -> Result<RouteMatch, Co
     };
     let mut headers = Vec::with_capacity(m.headers.len());
     for (i, h) in m.headers.iter().enumerate() {
-        let hf = format!("{f}.headers[{i}]");
-        use rpb::header_matcher::HeaderMatchSpecifier as H;
-        let kind = match &h.header_match_specifier {
-            Some(H::ExactMatch(s)) => HeaderMatchKind::Str(StrMatch::Exact(s.clone(), false)),
-            Some(H::PrefixMatch(s)) => HeaderMatchKind::Str(StrMatch::Prefix(s.clone(), false)),
-            Some(H::SuffixMatch(s)) => HeaderMatchKind::Str(StrMatch::Suffix(s.clone(), false)),
-            Some(H::ContainsMatch(s)) => HeaderMatchKind::Str(StrMatch::Contains(s.clone(), false)),
-            Some(H::SafeRegexMatch(r)) => HeaderMatchKind::Str(StrMatch::Regex(regex(
-                ctx,
-                &format!("{hf}.safe_regex_match"),
-                &r.regex,
-                false,
-            )?)),
-            Some(H::StringMatch(s)) => {
-                HeaderMatchKind::Str(string_match(ctx, &format!("{hf}.string_match"), s)?)
-            }
-            Some(H::PresentMatch(p)) => HeaderMatchKind::Present(*p),
-            Some(H::RangeMatch(r)) => HeaderMatchKind::Range(r.start, r.end),
-            None => HeaderMatchKind::Present(true),
-        };
-        let name = match h.name.as_str() {
-            ":method" => Err(Pseudo::Method),
-            ":authority" | "host" | "Host" => Err(Pseudo::Authority),
-            ":path" => Err(Pseudo::Path),
-            ":scheme" => Err(Pseudo::Scheme),
-            n => Ok(header_name(ctx, &format!("{hf}.name"), n)?),
-        };
-        headers.push(HeaderMatcher {
-            name,
-            kind,
-            invert: h.invert_match,
-            missing_as_empty: h.treat_missing_header_as_empty,
-        });
+        headers.push(header_matcher(ctx, &format!("{f}.headers[{i}]"), h)?);
     }
     let mut query = Vec::with_capacity(m.query_parameters.len());
     for (i, q) in m.query_parameters.iter().enumerate() {
@@ -886,6 +944,46 @@ fn route_match(ctx: &Ctx, f: &str, m: &rpb::RouteMatch) -> Result<RouteMatch, Co
         headers,
         query,
         grpc_only: m.grpc.is_some(),
+    })
+}
+
+/// Compiles one `HeaderMatcher` (`hf` is its field path).
+pub fn header_matcher(
+    ctx: &Ctx,
+    hf: &str,
+    h: &rpb::HeaderMatcher,
+) -> Result<HeaderMatcher, ConfigError> {
+    use rpb::header_matcher::HeaderMatchSpecifier as H;
+    let kind = match &h.header_match_specifier {
+        Some(H::ExactMatch(s)) => HeaderMatchKind::Str(StrMatch::Exact(s.clone(), false)),
+        Some(H::PrefixMatch(s)) => HeaderMatchKind::Str(StrMatch::Prefix(s.clone(), false)),
+        Some(H::SuffixMatch(s)) => HeaderMatchKind::Str(StrMatch::Suffix(s.clone(), false)),
+        Some(H::ContainsMatch(s)) => HeaderMatchKind::Str(StrMatch::Contains(s.clone(), false)),
+        Some(H::SafeRegexMatch(r)) => HeaderMatchKind::Str(StrMatch::Regex(regex(
+            ctx,
+            &format!("{hf}.safe_regex_match"),
+            &r.regex,
+            false,
+        )?)),
+        Some(H::StringMatch(s)) => {
+            HeaderMatchKind::Str(string_match(ctx, &format!("{hf}.string_match"), s)?)
+        }
+        Some(H::PresentMatch(p)) => HeaderMatchKind::Present(*p),
+        Some(H::RangeMatch(r)) => HeaderMatchKind::Range(r.start, r.end),
+        None => HeaderMatchKind::Present(true),
+    };
+    let name = match h.name.as_str() {
+        ":method" => Err(Pseudo::Method),
+        ":authority" | "host" | "Host" => Err(Pseudo::Authority),
+        ":path" => Err(Pseudo::Path),
+        ":scheme" => Err(Pseudo::Scheme),
+        n => Ok(header_name(ctx, &format!("{hf}.name"), n)?),
+    };
+    Ok(HeaderMatcher {
+        name,
+        kind,
+        invert: h.invert_match,
+        missing_as_empty: h.treat_missing_header_as_empty,
     })
 }
 
@@ -1096,7 +1194,13 @@ fn route_action(
     };
     let hash_policies =
         hash_policies_from_route(ra).map_err(|u| ctx.err(format!("{f}.{}", u.field), u.reason))?;
+    let mirrors = crate::http::mirror::compile(
+        ctx,
+        &format!("{f}.request_mirror_policies"),
+        &ra.request_mirror_policies,
+    )?;
     Ok(RouteAction {
+        mirrors,
         clusters,
         prefix_rewrite: Some(ra.prefix_rewrite.clone()).filter(|s| !s.is_empty()),
         regex_rewrite,
@@ -1394,6 +1498,101 @@ virtual_hosts:
         let e = route_table(&rc).unwrap_err().to_string();
         assert!(
             e.contains("retry_policy.retry_on") && e.contains("bogus"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn per_filter_configs_route_over_vhost_and_mirrors() {
+        let t = table(
+            r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  typed_per_filter_config:
+    envoy.filters.http.fault:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+      abort: {http_status: 503, percentage: {numerator: 100}}
+    envoy.filters.http.cors:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+      allow_origin_string_match: [{exact: "https://a"}]
+      max_age: "60"
+  routes:
+  - name: own
+    match: {prefix: /own}
+    typed_per_filter_config:
+      envoy.filters.http.fault:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+        delay: {fixed_delay: 2s, percentage: {numerator: 100}}
+    route:
+      cluster: c
+      cors: {allow_methods: GET}
+      request_mirror_policies: [{cluster: shadow}]
+  - name: inherited
+    match: {prefix: /}
+    route: {cluster: c}
+"#,
+        );
+        let vh = t.vhost("x").unwrap();
+        let (own, inherited) = (&vh.routes[0], &vh.routes[1]);
+        let f = own.filters.fault.as_ref().unwrap();
+        assert!(
+            f.delay.is_some() && f.abort.is_none(),
+            "the route's fault config wins whole"
+        );
+        assert!(inherited.filters.fault.as_ref().unwrap().abort.is_some());
+        let h = {
+            let mut h = HeaderMap::new();
+            h.insert("origin", HeaderValue::from_static("https://a"));
+            h.insert(
+                "access-control-request-method",
+                HeaderValue::from_static("GET"),
+            );
+            h
+        };
+        let crate::http::cors::Outcome::Preflight(r) = own
+            .filters
+            .cors
+            .as_ref()
+            .unwrap()
+            .evaluate(&Method::OPTIONS, &h)
+        else {
+            panic!("expected a preflight answer")
+        };
+        assert_eq!(r["access-control-allow-methods"], "GET");
+        assert_eq!(r["access-control-max-age"], "60", "merged from the vhost");
+        let refs = t.referenced_clusters();
+        assert!(
+            refs.iter().any(|(f, c)| *c == "shadow"
+                && f == "virtual_hosts[0].routes[0].route.request_mirror_policies[0].cluster"),
+            "{refs:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_per_filter_config_names_the_field() {
+        let rc: rpb::RouteConfiguration = weft_xds::from_yaml(
+            r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {prefix: /}
+    route: {cluster: c}
+    typed_per_filter_config:
+      envoy.filters.http.router:
+        "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#,
+            "t",
+        )
+        .unwrap();
+        let e = route_table(&rc).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "virtual_hosts[0].routes[0].typed_per_filter_config[\"envoy.filters.http.router\"]"
+            ),
             "{e}"
         );
     }

@@ -120,7 +120,46 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "server_name",
             "stream_idle_timeout",
             "request_timeout",
+            "local_reply_config",
         ],
+        "envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig" => {
+            &["mappers", "body_format"]
+        }
+        "envoy.extensions.filters.network.http_connection_manager.v3.ResponseMapper" => {
+            &["filter", "status_code", "body", "body_format_override"]
+        }
+        "envoy.config.accesslog.v3.AccessLogFilter" => {
+            &["status_code_filter", "response_flag_filter"]
+        }
+        "envoy.config.accesslog.v3.StatusCodeFilter" => &["comparison"],
+        "envoy.config.accesslog.v3.ComparisonFilter" => &["op", "value"],
+        "envoy.config.accesslog.v3.ResponseFlagFilter" => &["flags"],
+        // No runtime layer: a runtime key always yields its default value, as in Envoy.
+        "envoy.config.core.v3.RuntimeUInt32" | "envoy.config.core.v3.RuntimeFractionalPercent" => {
+            &["default_value", "runtime_key"]
+        }
+        "envoy.type.v3.FractionalPercent" => &["numerator", "denominator"],
+        // HTTP filters: fault injection and CORS.
+        "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
+            &["delay", "abort", "headers", "max_active_faults"]
+        }
+        "envoy.extensions.filters.common.fault.v3.FaultDelay" => &["fixed_delay", "percentage"],
+        "envoy.extensions.filters.http.fault.v3.FaultAbort" => {
+            &["http_status", "grpc_status", "percentage", "response_body"]
+        }
+        "envoy.extensions.filters.http.cors.v3.Cors" => &[],
+        "envoy.extensions.filters.http.cors.v3.CorsPolicy" | "envoy.config.route.v3.CorsPolicy" => {
+            &[
+                "allow_origin_string_match",
+                "allow_methods",
+                "allow_headers",
+                "expose_headers",
+                "max_age",
+                "allow_credentials",
+                "filter_enabled",
+                "forward_not_matching_preflights",
+            ]
+        }
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => {
             &["upgrade_type", "enabled"]
         }
@@ -173,6 +212,8 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "response_headers_to_add",
             "response_headers_to_remove",
             "retry_policy",
+            "typed_per_filter_config",
+            "cors",
         ],
         "envoy.config.route.v3.Route" => &[
             "name",
@@ -186,6 +227,7 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "response_headers_to_remove",
             "metadata",
             "decorator",
+            "typed_per_filter_config",
         ],
         "envoy.config.route.v3.Decorator" => &["operation", "propagate"],
         "envoy.config.route.v3.RouteMatch" => &[
@@ -238,6 +280,13 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "retry_policy",
             "hash_policy",
             "upgrade_configs",
+            "request_mirror_policies",
+            "cors",
+        ],
+        "envoy.config.route.v3.RouteAction.RequestMirrorPolicy" => &[
+            "cluster",
+            "runtime_fraction",
+            "disable_shadow_host_suffix_append",
         ],
         "envoy.config.route.v3.WeightedCluster" => &["clusters", "total_weight"],
         "envoy.config.route.v3.WeightedCluster.ClusterWeight" => &[
@@ -314,7 +363,13 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "ring_hash_lb_config",
             "maglev_lb_config",
             "metadata",
+            "cluster_type",
         ],
+        "envoy.config.cluster.v3.Cluster.CustomClusterType" => &["name", "typed_config"],
+        "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig" => &["dns_cache_config"],
+        "envoy.extensions.common.dynamic_forward_proxy.v3.DnsCacheConfig" => {
+            &["name", "dns_lookup_family", "dns_refresh_rate", "max_hosts"]
+        }
         "envoy.config.cluster.v3.Cluster.CommonLbConfig" => &["healthy_panic_threshold"],
         "envoy.type.v3.Percent" => &["value"],
         "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => &["choice_count"],

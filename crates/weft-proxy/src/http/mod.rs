@@ -1,8 +1,14 @@
 //! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 on a downstream connection and runs
-//! each request through routing and the router filter (`proxy`). Its config is compiled from
-//! Envoy's `HttpConnectionManager`.
+//! each request through routing, the HTTP filters before the router (`fault`, `cors`) and the
+//! router filter (`proxy`, with `mirror`), mapping its own replies (`local_reply`). Its config
+//! is compiled from Envoy's `HttpConnectionManager`.
 
 pub mod body;
+pub mod cors;
+pub mod fault;
+pub mod fraction;
+pub mod local_reply;
+pub mod mirror;
 pub mod proxy;
 
 use crate::access_log::AccessLogger;
@@ -45,6 +51,13 @@ pub struct Hcm {
     pub stream_idle_timeout: Option<Duration>,
     pub request_timeout: Option<Duration>,
     pub stats: Arc<HttpStats>,
+    /// The fault filter (`envoy.filters.http.fault`), when in the chain.
+    pub fault: Option<fault::FaultFilter>,
+    /// The CORS filter (`envoy.filters.http.cors`) is in the chain.
+    pub cors: bool,
+    /// CORS runs before fault injection (the filters' order in the chain).
+    pub cors_first: bool,
+    pub local_reply: Option<local_reply::LocalReply>,
 }
 
 pub fn hcm(
@@ -82,6 +95,7 @@ pub fn hcm(
         }
         None => return Err(ctx.err(f, "route_config or rds is required")),
     };
+    let (mut fault, mut cors, mut cors_first) = (None, false, false);
     match h.http_filters.as_slice() {
         [] => {
             return Err(ctx.err(
@@ -92,33 +106,39 @@ pub fn hcm(
         filters => {
             for (i, hf) in filters.iter().enumerate() {
                 let ff = format!("{f}.http_filters[{i}]");
-                use hpb::http_filter::ConfigType;
-                let is_router = match &hf.config_type {
-                    Some(ConfigType::TypedConfig(any)) => {
-                        let r: Result<
-                            envoy_types::pb::envoy::extensions::filters::http::router::v3::Router,
-                            _,
-                        > = decode_any(ctx, &format!("{ff}.typed_config"), any);
-                        r.is_ok()
+                let last = i + 1 == filters.len();
+                match http_filter(ctx, &ff, hf)? {
+                    HttpFilter::Router if !last => {
+                        return Err(ctx.err(ff, "the router must be the last HTTP filter"));
                     }
-                    None => hf.name == "envoy.filters.http.router",
-                    Some(_) => false,
-                };
-                if !is_router {
-                    return Err(ctx.err(
-                        ff,
-                        format!(
-                            "HTTP filter `{}` is not supported (only envoy.filters.http.router)",
-                            hf.name
-                        ),
-                    ));
-                }
-                if i + 1 != filters.len() {
-                    return Err(ctx.err(ff, "the router must be the last HTTP filter"));
+                    HttpFilter::Router => {}
+                    _ if last => {
+                        return Err(ctx.err(
+                            ff,
+                            "the router filter (envoy.filters.http.router) must be the last filter",
+                        ));
+                    }
+                    HttpFilter::Fault(cfg) => {
+                        if fault.replace(fault::FaultFilter::new(cfg)).is_some() {
+                            return Err(ctx.err(ff, "the fault filter appears twice"));
+                        }
+                    }
+                    HttpFilter::Cors => {
+                        if cors {
+                            return Err(ctx.err(ff, "the CORS filter appears twice"));
+                        }
+                        cors = true;
+                        cors_first = fault.is_none();
+                    }
                 }
             }
         }
     }
+    let local_reply = h
+        .local_reply_config
+        .as_ref()
+        .map(|c| local_reply::compile(ctx, &format!("{f}.local_reply_config"), c))
+        .transpose()?;
     let mut access_logs = Vec::new();
     for (i, al) in h.access_log.iter().enumerate() {
         access_logs
@@ -187,5 +207,61 @@ pub fn hcm(
         )?
         .filter(|d| !d.is_zero()),
         stats: stats.http(&h.stat_prefix),
+        fault,
+        cors,
+        cors_first,
+        local_reply,
     })
+}
+
+/// One compiled HTTP filter of the chain.
+enum HttpFilter {
+    Router,
+    /// The filter-level config, unless it injects nothing.
+    Fault(Option<fault::FaultConfig>),
+    Cors,
+}
+
+fn http_filter(ctx: &Ctx, ff: &str, hf: &hpb::HttpFilter) -> Result<HttpFilter, ConfigError> {
+    use hpb::http_filter::ConfigType;
+    let unsupported = || {
+        ctx.err(
+            ff,
+            format!(
+                "HTTP filter `{}` is not supported (only envoy.filters.http.fault, envoy.filters.http.cors and envoy.filters.http.router)",
+                hf.name
+            ),
+        )
+    };
+    let tf = format!("{ff}.typed_config");
+    match &hf.config_type {
+        Some(ConfigType::TypedConfig(any)) => {
+            match any.type_url.rsplit('/').next().unwrap_or_default() {
+                "envoy.extensions.filters.http.router.v3.Router" => {
+                    let _: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
+                        decode_any(ctx, &tf, any)?;
+                    Ok(HttpFilter::Router)
+                }
+                fault::TYPE => {
+                    let cfg: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
+                        decode_any(ctx, &tf, any)?;
+                    let cfg = fault::compile(ctx, &tf, &cfg)?;
+                    Ok(HttpFilter::Fault(Some(cfg).filter(|c| !c.is_noop())))
+                }
+                cors::FILTER_TYPE => {
+                    let _: envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors =
+                        decode_any(ctx, &tf, any)?;
+                    Ok(HttpFilter::Cors)
+                }
+                _ => Err(unsupported()),
+            }
+        }
+        None => match hf.name.as_str() {
+            "envoy.filters.http.router" => Ok(HttpFilter::Router),
+            fault::NAME => Ok(HttpFilter::Fault(None)),
+            cors::NAME => Ok(HttpFilter::Cors),
+            _ => Err(unsupported()),
+        },
+        Some(_) => Err(unsupported()),
+    }
 }

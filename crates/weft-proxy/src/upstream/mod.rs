@@ -9,6 +9,7 @@
 #![allow(deprecated)]
 
 pub mod circuit;
+pub mod dfp;
 pub mod hash;
 pub mod host;
 pub mod lb;
@@ -63,6 +64,9 @@ pub struct Cluster {
     pub eds_service: Option<String>,
     /// Version of the ClusterLoadAssignment last applied (EDS clusters).
     pub eds_version: std::sync::Mutex<Option<String>>,
+    /// Dynamic forward proxy clusters: hosts come from request authorities through this cache
+    /// (`pick` finds nothing for them).
+    pub dfp: Option<Arc<dfp::DnsCache>>,
 }
 
 impl Cluster {
@@ -143,13 +147,15 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         return Err(ctx.err("name", "a cluster needs a name"));
     }
     use cpb::cluster::{ClusterDiscoveryType as T, DiscoveryType as D};
+    let mut dfp_config = None;
     let kind = match &c.cluster_discovery_type {
         None => D::Static,
         Some(T::Type(t)) => {
             D::try_from(*t).map_err(|_| ctx.err("type", format!("unknown type {t}")))?
         }
-        Some(T::ClusterType(_)) => {
-            return Err(ctx.err("cluster_type", "custom cluster types are not supported"));
+        Some(T::ClusterType(ct)) => {
+            dfp_config = Some(dfp::config(&ctx, c, ct)?);
+            D::Static
         }
     };
     if kind == D::OriginalDst || (kind == D::Eds && !xds) {
@@ -170,7 +176,12 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
     });
     let connect_timeout = opt_duration(&ctx, "connect_timeout", c.connect_timeout.as_ref())?
         .unwrap_or(Duration::from_secs(5));
-    let lb = lb::lb_config_from_cluster(c).map_err(|u| ctx.err(u.field, u.reason))?;
+    let lb = if dfp_config.is_some() {
+        // CLUSTER_PROVIDED: the host is the request's.
+        LbConfig::default()
+    } else {
+        lb::lb_config_from_cluster(c).map_err(|u| ctx.err(u.field, u.reason))?
+    };
     let circuit = Arc::new(
         circuit::CircuitBreakers::from_proto(c.circuit_breakers.as_ref())
             .map_err(|u| ctx.err(format!("circuit_breakers.{}", u.field), u.reason))?,
@@ -291,6 +302,7 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
 
     let (hosts, names) =
         hosts_from_assignment(&ctx, c.load_assignment.as_ref(), kind != D::Static)?;
+    let dfp_cache = dfp_config.map(|cfg| Arc::new(dfp::DnsCache::new(cfg, pool.clone())));
     let cluster = Arc::new(Cluster {
         name: pool.cluster.clone(),
         source: prost::Message::encode_to_vec(c),
@@ -306,6 +318,7 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         retry_buffer_limit,
         eds_service,
         eds_version: std::sync::Mutex::new(None),
+        dfp: dfp_cache,
     });
     cluster.set_hosts(hosts);
     if let Some(o) = &cluster.outlier {

@@ -1,0 +1,1804 @@
+//! End-to-end tests of the local mesh (`weft demo`, `weft up`, `weft run`, `weft apply`,
+//! `weft analyze`, `weft proxy-status`, `weft proxy-config`): they start the real `weft` binary
+//! with real clients (a small HTTP/1.1 client over `TcpStream`, Python `grpcio`) and check
+//! what a user would see.
+//!
+//! Every test here takes one global lock: the control plane allocates 127.0.x.y addresses by
+//! probing port 15000, so two meshes starting at once could race for the same address. Servers
+//! bind only 127.0.0.1 / 127.0.x.y on free ports; every wait is bounded; every process started
+//! is stopped on drop (SIGTERM, then SIGKILL after 5 s — `weft` stops its own children), also
+//! when a test fails, in which case the logs of what was started are printed.
+//!
+//! These tests must not weaken what they check to pass: a failed request is a failure.
+
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// One mesh at a time (see the module doc).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn networking() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo/networking")
+}
+
+/// `n` distinct free ports on 127.0.0.1 (all bound at once so they differ).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `limit` passes.
+fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        sleep_ms(100);
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// A `weft` process whose stdout/stderr go to files; stopped on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+    /// More logs to show if the test fails (e.g. the demo's per-process logs).
+    extra_logs: Option<PathBuf>,
+}
+
+impl Proc {
+    fn start(name: &str, logs: &Path, args: &[&str]) -> Proc {
+        std::fs::create_dir_all(logs).expect("create log dir");
+        let out = logs.join(format!("{name}.out"));
+        let err = logs.join(format!("{name}.err"));
+        let child = Command::new(WEFT)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("create stdout log"))
+            .stderr(std::fs::File::create(&err).expect("create stderr log"))
+            .spawn()
+            .expect("start weft");
+        Proc {
+            name: name.to_string(),
+            child,
+            out,
+            err,
+            extra_logs: None,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!(
+                "{} exited ({st}):\n{}\n{}",
+                self.name,
+                tail(&self.out, 30),
+                tail(&self.err, 30)
+            );
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            sleep_ms(50);
+        }
+        self.kill_now();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} stdout (tail) ----\n{}",
+                self.name,
+                tail(&self.out, 40)
+            );
+            eprintln!(
+                "---- {} stderr (tail) ----\n{}",
+                self.name,
+                tail(&self.err, 60)
+            );
+            if let Some(dir) = &self.extra_logs
+                && let Ok(rd) = std::fs::read_dir(dir)
+            {
+                let mut files: Vec<PathBuf> = rd
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                    .collect();
+                files.sort();
+                for f in files {
+                    let t = tail(&f, 15);
+                    if !t.trim().is_empty() {
+                        eprintln!("---- {} (tail) ----\n{t}", f.display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a finished `weft` command printed.
+#[derive(Debug)]
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a `weft` command to completion (killed after `limit`).
+fn weft(args: &[&str], limit: Duration) -> Ran {
+    let mut child = Command::new(WEFT)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start weft");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        sleep_ms(20);
+    };
+    let ran = Ran {
+        code: status.and_then(|s| s.code()),
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    };
+    assert!(
+        status.is_some(),
+        "weft {args:?} did not finish within {limit:?}: {ran:?}"
+    );
+    ran
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small HTTP/1.1 client (keep-alive, Content-Length or chunked bodies)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct HttpClient {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl HttpClient {
+    fn new(addr: SocketAddr) -> Self {
+        HttpClient { addr, conn: None }
+    }
+
+    fn get(
+        &mut self,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response, String> {
+        self.send("GET", target, host, headers, b"")
+    }
+
+    /// Sends one request (on the kept-alive connection if there is one). Never retries.
+    fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, String> {
+        let result = self.exchange(method, target, host, headers, body);
+        match result {
+            Ok((resp, keep)) => {
+                if !keep {
+                    self.conn = None;
+                }
+                Ok(resp)
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(format!("{method} {target} via {}: {e}", self.addr))
+            }
+        }
+    }
+
+    fn exchange(
+        &mut self,
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(Response, bool), String> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
+                .map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(15)))
+                .map_err(|e| e.to_string())?;
+            s.set_write_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let _ = s.set_nodelay(true);
+            self.conn = Some(BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().ok_or("no connection")?;
+        let mut req = format!("{method} {target} HTTP/1.1\r\nhost: {host}\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            req.push_str(&format!("content-length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        conn.get_mut()
+            .write_all(&bytes)
+            .map_err(|e| format!("write: {e}"))?;
+        read_response(conn)
+    }
+}
+
+fn read_line(r: &mut BufReader<TcpStream>) -> Result<String, String> {
+    let mut line = String::new();
+    let n = r.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
+    if n == 0 {
+        return Err("connection closed".into());
+    }
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Reads one response; the flag says whether the connection can be reused.
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<(Response, bool), String> {
+    let status_line = read_line(r).map_err(|e| format!("{e} before a response"))?;
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or("");
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut headers = Vec::new();
+    loop {
+        let line = read_line(r)?;
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line {line:?}"))?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_ascii_lowercase())
+    };
+    let mut keep = version == "HTTP/1.1" && find("connection").as_deref() != Some("close");
+    let mut body = Vec::new();
+    if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let size_line = read_line(r)?;
+            let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| format!("bad chunk size {size_line:?}"))?;
+            if size == 0 {
+                while !read_line(r)?.is_empty() {}
+                break;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            r.read_exact(&mut body[start..])
+                .map_err(|e| format!("read chunk: {e}"))?;
+            read_line(r)?;
+        }
+    } else if let Some(len) = find("content-length") {
+        let len: usize = len
+            .parse()
+            .map_err(|_| format!("bad content-length {len}"))?;
+        body.resize(len, 0);
+        r.read_exact(&mut body)
+            .map_err(|e| format!("read body: {e}"))?;
+    } else if !(status == 204 || status == 304 || (100..200).contains(&status)) {
+        r.read_to_end(&mut body)
+            .map_err(|e| format!("read body: {e}"))?;
+        keep = false;
+    }
+    Ok((
+        Response {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        },
+        keep,
+    ))
+}
+
+/// One GET on a fresh connection, for the control plane's API.
+fn api_get(api: SocketAddr, path: &str) -> Result<Json, String> {
+    let mut c = HttpClient::new(api);
+    let r = c.get(path, &api.to_string(), &[("connection", "close")])?;
+    if r.status != 200 {
+        return Err(format!("GET {path}: HTTP {}: {}", r.status, r.body));
+    }
+    serde_json::from_str(&r.body).map_err(|e| format!("GET {path}: {e}: {}", r.body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bookinfo pages
+// ---------------------------------------------------------------------------------------------
+
+/// Which reviews version rendered the page (`<u id="served-by">reviews-v2</u>`).
+fn served_by(body: &str) -> Option<&str> {
+    let start = body.find("id=\"served-by\">")? + "id=\"served-by\">".len();
+    let len = body[start..].find('<')?;
+    Some(&body[start..start + len])
+}
+
+/// A complete, healthy product page: 200, book details, reviews with the stars their version
+/// shows, no "unavailable". Returns the reviews version.
+fn check_page(r: &Response) -> Result<String, String> {
+    let brief = || r.body.chars().take(600).collect::<String>();
+    if r.status != 200 {
+        return Err(format!("HTTP {}: {}", r.status, brief()));
+    }
+    if r.body.contains("unavailable") {
+        return Err(format!("page says unavailable: {}", brief()));
+    }
+    if !r.body.contains("ISBN-10") {
+        return Err(format!("no book details: {}", brief()));
+    }
+    let v = served_by(&r.body)
+        .ok_or_else(|| format!("no reviews on the page: {}", brief()))?
+        .to_string();
+    let stars_ok = match v.as_str() {
+        "reviews-v1" => !r.body.contains("<font color="),
+        "reviews-v2" => r.body.contains("<font color=\"black\">") && !r.body.contains("\"red\""),
+        "reviews-v3" => r.body.contains("<font color=\"red\">") && !r.body.contains("\"black\""),
+        _ => false,
+    };
+    if !stars_ok {
+        return Err(format!("{v} page with the wrong stars: {}", brief()));
+    }
+    Ok(v)
+}
+
+fn product_page(
+    c: &mut HttpClient,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Result<String, String> {
+    let r = c.get("/productpage", host, headers)?;
+    check_page(&r)
+}
+
+/// `n` product pages; every one must be healthy. Counts per reviews version.
+fn mix(
+    c: &mut HttpClient,
+    host: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for i in 0..n {
+        match product_page(c, host, headers) {
+            Ok(v) => *counts.entry(v).or_insert(0) += 1,
+            Err(e) => panic!("request {i} of {n} (headers {headers:?}) failed: {e}"),
+        }
+    }
+    counts
+}
+
+fn count(m: &BTreeMap<String, usize>, v: &str) -> usize {
+    m.get(v).copied().unwrap_or(0)
+}
+
+/// Requests in a loop on `threads` kept-alive connections until stopped, checking each response.
+struct Load {
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<LoadStats>>,
+}
+
+/// What a load thread saw; failure times are offsets from the start of the load.
+#[derive(Debug, Default)]
+struct LoadStats {
+    ok: u64,
+    failed: u64,
+    /// The first failures and the last one.
+    errors: Vec<String>,
+    last_error: Option<String>,
+}
+
+impl Load {
+    fn start(
+        addr: SocketAddr,
+        threads: usize,
+        target: &'static str,
+        host: String,
+        check: fn(&Response) -> Result<(), String>,
+    ) -> Load {
+        let t0 = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                let host = host.clone();
+                std::thread::spawn(move || {
+                    let mut c = HttpClient::new(addr);
+                    let mut st = LoadStats::default();
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = t0.elapsed();
+                        match c.get(target, &host, &[]).and_then(|r| check(&r)) {
+                            Ok(()) => st.ok += 1,
+                            Err(e) => {
+                                st.failed += 1;
+                                let e = format!("+{:.3}s: {}", at.as_secs_f64(), e.trim_end());
+                                if st.errors.len() < 5 {
+                                    st.errors.push(e);
+                                } else {
+                                    st.last_error = Some(e);
+                                }
+                            }
+                        }
+                        sleep_ms(5);
+                    }
+                    st
+                })
+            })
+            .collect();
+        Load { t0, stop, threads }
+    }
+
+    /// Seconds since the load started (to place events among failures).
+    fn offset(&self) -> String {
+        format!("+{:.3}s", self.t0.elapsed().as_secs_f64())
+    }
+
+    /// Stops the loop and sums what the threads saw.
+    fn finish(mut self) -> LoadStats {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadStats::default();
+        for t in self.threads.drain(..) {
+            let st = t.join().unwrap_or_else(|_| LoadStats {
+                failed: 1,
+                errors: vec!["load thread panicked".into()],
+                ..Default::default()
+            });
+            total.ok += st.ok;
+            total.failed += st.failed;
+            total.errors.extend(st.errors);
+            total.errors.extend(st.last_error);
+        }
+        total
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn page_ok(r: &Response) -> Result<(), String> {
+    check_page(r).map(|_| ())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The demo mesh
+// ---------------------------------------------------------------------------------------------
+
+struct Demo {
+    _proc: Proc,
+    gw: SocketAddr,
+    api: SocketAddr,
+    control: String,
+    conf: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Demo {
+    fn host(&self) -> String {
+        self.gw.to_string()
+    }
+
+    fn client(&self) -> HttpClient {
+        HttpClient::new(self.gw)
+    }
+}
+
+/// Starts `weft demo` on free ports with a watched directory holding the demo's files plus
+/// `extra` (name, text), waits for "Weft demo mesh is up." and for a healthy product page.
+fn start_demo(extra: &[(&str, &str)]) -> Demo {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let conf = tmp.path().join("conf");
+    std::fs::create_dir_all(&conf).expect("conf dir");
+    for f in [
+        "services.yaml",
+        "bookinfo-gateway.yaml",
+        "destination-rule-all.yaml",
+    ] {
+        std::fs::copy(networking().join(f), conf.join(f)).expect("copy demo config");
+    }
+    for (name, text) in extra {
+        std::fs::write(conf.join(name), text).expect("write extra config");
+    }
+    let p = free_ports(4);
+    let gw: SocketAddr = ([127, 0, 0, 1], p[0]).into();
+    let xds = format!("127.0.0.1:{}", p[1]);
+    let api: SocketAddr = ([127, 0, 0, 1], p[2]).into();
+    let admin = format!("127.0.0.1:{}", p[3]);
+    let conf_s = conf.display().to_string();
+    let mut proc = Proc::start(
+        "weft-demo",
+        &tmp.path().join("logs"),
+        &[
+            "demo",
+            "--port",
+            &p[0].to_string(),
+            "--xds",
+            &xds,
+            "--api",
+            &api.to_string(),
+            "--gateway-admin",
+            &admin,
+            "--dir",
+            &conf_s,
+        ],
+    );
+    proc.extra_logs = Some(conf.join(".weft"));
+    let up = wait_for(Duration::from_secs(90), || {
+        proc.assert_running();
+        proc.stdout()
+            .contains("Weft demo mesh is up.")
+            .then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "the demo did not print that it is up within 90 s"
+    );
+    let demo = Demo {
+        _proc: proc,
+        gw,
+        api,
+        control: format!("http://{api}"),
+        conf,
+        _tmp: tmp,
+    };
+    let mut c = demo.client();
+    let host = demo.host();
+    let mut last = String::new();
+    let ok = wait_for(Duration::from_secs(60), || {
+        match product_page(&mut c, &host, &[]) {
+            Ok(_) => Some(()),
+            Err(e) => {
+                last = e;
+                None
+            }
+        }
+    });
+    assert!(
+        ok.is_some(),
+        "no healthy /productpage within 60 s; last: {last}"
+    );
+    demo
+}
+
+/// Applies `file` through `weft apply` and returns when the command returned.
+fn apply(control: &str, file: &Path) -> Instant {
+    let f = file.display().to_string();
+    let r = weft(
+        &["apply", "-f", &f, "--control", control],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(0), "weft apply -f {f}: {r:?}");
+    Instant::now()
+}
+
+/// One kind of request of a traffic-shifting step and what it must show once the change is in.
+struct Expect {
+    headers: &'static [(&'static str, &'static str)],
+    /// Versions allowed under the new config.
+    allowed: &'static [&'static str],
+    /// Versions proving the new config (not possible under the previous one).
+    new: &'static [&'static str],
+}
+
+/// Polls until 20 consecutive rounds conform to `expects`; returns how long after `applied`
+/// the first response proving the change of that run was requested.
+fn converge(demo: &Demo, applied: Instant, expects: &[Expect]) -> Duration {
+    let mut c = demo.client();
+    let host = demo.host();
+    let deadline = applied + Duration::from_secs(15);
+    let mut run = 0;
+    let mut first_new: Option<Instant> = None;
+    let mut seen = Vec::new();
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the new routing did not show within 15 s; last responses: {seen:?}"
+        );
+        let mut round_ok = true;
+        for e in expects {
+            let at = Instant::now();
+            let v = product_page(&mut c, &host, e.headers)
+                .unwrap_or_else(|err| panic!("request failed while the change applied: {err}"));
+            if seen.len() >= 30 {
+                seen.remove(0);
+            }
+            seen.push(format!("{:?}→{v}", e.headers));
+            if !e.allowed.contains(&v.as_str()) {
+                round_ok = false;
+            } else if first_new.is_none() && e.new.contains(&v.as_str()) {
+                first_new = Some(at);
+            }
+        }
+        if round_ok {
+            run += 1;
+        } else {
+            run = 0;
+            first_new = None;
+        }
+        if run >= 20
+            && let Some(t) = first_new
+        {
+            return t.saturating_duration_since(applied);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The demo serves every service
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn demo_serves_every_service() {
+    let _serial = serial();
+    let demo = start_demo(&[]);
+    let host = demo.host();
+    let mut c = demo.client();
+
+    // The page: book details, reviews from some version with the stars that version shows.
+    let r = c.get("/productpage", &host, &[]).expect("GET /productpage");
+    let v = check_page(&r).expect("a healthy product page");
+    assert!(r.body.contains("ISBN"), "no book details: {}", r.body);
+    assert!(r.body.contains("The Comedy of Errors"), "{}", r.body);
+    assert!(["reviews-v1", "reviews-v2", "reviews-v3"].contains(&v.as_str()));
+
+    // Without a VirtualService every version serves (round robin or close to it).
+    let counts = mix(&mut c, &host, &[], 60);
+    for v in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        assert!(
+            count(&counts, v) > 0,
+            "{v} never served in 60 requests: {counts:?}"
+        );
+    }
+
+    // The JSON API.
+    let r = c
+        .get("/api/v1/products", &host, &[])
+        .expect("GET /api/v1/products");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|t| t.contains("application/json")),
+        "{r:?}"
+    );
+    let products: Json = serde_json::from_str(&r.body).expect("products JSON");
+    assert_eq!(products[0]["id"], 0, "{products}");
+    assert_eq!(products[0]["title"], "The Comedy of Errors", "{products}");
+    let r = c
+        .get("/api/v1/products/0/reviews", &host, &[])
+        .expect("GET reviews API");
+    assert_eq!(r.status, 200, "{r:?}");
+    let reviews: Json = serde_json::from_str(&r.body).expect("reviews JSON");
+    assert!(
+        reviews["reviews"].as_array().is_some_and(|a| !a.is_empty()),
+        "{reviews}"
+    );
+
+    // Sign in as jason: a session cookie, then the page greets him.
+    let r = c
+        .send(
+            "POST",
+            "/login",
+            &host,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            b"username=jason&passwd=jason",
+        )
+        .expect("POST /login");
+    assert_eq!(r.status, 302, "{r:?}");
+    let cookie = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
+    assert!(cookie.starts_with("session=jason"), "{cookie}");
+    let session = cookie.split(';').next().unwrap_or_default().to_string();
+    let r = c
+        .get("/productpage", &host, &[("cookie", session.as_str())])
+        .expect("GET /productpage as jason");
+    check_page(&r).expect("a healthy page for jason");
+    assert!(
+        r.body.contains("<b id=\"user\">jason</b>"),
+        "not signed in: {}",
+        r.body
+    );
+    drop(demo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Shifting traffic with Istio's own YAML, without a failed request
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn shifting_traffic_with_istio_yaml() {
+    let _serial = serial();
+    let demo = start_demo(&[]);
+    let host = demo.host();
+    let load = Load::start(demo.gw, 4, "/productpage", host.clone(), page_ok);
+    let mut c = demo.client();
+    const N: usize = 500;
+    const ANON: &[(&str, &str)] = &[];
+    const JASON: &[(&str, &str)] = &[("end-user", "jason")];
+    let mut latencies = Vec::new();
+    let mut applied_at = Vec::new();
+
+    // All to v1.
+    let t = apply(
+        &demo.control,
+        &networking().join("virtual-service-all-v1.yaml"),
+    );
+    applied_at.push(load.offset());
+    let d = converge(
+        &demo,
+        t,
+        &[Expect {
+            headers: ANON,
+            allowed: &["reviews-v1"],
+            new: &["reviews-v1"],
+        }],
+    );
+    latencies.push(("virtual-service-all-v1", d));
+    let m = mix(&mut c, &host, ANON, N);
+    assert_eq!(count(&m, "reviews-v1"), N, "all-v1: {m:?}");
+
+    // 50/50 v1/v3.
+    let t = apply(
+        &demo.control,
+        &networking().join("virtual-service-reviews-50-v3.yaml"),
+    );
+    applied_at.push(load.offset());
+    let d = converge(
+        &demo,
+        t,
+        &[Expect {
+            headers: ANON,
+            allowed: &["reviews-v1", "reviews-v3"],
+            new: &["reviews-v3"],
+        }],
+    );
+    latencies.push(("virtual-service-reviews-50-v3", d));
+    let m = mix(&mut c, &host, ANON, N);
+    let (v1, v3) = (count(&m, "reviews-v1"), count(&m, "reviews-v3"));
+    assert_eq!(v1 + v3, N, "50-v3: only v1 and v3 expected: {m:?}");
+    for (v, n) in [("v1", v1), ("v3", v3)] {
+        let pct = n as f64 * 100.0 / N as f64;
+        assert!(
+            (43.0..=57.0).contains(&pct),
+            "50-v3: {v} got {pct:.1} % (50 ± 7): {m:?}"
+        );
+    }
+
+    // jason to v2, everyone else to v1.
+    let t = apply(
+        &demo.control,
+        &networking().join("virtual-service-reviews-test-v2.yaml"),
+    );
+    applied_at.push(load.offset());
+    let d = converge(
+        &demo,
+        t,
+        &[
+            Expect {
+                headers: JASON,
+                allowed: &["reviews-v2"],
+                new: &["reviews-v2"],
+            },
+            Expect {
+                headers: ANON,
+                allowed: &["reviews-v1"],
+                new: &[],
+            },
+        ],
+    );
+    latencies.push(("virtual-service-reviews-test-v2", d));
+    let m = mix(&mut c, &host, JASON, N);
+    assert_eq!(
+        count(&m, "reviews-v2"),
+        N,
+        "test-v2 with end-user: jason: {m:?}"
+    );
+    let m = mix(&mut c, &host, ANON, N);
+    assert_eq!(
+        count(&m, "reviews-v1"),
+        N,
+        "test-v2 without end-user: {m:?}"
+    );
+    // Signed in through the page (cookie) counts as jason too.
+    let r = c
+        .send(
+            "POST",
+            "/login",
+            &host,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            b"username=jason",
+        )
+        .expect("POST /login");
+    let session = r
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let m = mix(&mut c, &host, &[("cookie", session.as_str())], 20);
+    assert_eq!(count(&m, "reviews-v2"), 20, "signed in as jason: {m:?}");
+
+    // All to v3.
+    let t = apply(
+        &demo.control,
+        &networking().join("virtual-service-reviews-v3.yaml"),
+    );
+    applied_at.push(load.offset());
+    let d = converge(
+        &demo,
+        t,
+        &[
+            Expect {
+                headers: ANON,
+                allowed: &["reviews-v3"],
+                new: &["reviews-v3"],
+            },
+            Expect {
+                headers: JASON,
+                allowed: &["reviews-v3"],
+                new: &["reviews-v3"],
+            },
+        ],
+    );
+    latencies.push(("virtual-service-reviews-v3", d));
+    let m = mix(&mut c, &host, ANON, N);
+    assert_eq!(count(&m, "reviews-v3"), N, "v3: {m:?}");
+
+    let st = load.finish();
+    eprintln!(
+        "apply → new routing observed: {latencies:?}; background requests: {} ok, {} failed",
+        st.ok, st.failed
+    );
+    assert_eq!(
+        st.failed, 0,
+        "background requests failed while applying (applies at {applied_at:?}): {:#?}",
+        st.errors
+    );
+    assert!(
+        st.ok >= 100,
+        "the background load barely ran ({} requests)",
+        st.ok
+    );
+    for (file, d) in &latencies {
+        assert!(
+            *d <= Duration::from_secs(1),
+            "{file}: the new routing showed {d:?} after `weft apply` returned (≤ 1 s)"
+        );
+    }
+    drop(demo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A broken file in the watched directory: reported, and the last good config keeps serving
+// ---------------------------------------------------------------------------------------------
+
+const REVIEWS_V3: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v3
+";
+
+/// Line 7 has a stray `]`.
+const BROKEN_SYNTAX: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: details
+spec:
+  hosts: [details]
+  http: ]
+";
+
+/// `weight: 150` on line 13.
+const REVIEWS_V1_BAD_WEIGHT: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 150
+";
+
+const REVIEWS_V1: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+      weight: 100
+";
+
+const DETAILS_V1: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: details
+spec:
+  hosts: [details]
+  http:
+  - route:
+    - destination: {host: details, subset: v1}
+";
+
+fn config_errors(api: SocketAddr) -> Vec<String> {
+    let v = api_get(api, "/api/v1/errors").expect("GET /api/v1/errors");
+    v["errors"]
+        .as_array()
+        .expect("an errors list")
+        .iter()
+        .map(|e| e.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Writes a file so that the watcher sees a change (new mtime and content).
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write config file");
+}
+
+#[test]
+fn broken_file_keeps_serving() {
+    let _serial = serial();
+    let demo = start_demo(&[("reviews.yaml", REVIEWS_V3)]);
+    let host = demo.host();
+    let mut c = demo.client();
+    let v3 = || Expect {
+        headers: &[],
+        allowed: &["reviews-v3"],
+        new: &["reviews-v3"],
+    };
+    converge(&demo, Instant::now(), &[v3()]);
+    assert_eq!(config_errors(demo.api), Vec::<String>::new());
+    let load = Load::start(demo.gw, 2, "/productpage", host.clone(), page_ok);
+
+    // A syntactically broken new file: reported with file and line; nothing changes.
+    let broken = demo.conf.join("broken.yaml");
+    write(&broken, BROKEN_SYNTAX);
+    let want = format!("{}:7:", broken.display());
+    let errs = wait_for(Duration::from_secs(5), || {
+        let e = config_errors(demo.api);
+        e.iter().any(|e| e.starts_with(&want)).then_some(e)
+    });
+    assert!(
+        errs.is_some(),
+        "no error naming {want} within 5 s: {:?}",
+        config_errors(demo.api)
+    );
+    let m = mix(&mut c, &host, &[], 100);
+    assert_eq!(
+        count(&m, "reviews-v3"),
+        100,
+        "routing changed after a broken file: {m:?}"
+    );
+
+    // A bad field in the file in force: reported with file, line and field path; its previous
+    // content keeps serving.
+    let reviews = demo.conf.join("reviews.yaml");
+    write(&reviews, REVIEWS_V1_BAD_WEIGHT);
+    let want = format!("{}:13:", reviews.display());
+    let errs = wait_for(Duration::from_secs(5), || {
+        let e = config_errors(demo.api);
+        e.iter().any(|e| e.starts_with(&want)).then_some(e)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no error naming {want} within 5 s: {:?}",
+            config_errors(demo.api)
+        )
+    });
+    let e = errs
+        .iter()
+        .find(|e| e.starts_with(&want))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        e.contains("spec.http[0].route[0].weight"),
+        "no field path: {e}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("broken.yaml")),
+        "the first error went away while broken.yaml is still broken: {errs:?}"
+    );
+    let m = mix(&mut c, &host, &[], 100);
+    assert_eq!(
+        count(&m, "reviews-v3"),
+        100,
+        "routing changed after a bad field: {m:?}"
+    );
+
+    // Fixing both files clears the errors, and the fixed content applies.
+    write(&broken, DETAILS_V1);
+    write(&reviews, REVIEWS_V1);
+    let cleared = wait_for(Duration::from_secs(5), || {
+        config_errors(demo.api).is_empty().then_some(())
+    });
+    assert!(
+        cleared.is_some(),
+        "errors not cleared after the fix: {:?}",
+        config_errors(demo.api)
+    );
+    converge(
+        &demo,
+        Instant::now(),
+        &[Expect {
+            headers: &[],
+            allowed: &["reviews-v1"],
+            new: &["reviews-v1"],
+        }],
+    );
+
+    let st = load.finish();
+    assert_eq!(
+        st.failed, 0,
+        "requests failed around broken config: {:#?}",
+        st.errors
+    );
+    assert!(
+        st.ok >= 50,
+        "the background load barely ran ({} requests)",
+        st.ok
+    );
+    drop(demo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Restarting the control plane does not interrupt traffic
+// ---------------------------------------------------------------------------------------------
+
+struct Up {
+    xds: String,
+    api: SocketAddr,
+    control: String,
+    dir: PathBuf,
+    logs: PathBuf,
+}
+
+impl Up {
+    fn new(tmp: &Path) -> Up {
+        let p = free_ports(2);
+        let dir = tmp.join("conf");
+        std::fs::create_dir_all(&dir).expect("conf dir");
+        let api: SocketAddr = ([127, 0, 0, 1], p[1]).into();
+        Up {
+            xds: format!("127.0.0.1:{}", p[0]),
+            api,
+            control: format!("http://{api}"),
+            dir,
+            logs: tmp.join("logs"),
+        }
+    }
+
+    /// Starts `weft up DIR` and waits until its API answers.
+    fn start(&self, name: &str) -> Proc {
+        let dir = self.dir.display().to_string();
+        let api = self.api.to_string();
+        let mut p = Proc::start(
+            name,
+            &self.logs,
+            &["up", &dir, "--xds", &self.xds, "--api", &api],
+        );
+        let ready = wait_for(Duration::from_secs(20), || {
+            p.assert_running();
+            api_get(self.api, "/ready").ok()
+        });
+        assert!(
+            ready.is_some(),
+            "the control plane's API did not answer within 20 s"
+        );
+        p
+    }
+
+    /// `weft run --name NAME --labels LABELS --port PORT -- CMD...`.
+    fn run(&self, name: &str, labels: &str, port: u16, cmd: &[&str]) -> Proc {
+        let port = port.to_string();
+        let mut args = vec![
+            "run",
+            "--control",
+            self.control.as_str(),
+            "--name",
+            name,
+            "--labels",
+            labels,
+            "--port",
+            port.as_str(),
+            "--",
+        ];
+        args.extend_from_slice(cmd);
+        Proc::start(name, &self.logs, &args)
+    }
+
+    /// The address of a connected workload.
+    fn workload_ip(&self, name: &str) -> Option<String> {
+        let v = api_get(self.api, "/api/v1/workloads").ok()?;
+        v["workloads"]
+            .as_array()?
+            .iter()
+            .find(|w| w["name"] == name)
+            .and_then(|w| w["ip"].as_str())
+            .map(str::to_string)
+    }
+
+    /// Whether every named proxy is connected with all its types ACKed.
+    fn synced(&self, names: &[&str]) -> bool {
+        let Ok(v) = api_get(self.api, "/debug/syncz") else {
+            return false;
+        };
+        let nodes = v.as_array().cloned().unwrap_or_default();
+        names.iter().all(|n| {
+            nodes.iter().any(|node| {
+                node["node_id"]
+                    .as_str()
+                    .is_some_and(|id| id.contains(&format!("~{n}.")))
+                    && node["per_type"].as_object().is_some_and(|m| {
+                        !m.is_empty() && m.values().all(|t| t["state"] == "SYNCED")
+                    })
+            })
+        })
+    }
+}
+
+fn httpbin_ok(r: &Response) -> Result<(), String> {
+    if r.status == 200 && r.body.contains("\"url\": \"http://httpbin:8000/get\"") {
+        Ok(())
+    } else {
+        Err(format!(
+            "HTTP {}: {}",
+            r.status,
+            r.body.chars().take(300).collect::<String>()
+        ))
+    }
+}
+
+#[test]
+fn control_plane_restart_does_not_interrupt_traffic() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let up = Up::new(tmp.path());
+    let mut cp = up.start("weft-up");
+    let _httpbin = up.run(
+        "httpbin-v1",
+        "app=httpbin,version=v1",
+        8000,
+        &[WEFT, "app", "httpbin"],
+    );
+    let _client = up.run("client", "app=client", 18999, &["sleep", "300"]);
+    let ip = wait_for(Duration::from_secs(30), || up.workload_ip("client"))
+        .expect("the client workload did not register within 30 s");
+    let outbound: SocketAddr = format!("{ip}:15001")
+        .parse()
+        .expect("client outbound address");
+    let mut c = HttpClient::new(outbound);
+    let mut last = String::new();
+    let ok = wait_for(Duration::from_secs(30), || {
+        match c
+            .get("http://httpbin:8000/get", "httpbin:8000", &[])
+            .and_then(|r| httpbin_ok(&r))
+        {
+            Ok(()) => Some(()),
+            Err(e) => {
+                last = e;
+                None
+            }
+        }
+    });
+    assert!(
+        ok.is_some(),
+        "httpbin not reachable through the client's sidecar: {last}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || up
+            .synced(&["client", "httpbin-v1"])
+            .then_some(()))
+        .is_some(),
+        "proxies not synced"
+    );
+
+    let load = Load::start(
+        outbound,
+        2,
+        "http://httpbin:8000/get",
+        "httpbin:8000".into(),
+        httpbin_ok,
+    );
+    sleep_ms(1000);
+    let killed_at = load.offset();
+    cp.kill_now();
+    sleep_ms(3000);
+    let restarted = Instant::now();
+    let restarted_at = load.offset();
+    cp = up.start("weft-up-restarted");
+    let restart_ready_at = load.offset();
+    let synced = wait_for(Duration::from_secs(20), || {
+        up.synced(&["client", "httpbin-v1"]).then_some(())
+    });
+    assert!(
+        synced.is_some(),
+        "the proxies did not reconnect and sync within 20 s of the restart"
+    );
+    eprintln!(
+        "proxies resynced {:?} after the restart",
+        restarted.elapsed()
+    );
+    // Keep sending well past the first pushes of the new control plane.
+    sleep_ms(3000);
+
+    // A change after the restart reaches the proxies (they are connected to the new one).
+    let vs = tmp.path().join("httpbin-header.yaml");
+    write(
+        &vs,
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts: [httpbin]
+  http:
+  - route:
+    - destination: {host: httpbin}
+    headers:
+      response:
+        set: {x-weft-restarted: 'yes'}
+",
+    );
+    apply(&up.control, &vs);
+    let mut c = HttpClient::new(outbound);
+    let seen = wait_for(Duration::from_secs(10), || {
+        let r = c.get("http://httpbin:8000/get", "httpbin:8000", &[]).ok()?;
+        (r.header("x-weft-restarted") == Some("yes")).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "the VirtualService applied after the restart never took effect"
+    );
+
+    let st = load.finish();
+    let timeline = format!(
+        "control plane SIGKILLed at {killed_at}, restarted at {restarted_at} (API up at {restart_ready_at})"
+    );
+    eprintln!(
+        "requests through the restart: {} ok, {} failed; {timeline}",
+        st.ok, st.failed
+    );
+    assert_eq!(
+        st.failed, 0,
+        "requests failed across the control-plane restart; {timeline}; failures: {:#?}",
+        st.errors
+    );
+    assert!(st.ok >= 100, "the load barely ran ({} requests)", st.ok);
+    cp.assert_running();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Proxyless gRPC (Python grpcio) follows a weighted split
+// ---------------------------------------------------------------------------------------------
+
+const GREETER_CONFIG: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: greeter
+spec:
+  hosts: [greeter.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 50051, name: grpc, protocol: GRPC}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: greeter}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: greeter
+spec:
+  host: greeter
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: greeter
+spec:
+  hosts: [greeter]
+  http:
+  - route:
+    - destination: {host: greeter, subset: v1}
+      weight: 80
+    - destination: {host: greeter, subset: v2}
+      weight: 20
+";
+
+const GRPC_CLIENT: &str = r#"
+import sys, grpc
+
+def varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+def encode(name):
+    data = name.encode()
+    return b"\x0a" + varint(len(data)) + data
+
+def decode(data):
+    # HelloReply: field 1 (string message).
+    i = 0
+    while i < len(data):
+        key = data[i]; i += 1
+        shift = n = 0
+        while True:
+            b = data[i]; i += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        if key == 0x0a:
+            return data[i:i + n].decode()
+        i += n
+    return ""
+
+channel = grpc.insecure_channel("xds:///greeter.default.svc.cluster.local:50051")
+call = channel.unary_unary("/helloworld.Greeter/SayHello")
+for i in range(int(sys.argv[1])):
+    reply = call(encode("weft"), timeout=30, wait_for_ready=True)
+    print("REPLY", decode(reply), flush=True)
+channel.close()
+"#;
+
+fn grpcio_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import grpc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn proxyless_grpc_follows_weighted_split() {
+    let _serial = serial();
+    if !grpcio_available() {
+        eprintln!(
+            "SKIPPED proxyless_grpc_follows_weighted_split: python3 cannot `import grpc` (run scripts/test-deps)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let up = Up::new(tmp.path());
+    write(&up.dir.join("greeter.yaml"), GREETER_CONFIG);
+    let _cp = up.start("weft-up");
+    let _v1 = up.run(
+        "greeter-v1",
+        "app=greeter,version=v1",
+        50051,
+        &[WEFT, "app", "greeter", "--version", "v1"],
+    );
+    let _v2 = up.run(
+        "greeter-v2",
+        "app=greeter,version=v2",
+        50051,
+        &[WEFT, "app", "greeter", "--version", "v2"],
+    );
+    let both = wait_for(Duration::from_secs(30), || {
+        (up.workload_ip("greeter-v1").is_some() && up.workload_ip("greeter-v2").is_some())
+            .then_some(())
+    });
+    assert!(both.is_some(), "the greeters did not register within 30 s");
+    assert!(
+        wait_for(Duration::from_secs(10), || up
+            .synced(&["greeter-v1", "greeter-v2"])
+            .then_some(()))
+        .is_some(),
+        "greeter sidecars not synced"
+    );
+    assert_eq!(config_errors(up.api), Vec::<String>::new());
+
+    let bootstrap = tmp.path().join("xds-bootstrap.json");
+    write(
+        &bootstrap,
+        &serde_json::json!({
+            "xds_servers": [{"server_uri": up.xds, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+            "node": {"id": "grpc-client~1", "user_agent_name": "gRPC Python"}
+        })
+        .to_string(),
+    );
+    let script = tmp.path().join("greeter_client.py");
+    write(&script, GRPC_CLIENT);
+    let out_path = tmp.path().join("client.out");
+    let err_path = tmp.path().join("client.err");
+    const CALLS: usize = 300;
+    let mut py = Command::new("python3")
+        .arg(&script)
+        .arg(CALLS.to_string())
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("client log"))
+        .stderr(std::fs::File::create(&err_path).expect("client log"))
+        .spawn()
+        .expect("start python3");
+    let deadline = Instant::now() + Duration::from_secs(75);
+    let status = loop {
+        if let Ok(Some(st)) = py.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = py.kill();
+            let _ = py.wait();
+            break None;
+        }
+        sleep_ms(100);
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let err = tail(&err_path, 40);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the gRPC client failed or timed out ({status:?}); stderr:\n{err}\nstdout tail:\n{}",
+        tail(&out_path, 5)
+    );
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for line in out.lines().filter_map(|l| l.strip_prefix("REPLY ")) {
+        *counts.entry(line.to_string()).or_insert(0) += 1;
+    }
+    let v1 = count(&counts, "Hello weft from greeter-v1");
+    let v2 = count(&counts, "Hello weft from greeter-v2");
+    assert_eq!(v1 + v2, CALLS, "unexpected replies: {counts:?}");
+    let pct = v1 as f64 * 100.0 / CALLS as f64;
+    eprintln!("proxyless gRPC split: {counts:?} ({pct:.1} % v1)");
+    assert!(
+        (72.0..=88.0).contains(&pct),
+        "v1 got {pct:.1} % of {CALLS} calls (80 ± 8): {counts:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. weft analyze, and weft apply refusing invalid files
+// ---------------------------------------------------------------------------------------------
+
+const MISSING_SUBSET: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v9}
+";
+
+/// A valid DestinationRule, then a VirtualService with `weight: 150` on line 21.
+const INVALID_APPLY: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - route:
+    - destination:
+        host: reviews
+      weight: 150
+";
+
+#[test]
+fn analyze_and_errors() {
+    let _serial = serial();
+    let net = networking().display().to_string();
+    let r = weft(&["analyze", &net], Duration::from_secs(30));
+    assert_eq!(
+        r.code,
+        Some(0),
+        "weft analyze of Istio's Bookinfo YAML: {r:?}"
+    );
+
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let bad_dir = tmp.path().join("missing-subset");
+    std::fs::create_dir_all(&bad_dir).expect("dir");
+    write(&bad_dir.join("reviews.yaml"), MISSING_SUBSET);
+    let r = weft(
+        &["analyze", &bad_dir.display().to_string()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        r.code,
+        Some(1),
+        "a missing subset must fail analysis: {r:?}"
+    );
+    assert!(r.stdout.contains("IST0101"), "no IST0101: {r:?}");
+    assert!(
+        r.stdout.contains("v9"),
+        "the missing subset is not named: {r:?}"
+    );
+
+    // `weft apply` of an invalid file: refused whole, with file:line and field.
+    let up = Up::new(tmp.path());
+    let _cp = up.start("weft-up");
+    let bad = tmp.path().join("invalid.yaml");
+    write(&bad, INVALID_APPLY);
+    let bad_s = bad.display().to_string();
+    let r = weft(
+        &["apply", "-f", &bad_s, "--control", &up.control],
+        Duration::from_secs(30),
+    );
+    assert_ne!(r.code, Some(0), "an invalid file was accepted: {r:?}");
+    assert!(
+        r.stderr.contains(&format!("{bad_s}:21:")),
+        "no file:line in stderr: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("spec.http[0].route[0].weight"),
+        "no field path in stderr: {r:?}"
+    );
+    for kind in ["vs", "dr"] {
+        let g = weft(
+            &["get", kind, "--control", &up.control],
+            Duration::from_secs(30),
+        );
+        assert_eq!(g.code, Some(0), "{g:?}");
+        assert!(
+            g.stdout.contains("No resources found."),
+            "something was applied ({kind}): {g:?}"
+        );
+    }
+
+    // The same file once fixed applies, and `weft get vs` shows it (so the check above can fail).
+    let good = tmp.path().join("valid.yaml");
+    write(&good, &INVALID_APPLY.replace("weight: 150", "weight: 100"));
+    apply(&up.control, &good);
+    let g = weft(
+        &["get", "vs", "--control", &up.control],
+        Duration::from_secs(30),
+    );
+    assert!(
+        g.stdout.contains("VirtualService") && g.stdout.contains("reviews"),
+        "weft get vs does not list the applied VirtualService: {g:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. proxy-status and proxy-config
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn proxy_status_and_config() {
+    let _serial = serial();
+    let demo = start_demo(&[]);
+    let mut last = None;
+    let synced = wait_for(Duration::from_secs(20), || {
+        let r = weft(
+            &["proxy-status", "--control", &demo.control],
+            Duration::from_secs(30),
+        );
+        let rows: Vec<String> = r
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("sidecar~") || l.starts_with("router~"))
+            .map(str::to_string)
+            .collect();
+        let ok = r.code == Some(0)
+            && rows.len() == 7
+            && rows.iter().all(|l| l.matches("SYNCED").count() == 4)
+            && !r.stdout.contains("NACK");
+        last = Some(r);
+        ok.then_some(rows)
+    });
+    let rows =
+        synced.unwrap_or_else(|| panic!("proxy-status never showed 7 SYNCED proxies: {last:?}"));
+    for name in [
+        "productpage-v1",
+        "details-v1",
+        "ratings-v1",
+        "reviews-v1",
+        "reviews-v2",
+        "reviews-v3",
+        "istio-ingressgateway",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.contains(&format!("~{name}."))),
+            "{name} missing: {rows:#?}"
+        );
+    }
+
+    let r = weft(
+        &[
+            "proxy-config",
+            "routes",
+            "productpage-v1",
+            "--control",
+            &demo.control,
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stdout.contains("outbound|9080|"),
+        "no outbound|9080| clusters in routes: {r:?}"
+    );
+    assert!(
+        r.stdout.contains("reviews.default.svc.cluster.local:9080"),
+        "{r:?}"
+    );
+
+    let r = weft(
+        &[
+            "proxy-config",
+            "clusters",
+            "productpage-v1",
+            "--control",
+            &demo.control,
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("outbound|9080|v1|reviews.default.svc.cluster.local"),
+        "no subset cluster for reviews v1: {r:?}"
+    );
+    drop(demo);
+}
