@@ -58,6 +58,8 @@ struct Connected {
     streams: u32,
     /// Set when the last stream closed.
     gone_since: Option<Instant>,
+    /// How long it stays registered once gone.
+    grace: Duration,
 }
 
 /// An address handed out by the API, waiting for its proxy to connect.
@@ -68,6 +70,11 @@ pub struct Reservation {
     pub address: IpAddr,
     pub ports: Vec<u16>,
 }
+
+/// Where registrations are kept across restarts, under the watched directory (hidden from it).
+const STATE_FILE: &str = ".weft/workloads.json";
+/// How long restored registrations wait for their proxies to reconnect.
+const RESTORE_GRACE: Duration = Duration::from_secs(20);
 
 struct Sources {
     dir: Option<DirSource>,
@@ -100,6 +107,32 @@ impl std::fmt::Debug for ControlPlane {
 impl ControlPlane {
     pub fn new(opts: Options) -> Arc<Self> {
         let dir = opts.dir.clone().map(DirSource::new);
+        // Workloads known before a restart stay registered until their proxies reconnect (or a
+        // generous grace runs out), so the first pushes after a restart are never half-empty.
+        let mut restored = BTreeMap::new();
+        if let Some(path) = opts.dir.as_ref().map(|d| d.join(STATE_FILE))
+            && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            match serde_json::from_str::<Vec<ProxyNode>>(&text) {
+                Ok(nodes) => {
+                    tracing::info!(workloads = nodes.len(), file = %path.display(), "restored workload registrations");
+                    for node in nodes {
+                        restored.insert(
+                            node.id.clone(),
+                            Connected {
+                                node,
+                                streams: 0,
+                                gone_since: Some(Instant::now()),
+                                grace: opts.grace.max(RESTORE_GRACE),
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable workload state")
+                }
+            }
+        }
         Arc::new(ControlPlane {
             opts,
             cache: Cache::new(),
@@ -107,7 +140,7 @@ impl ControlPlane {
                 dir,
                 memory: MemorySource::default(),
             }),
-            nodes: Mutex::new(BTreeMap::new()),
+            nodes: Mutex::new(restored),
             reservations: Mutex::new(BTreeMap::new()),
             dirty: Notify::new(),
             started: Instant::now(),
@@ -235,6 +268,31 @@ impl ControlPlane {
         Err("no free loopback address left in 127.0.1.0–127.0.254.255".into())
     }
 
+    /// Writes the registered workloads next to the config (atomically), for restarts.
+    fn save_workloads(&self) {
+        let Some(dir) = self.opts.dir.as_ref() else {
+            return;
+        };
+        let path = dir.join(STATE_FILE);
+        let nodes: Vec<ProxyNode> = self
+            .workloads()
+            .into_iter()
+            .filter(|n| !n.proxyless)
+            .collect();
+        let Ok(text) = serde_json::to_vec_pretty(&nodes) else {
+            return;
+        };
+        let tmp = path.with_extension("json.tmp");
+        let result = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!(file = %path.display(), error = %e, "cannot save workload registrations");
+        }
+    }
+
     /// Forgets a workload now (its `weft run` stopped).
     pub fn deregister(&self, namespace: &str, name: &str) -> bool {
         let had = self
@@ -251,6 +309,7 @@ impl ControlPlane {
         let removed = nodes.len() != before;
         drop(nodes);
         if removed {
+            self.save_workloads();
             self.mark_dirty();
         }
         had || removed
@@ -313,19 +372,29 @@ impl ControlPlane {
         // Drop proxies whose grace period ran out.
         {
             let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-            let grace = self.opts.grace;
             let gone: Vec<String> = nodes
                 .iter()
-                .filter(|(_, c)| c.gone_since.is_some_and(|t| t.elapsed() >= grace))
+                .filter(|(_, c)| c.gone_since.is_some_and(|t| t.elapsed() >= c.grace))
                 .map(|(k, _)| k.clone())
                 .collect();
+            let pruned = !gone.is_empty();
             for id in gone {
                 nodes.remove(&id);
                 self.cache.clear(&id);
             }
+            drop(nodes);
+            if pruned {
+                self.save_workloads();
+            }
         }
         let workloads = self.workloads();
-        let env = registry::build_env(&resources, &workloads);
+        let mut env = registry::build_env(&resources, &workloads);
+        // `credentialName` files live under the config directory (see `Env::credential_files`).
+        env.config_dir = self
+            .opts
+            .dir
+            .as_deref()
+            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf()));
         // Outbound config is computed once per group of alike proxies and shared (`Arc`).
         let mut groups: HashMap<String, [TypeResources; 4]> = HashMap::new();
         for node in &workloads {
@@ -390,7 +459,7 @@ impl ControlPlane {
                         let mut s = self.sources.lock().unwrap_or_else(|p| p.into_inner());
                         s.dir.as_mut().is_some_and(|d| d.poll())
                     };
-                    let expired = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).values().any(|c| c.gone_since.is_some_and(|t| t.elapsed() >= self.opts.grace));
+                    let expired = self.nodes.lock().unwrap_or_else(|p| p.into_inner()).values().any(|c| c.gone_since.is_some_and(|t| t.elapsed() >= c.grace));
                     if !changed && !expired {
                         continue;
                     }
@@ -461,11 +530,14 @@ impl NodeHook for Hook {
             node: p.clone(),
             streams: 0,
             gone_since: None,
+            grace: self.0.opts.grace,
         });
         entry.node = p;
         entry.streams += 1;
         entry.gone_since = None;
+        entry.grace = self.0.opts.grace;
         drop(nodes);
+        self.0.save_workloads();
         self.0.mark_dirty();
     }
 

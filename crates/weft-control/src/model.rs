@@ -4,7 +4,7 @@
 //! Built from ServiceEntries, WorkloadEntries and workloads registered by `weft run` (or, later,
 //! Kubernetes and etcd); consumed by translation.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -86,6 +86,8 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// `exportTo` (`*` when empty).
     pub export_to: Vec<String>,
+    /// ServiceEntry `addresses` (VIPs or CIDRs), for `destinationSubnets` and CONNECT by address.
+    pub addresses: Vec<String>,
     /// Where it came from, `ServiceEntry default/reviews`.
     pub origin: String,
 }
@@ -118,7 +120,7 @@ impl Service {
 }
 
 /// A proxy connected to the control plane (from its xDS node).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProxyNode {
     pub id: String,
     /// `sidecar` or `router`.
@@ -134,6 +136,10 @@ pub struct ProxyNode {
     pub port_map: BTreeMap<u16, u16>,
     /// A proxyless gRPC client rather than a weft/Envoy proxy.
     pub proxyless: bool,
+    /// `region/zone/sub_zone` from the bootstrap's `node.locality` (else the topology labels),
+    /// as endpoints write it; empty when unknown.
+    #[serde(default)]
+    pub locality: String,
 }
 
 impl ProxyNode {
@@ -204,6 +210,12 @@ impl ProxyNode {
                 }
             }
         }
+        let locality = match &node.locality {
+            Some(l) if !(l.region.is_empty() && l.zone.is_empty() && l.sub_zone.is_empty()) => {
+                format!("{}/{}/{}", l.region, l.zone, l.sub_zone)
+            }
+            _ => locality_from_labels(&labels),
+        };
         let proxyless = node
             .user_agent_name
             .to_ascii_lowercase()
@@ -220,7 +232,24 @@ impl ProxyNode {
             inbound,
             port_map,
             proxyless,
+            locality,
         }
+    }
+}
+
+/// `region/zone/sub_zone` from Kubernetes' topology labels (`topology.kubernetes.io/region`,
+/// `topology.kubernetes.io/zone`, `topology.istio.io/subzone`); empty when none is set.
+pub fn locality_from_labels(labels: &BTreeMap<String, String>) -> String {
+    let get = |k: &str| labels.get(k).map_or("", String::as_str);
+    let (r, z, s) = (
+        get("topology.kubernetes.io/region"),
+        get("topology.kubernetes.io/zone"),
+        get("topology.istio.io/subzone"),
+    );
+    if r.is_empty() && z.is_empty() && s.is_empty() {
+        String::new()
+    } else {
+        format!("{r}/{z}/{s}")
     }
 }
 

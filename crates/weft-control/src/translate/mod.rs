@@ -9,11 +9,24 @@
 //!
 //! Istio specs are read as JSON (`spec` of validated resources), output is Envoy-shaped JSON that
 //! `weft_xds::json::json_to_any` turns into typed resources — both sides keep the field names
-//! users read in the docs. This module must not do I/O.
+//! users read in the docs. This module must not do I/O. The submodules each own one feature
+//! family: per-route HTTP policies (`http_policy`), TCP/TLS routing (`l4`), gateway listeners
+//! (`gateway`), upstream TLS origination (`upstream_tls`), locality load balancing (`locality`),
+//! access logs (`access_log`) and the Kubernetes Gateway API (`gateway_api`, which rewrites
+//! Gateway API resources into the Istio shapes the rest of translation reads).
+
+pub mod access_log;
+pub mod gateway;
+pub mod gateway_api;
+pub mod http_policy;
+pub mod l4;
+pub mod locality;
+pub mod upstream_tls;
 
 use crate::model::{Endpoint, ProxyNode, Resolution, Service, selects};
 use serde_json::{Map, Value as Json, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 
 /// A validated Istio resource, reduced to what translation reads.
 #[derive(Debug, Clone)]
@@ -28,14 +41,14 @@ impl Res {
     pub fn id(&self) -> String {
         format!("{} {}/{}", self.kind, self.namespace, self.name)
     }
-    fn list(&self, key: &str) -> Vec<&Json> {
+    pub(crate) fn list(&self, key: &str) -> Vec<&Json> {
         self.spec
             .get(key)
             .and_then(Json::as_array)
             .map(|a| a.iter().collect())
             .unwrap_or_default()
     }
-    fn strings(&self, key: &str) -> Vec<String> {
+    pub(crate) fn strings(&self, key: &str) -> Vec<String> {
         self.list(key)
             .into_iter()
             .filter_map(|v| v.as_str().map(str::to_string))
@@ -51,8 +64,34 @@ pub struct Env {
     pub destination_rules: Vec<Res>,
     pub gateways: Vec<Res>,
     pub sidecars: Vec<Res>,
+    /// Telemetry resources (access logging).
+    pub telemetries: Vec<Res>,
     /// Mesh-wide outbound policy (Sidecar resources may override per namespace/workload).
     pub registry_only: bool,
+    /// The config directory (local mode, `Options.dir`): a `credentialName` resolves to the
+    /// files `tls.crt`, `tls.key` and `ca.crt` under `<config_dir>/credentials/<name>/`.
+    pub config_dir: Option<PathBuf>,
+    /// The system's CA bundle (a file), used to verify upstream servers when a DestinationRule
+    /// originates TLS without `caCertificates` (Istio verifies against the system roots).
+    pub system_ca: Option<String>,
+    /// Derived by [`Env::index`]: what makes [`shared`] output differ between proxies of one
+    /// namespace, and a host → service index.
+    pub derived: Derived,
+}
+
+/// Facts computed once per push from the rest of [`Env`] (see [`Env::index`]).
+#[derive(Debug, Default)]
+pub struct Derived {
+    /// Endpoint priorities/weights depend on the proxy's locality (some DestinationRule uses
+    /// locality settings or outlier detection on a multi-locality service).
+    pub locality: bool,
+    /// Routes or endpoint priorities depend on the proxy's labels (`sourceLabels`,
+    /// `failoverPriority`).
+    pub labels: bool,
+    /// Routes depend on the proxy's address (`sourceSubnet`).
+    pub address: bool,
+    /// hostname → index in `services`.
+    pub by_host: HashMap<String, usize>,
 }
 
 /// The Envoy resources of one proxy, as Envoy-shaped JSON keyed by name.
@@ -88,7 +127,7 @@ pub fn fqdn(host: &str, ns: &str) -> String {
     }
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     if pattern == "*" {
         return true;
     }
@@ -98,7 +137,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-fn ads() -> Json {
+pub(crate) fn ads() -> Json {
     json!({"ads": {}, "resource_api_version": "V3"})
 }
 
@@ -180,7 +219,7 @@ impl Env {
             })
     }
 
-    fn registry_only_for(&self, p: &ProxyNode) -> bool {
+    pub(crate) fn registry_only_for(&self, p: &ProxyNode) -> bool {
         match self
             .sidecar_for(p)
             .and_then(|s| s.spec.pointer("/outboundTrafficPolicy/mode"))
@@ -190,6 +229,12 @@ impl Env {
             Some(_) => false,
             None => self.registry_only,
         }
+    }
+
+    /// Whether the host pattern `h` written in a resource of namespace `ns` covers `host`: as a
+    /// short name resolved in `ns`, or literally (`httpbin.org` stays `httpbin.org`).
+    pub(crate) fn covers(h: &str, ns: &str, host: &str) -> bool {
+        host_matches(&fqdn(h, ns), host) || host_matches(h, host)
     }
 
     /// The VirtualService for `host` seen from `ns` through `gateway` (None = the mesh): the
@@ -202,7 +247,7 @@ impl Env {
             .filter(|vs| {
                 vs.strings("hosts")
                     .iter()
-                    .any(|h| host_matches(&fqdn(h, &vs.namespace), host))
+                    .any(|h| Self::covers(h, &vs.namespace, host))
             })
             .filter(|vs| gateway_bound(vs, gateway))
             .collect();
@@ -219,20 +264,90 @@ impl Env {
                 dr.spec
                     .get("host")
                     .and_then(Json::as_str)
-                    .is_some_and(|h| host_matches(&fqdn(h, &dr.namespace), host))
+                    .is_some_and(|h| Self::covers(h, &dr.namespace, host))
             })
             .collect();
         c.sort_by_key(|dr| (dr.namespace != ns, dr.namespace.clone(), dr.name.clone()));
         c.into_iter().next()
     }
 
-    fn service(&self, host: &str) -> Option<&Service> {
-        self.services.iter().find(|s| s.hostname == host)
+    pub(crate) fn service(&self, host: &str) -> Option<&Service> {
+        if self.derived.by_host.is_empty() {
+            return self.services.iter().find(|s| s.hostname == host);
+        }
+        self.derived
+            .by_host
+            .get(host)
+            .and_then(|i| self.services.get(*i))
+    }
+
+    /// A destination host written in namespace `ns`, as the registry names it: the short name
+    /// resolved (`reviews` → `reviews.ns.svc.cluster.local`), unless the literal host is a
+    /// registered service and the resolved one is not (`httpbin.org`).
+    pub fn resolve(&self, host: &str, ns: &str) -> String {
+        let f = fqdn(host, ns);
+        if f != host
+            && host.contains('.')
+            && self.service(&f).is_none()
+            && self.service(host).is_some()
+        {
+            return host.to_string();
+        }
+        f
+    }
+
+    /// The files of a `credentialName`: `<config_dir>/credentials/<name>/{tls.crt,tls.key,ca.crt}`
+    /// (certificate chain, private key, CA bundle). None without a config directory or for a
+    /// name that is not a single path component.
+    pub fn credential_files(&self, name: &str) -> Option<[String; 3]> {
+        let dir = self.config_dir.as_ref()?;
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+            return None;
+        }
+        let base = dir.join("credentials").join(name);
+        let f = |n: &str| base.join(n).to_string_lossy().into_owned();
+        Some([f("tls.crt"), f("tls.key"), f("ca.crt")])
+    }
+
+    /// Computes [`Derived`]; call after filling the other fields (the registry does).
+    pub fn index(&mut self) {
+        let mut d = Derived {
+            by_host: self
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.hostname.clone(), i))
+                .collect(),
+            ..Default::default()
+        };
+        for vs in &self.virtual_services {
+            let text = vs.spec.to_string();
+            d.labels |= text.contains("\"sourceLabels\"");
+            d.address |= text.contains("\"sourceSubnet\"");
+        }
+        for dr in &self.destination_rules {
+            let f = locality::rule_facts(dr);
+            d.labels |= f.failover_priority;
+            if f.distribute || f.failover_priority {
+                d.locality = true;
+            } else if f.failover {
+                let Some(h) = dr.spec.get("host").and_then(Json::as_str) else {
+                    continue;
+                };
+                d.locality |= self.services.iter().any(|s| {
+                    Self::covers(h, &dr.namespace, &s.hostname)
+                        && s.endpoints
+                            .iter()
+                            .any(|e| e.locality != s.endpoints[0].locality)
+                });
+            }
+        }
+        self.derived = d;
     }
 }
 
 /// Whether a VirtualService applies to `gateway` (`None` = sidecars, Istio's reserved `mesh`).
-fn gateway_bound(vs: &Res, gateway: Option<&str>) -> bool {
+pub(crate) fn gateway_bound(vs: &Res, gateway: Option<&str>) -> bool {
     let gws = vs.strings("gateways");
     match gateway {
         None => gws.is_empty() || gws.iter().any(|g| g == "mesh"),
@@ -241,7 +356,7 @@ fn gateway_bound(vs: &Res, gateway: Option<&str>) -> bool {
 }
 
 /// `name` → `ns/name`.
-fn qualify_gateway(g: &str, ns: &str) -> String {
+pub(crate) fn qualify_gateway(g: &str, ns: &str) -> String {
     if g.contains('/') {
         g.to_string()
     } else {
@@ -253,15 +368,16 @@ fn qualify_gateway(g: &str, ns: &str) -> String {
 // Routes
 
 /// Context of a route being built.
-struct RouteCx<'a> {
-    env: &'a Env,
-    proxy: &'a ProxyNode,
+#[derive(Clone, Copy)]
+pub(crate) struct RouteCx<'a> {
+    pub env: &'a Env,
+    pub proxy: &'a ProxyNode,
     /// `ns/name` of the gateway, or None for sidecars.
-    gateway: Option<&'a str>,
-    port: u16,
+    pub gateway: Option<&'a str>,
+    pub port: u16,
 }
 
-fn string_match(m: &Json) -> Option<Json> {
+pub(crate) fn string_match(m: &Json) -> Option<Json> {
     let o = m.as_object()?;
     if let Some(v) = o.get("exact") {
         return Some(json!({"exact": v}));
@@ -276,7 +392,8 @@ fn string_match(m: &Json) -> Option<Json> {
 }
 
 /// One HTTPMatchRequest as an Envoy RouteMatch; None when it cannot apply to this proxy/port.
-fn route_match(m: Option<&Json>, cx: &RouteCx<'_>) -> Option<Json> {
+/// `gw_api`: Gateway API semantics (a path prefix matches whole path segments).
+fn route_match(m: Option<&Json>, cx: &RouteCx<'_>, gw_api: bool) -> Option<Json> {
     let mut out = Map::new();
     let Some(m) = m else {
         out.insert("prefix".into(), json!("/"));
@@ -314,9 +431,14 @@ fn route_match(m: Option<&Json>, cx: &RouteCx<'_>) -> Option<Json> {
         Some(u) if u.contains_key("exact") => {
             out.insert("path".into(), u["exact"].clone());
         }
-        Some(u) if u.contains_key("prefix") => {
-            out.insert("prefix".into(), u["prefix"].clone());
-        }
+        Some(u) if u.contains_key("prefix") => match u["prefix"].as_str() {
+            Some(p) if gw_api && p != "/" && !p.ends_with('/') => {
+                out.insert("path_separated_prefix".into(), json!(p));
+            }
+            _ => {
+                out.insert("prefix".into(), u["prefix"].clone());
+            }
+        },
         Some(u) if u.contains_key("regex") => {
             out.insert("safe_regex".into(), json!({"regex": u["regex"]}));
         }
@@ -412,7 +534,7 @@ fn default_retry() -> Json {
     })
 }
 
-fn retry_policy(r: Option<&Json>) -> Option<Json> {
+pub(crate) fn retry_policy(r: Option<&Json>) -> Option<Json> {
     let Some(r) = r else {
         return Some(default_retry());
     };
@@ -451,8 +573,10 @@ fn retry_policy(r: Option<&Json>) -> Option<Json> {
     Some(p)
 }
 
-fn destination_cluster(d: &Json, vs_ns: &str, cx: &RouteCx<'_>) -> String {
-    let host = fqdn(d.get("host").and_then(Json::as_str).unwrap_or(""), vs_ns);
+pub(crate) fn destination_cluster(d: &Json, vs_ns: &str, cx: &RouteCx<'_>) -> String {
+    let host = cx
+        .env
+        .resolve(d.get("host").and_then(Json::as_str).unwrap_or(""), vs_ns);
     let subset = d.get("subset").and_then(Json::as_str).unwrap_or("");
     let port = d
         .pointer("/port/number")
@@ -469,7 +593,8 @@ fn destination_cluster(d: &Json, vs_ns: &str, cx: &RouteCx<'_>) -> String {
 }
 
 /// Envoy routes for one VirtualService (or the default route when there is none).
-fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
+pub(crate) fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
+    let gw_api = matches!(vs.kind.as_str(), "HTTPRoute" | "GRPCRoute");
     let mut routes = Vec::new();
     for rule in vs.list("http") {
         let matches: Vec<Option<&Json>> = match rule.get("match").and_then(Json::as_array) {
@@ -477,14 +602,15 @@ fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
             _ => vec![None],
         };
         for m in matches {
-            let Some(mjson) = route_match(m, cx) else {
+            let Some(mjson) = route_match(m, cx, gw_api) else {
                 continue;
             };
             let mut r = Map::new();
             if let Some(n) = rule.get("name").and_then(Json::as_str) {
                 r.insert("name".into(), json!(n));
             }
-            let is_prefix = mjson.get("prefix").is_some();
+            let is_prefix =
+                mjson.get("prefix").is_some() || mjson.get("path_separated_prefix").is_some();
             r.insert("match".into(), mjson);
             if let Some(red) = rule.get("redirect") {
                 let mut rd = Map::new();
@@ -499,6 +625,10 @@ fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
                 }
                 if let Some(s) = red.get("scheme") {
                     rd.insert("scheme_redirect".into(), s.clone());
+                }
+                // Not an Istio field: the Gateway API's `ReplacePrefixMatch` (see gateway_api).
+                if let Some(p) = red.get(gateway_api::PREFIX_REDIRECT) {
+                    rd.insert("prefix_rewrite".into(), p.clone());
                 }
                 let code = match red.get("redirectCode").and_then(Json::as_u64) {
                     Some(302) => "FOUND",
@@ -568,7 +698,7 @@ fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
                 // Consistent hashing is a DestinationRule policy but a route setting in Envoy:
                 // take it from the (first) destination's rule, subset policy included.
                 if let Some(d) = dests.first().map(|d| &d["destination"]) {
-                    let host = fqdn(
+                    let host = cx.env.resolve(
                         d.get("host").and_then(Json::as_str).unwrap_or(""),
                         &vs.namespace,
                     );
@@ -606,10 +736,24 @@ fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
                     "upgrade_configs".into(),
                     json!([{"upgrade_type": "websocket"}]),
                 );
+                let mirrors = http_policy::mirror_policies(rule, &vs.namespace, cx);
+                if !mirrors.is_empty() {
+                    action.insert("request_mirror_policies".into(), Json::Array(mirrors));
+                }
                 r.insert("route".into(), Json::Object(action));
             }
             header_ops(rule.get("headers"), "request", &mut r);
             header_ops(rule.get("headers"), "response", &mut r);
+            let mut per_filter = Map::new();
+            if let Some(f) = rule.get("fault").and_then(http_policy::fault) {
+                per_filter.insert(http_policy::FAULT_FILTER.into(), f);
+            }
+            if let Some(c) = rule.get("corsPolicy").and_then(http_policy::cors) {
+                per_filter.insert(http_policy::CORS_FILTER.into(), c);
+            }
+            if !per_filter.is_empty() {
+                r.insert("typed_per_filter_config".into(), Json::Object(per_filter));
+            }
             routes.push(Json::Object(r));
         }
     }
@@ -702,37 +846,47 @@ pub fn hash_policy(tp: Option<&Json>) -> Option<Json> {
     None
 }
 
-fn merged_policy(dr: Option<&Res>, subset: Option<&Json>, port: u16) -> Option<Json> {
-    let base = dr.and_then(|d| d.spec.get("trafficPolicy")).cloned();
-    let sub = subset.and_then(|s| s.get("trafficPolicy")).cloned();
-    let mut p = match (base, sub) {
-        (None, None) => return None,
-        (Some(b), None) => b,
-        (None, Some(s)) => s,
-        (Some(mut b), Some(s)) => {
-            if let (Some(bo), Some(so)) = (b.as_object_mut(), s.as_object()) {
-                for (k, v) in so {
-                    bo.insert(k.clone(), v.clone());
-                }
-            }
-            b
-        }
-    };
-    // portLevelSettings for this port override the policy's own fields.
-    if let Some(pls) = p.get("portLevelSettings").and_then(Json::as_array).cloned() {
-        for s in pls {
-            if s.pointer("/port/number").and_then(Json::as_u64) == Some(u64::from(port))
-                && let (Some(po), Some(so)) = (p.as_object_mut(), s.as_object())
-            {
-                for (k, v) in so {
-                    if k != "port" {
-                        po.insert(k.clone(), v.clone());
-                    }
-                }
-            }
+/// `portLevelSettings` for `port` replace the policy's connection pool, load balancer,
+/// outlier detection and TLS (Istio: port-level settings do not inherit those four fields).
+fn apply_port_settings(mut p: Json, port: u16) -> Json {
+    let settings = p
+        .get("portLevelSettings")
+        .and_then(Json::as_array)
+        .and_then(|pls| {
+            pls.iter()
+                .find(|s| s.pointer("/port/number").and_then(Json::as_u64) == Some(u64::from(port)))
+        })
+        .cloned();
+    if let (Some(s), Some(po)) = (settings, p.as_object_mut()) {
+        for k in ["connectionPool", "loadBalancer", "outlierDetection", "tls"] {
+            match s.get(k) {
+                Some(v) => po.insert(k.to_string(), v.clone()),
+                None => po.remove(k),
+            };
         }
     }
-    Some(p)
+    p
+}
+
+/// The traffic policy in force for a cluster, merged as Istio does: the rule's policy with its
+/// port-level settings for `port`, then the subset's fields on top, then the subset's own
+/// port-level settings.
+pub(crate) fn merged_policy(dr: Option<&Res>, subset: Option<&Json>, port: u16) -> Option<Json> {
+    let base = dr
+        .and_then(|d| d.spec.get("trafficPolicy"))
+        .cloned()
+        .map(|b| apply_port_settings(b, port));
+    let Some(sub) = subset.and_then(|s| s.get("trafficPolicy")) else {
+        return base;
+    };
+    let mut merged = base.unwrap_or_else(|| json!({}));
+    if let (Some(mo), Some(so)) = (merged.as_object_mut(), sub.as_object()) {
+        mo.remove("portLevelSettings");
+        for (k, v) in so {
+            mo.insert(k.clone(), v.clone());
+        }
+    }
+    Some(apply_port_settings(merged, port))
 }
 
 fn cluster_json(
@@ -839,53 +993,71 @@ fn endpoint_port(ep: &Endpoint, port: &crate::model::Port) -> u16 {
         .unwrap_or(port.number)
 }
 
-fn cla_json(name: &str, eps: &[&Endpoint], port: &crate::model::Port) -> Json {
-    let mut by_locality: BTreeMap<&str, (u32, Vec<Json>)> = BTreeMap::new();
-    for ep in eps {
-        let entry = by_locality.entry(ep.locality.as_str()).or_default();
-        entry.0 = entry.0.saturating_add(ep.weight.max(1));
-        entry.1.push(json!({
-            "endpoint": {"address": {"socket_address": {"address": ep.address.to_string(), "port_value": endpoint_port(ep, port)}}},
-            "load_balancing_weight": ep.weight.max(1),
-        }));
+/// A ClusterLoadAssignment grouped by locality; `lb` adjusts priorities and weights for the
+/// proxy's locality (see [`locality`]).
+fn cla_json(
+    name: &str,
+    eps: &[&Endpoint],
+    port: &crate::model::Port,
+    lb: Option<&locality::LocalityLb<'_>>,
+) -> Json {
+    let mut groups = locality::group(eps);
+    if let Some(lb) = lb {
+        lb.apply(&mut groups);
     }
-    let endpoints: Vec<Json> = by_locality
-        .into_iter()
-        .map(|(loc, (weight, lbs))| {
-            let mut parts = loc.splitn(3, '/');
-            let (region, zone, sub_zone) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let endpoints: Vec<Json> = groups
+        .iter()
+        .filter(|g| !g.endpoints.is_empty())
+        .map(|g| {
+            let lbs: Vec<Json> = g
+                .endpoints
+                .iter()
+                .map(|(ep, w)| {
+                    json!({
+                        "endpoint": {"address": {"socket_address": {"address": ep.address.to_string(), "port_value": endpoint_port(ep, port)}}},
+                        "load_balancing_weight": w,
+                    })
+                })
+                .collect();
+            let mut parts = g.locality.splitn(3, '/');
+            let (region, zone, sub_zone) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
             // The locality weight, as Istio sets it: gRPC's xDS client ignores a locality
             // without one ("contains no localities"), Envoy uses it with locality-weighted LB.
-            json!({"locality": {"region": region, "zone": zone, "sub_zone": sub_zone}, "load_balancing_weight": weight, "lb_endpoints": lbs})
+            let mut l = json!({"locality": {"region": region, "zone": zone, "sub_zone": sub_zone}, "load_balancing_weight": g.weight, "lb_endpoints": lbs});
+            if g.priority > 0 {
+                l["priority"] = json!(g.priority);
+            }
+            l
         })
         .collect();
     json!({"cluster_name": name, "endpoints": endpoints})
 }
 
-/// Outbound clusters (and their endpoints) for every port and subset of `services`.
-fn outbound_clusters(env: &Env, services: &[&Service], from_ns: &str, out: &mut Output) {
+/// Outbound clusters (and their endpoints) for every port and subset of `services`, as seen by
+/// proxy `p` (its namespace picks DestinationRules, its locality endpoint priorities).
+fn outbound_clusters(env: &Env, services: &[&Service], p: &ProxyNode, out: &mut Output) {
+    let from_ns = p.namespace.as_str();
     for svc in services {
         let dr = env.destination_rule(&svc.hostname, from_ns);
         let eds = svc.resolution != Resolution::Dns;
+        let implicit = svc.origin.starts_with("implicit");
         for port in &svc.ports {
-            let name = cluster_name(port.number, "", &svc.hostname);
-            let policy = merged_policy(dr, None, port.number);
-            let implicit = svc.origin.starts_with("implicit");
-            out.clusters.insert(
-                name.clone(),
-                cluster_json(&name, svc, port, policy.as_ref(), eds, implicit),
-            );
-            if eds {
-                let eps: Vec<&Endpoint> = svc.endpoints.iter().collect();
-                out.endpoints
-                    .insert(name.clone(), cla_json(&name, &eps, port));
-            }
-            for subset in dr.map(|d| d.list("subsets")).unwrap_or_default() {
-                let Some(sname) = subset.get("name").and_then(Json::as_str) else {
-                    continue;
+            let subsets = dr.map(|d| d.list("subsets")).unwrap_or_default();
+            let all = std::iter::once(None).chain(subsets.into_iter().map(Some));
+            for subset in all {
+                let sname = match subset {
+                    None => "",
+                    Some(s) => match s.get("name").and_then(Json::as_str) {
+                        Some(n) => n,
+                        None => continue,
+                    },
                 };
                 let sel: BTreeMap<String, String> = subset
-                    .get("labels")
+                    .and_then(|s| s.get("labels"))
                     .and_then(Json::as_object)
                     .map(|o| {
                         o.iter()
@@ -894,32 +1066,50 @@ fn outbound_clusters(env: &Env, services: &[&Service], from_ns: &str, out: &mut 
                     })
                     .unwrap_or_default();
                 let cname = cluster_name(port.number, sname, &svc.hostname);
-                let policy = merged_policy(dr, Some(subset), port.number);
-                out.clusters.insert(
-                    cname.clone(),
-                    cluster_json(&cname, svc, port, policy.as_ref(), eds, implicit),
-                );
+                let policy = merged_policy(dr, subset, port.number);
+                let mut c = cluster_json(&cname, svc, port, policy.as_ref(), eds, implicit);
+                if let Some(ts) = upstream_tls::transport_socket(policy.as_ref(), svc, env) {
+                    c["transport_socket"] = ts;
+                }
+                out.clusters.insert(cname.clone(), c);
                 if eds {
                     let eps: Vec<&Endpoint> = svc
                         .endpoints
                         .iter()
                         .filter(|e| selects(&sel, &e.labels))
                         .collect();
+                    let lb = locality::LocalityLb::new(policy.as_ref(), p);
                     out.endpoints
-                        .insert(cname.clone(), cla_json(&cname, &eps, port));
+                        .insert(cname.clone(), cla_json(&cname, &eps, port, lb.as_ref()));
                 }
             }
         }
     }
 }
 
-fn hcm(stat_prefix: &str, rds: Option<&str>, inline: Option<Json>, extra: Option<Json>) -> Json {
+/// The HTTP filters of every generated connection manager: fault and CORS (configured per
+/// route through `typed_per_filter_config`), then the router.
+pub(crate) fn http_filters() -> Json {
+    json!([
+        {"name": http_policy::FAULT_FILTER, "typed_config": {"@type": http_policy::FAULT_TYPE}},
+        {"name": http_policy::CORS_FILTER, "typed_config": {"@type": http_policy::CORS_TYPE}},
+        {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}},
+    ])
+}
+
+/// An HttpConnectionManager; `extra` fields (an object) are merged in.
+pub(crate) fn hcm(
+    stat_prefix: &str,
+    rds: Option<&str>,
+    inline: Option<Json>,
+    extra: Option<Json>,
+) -> Json {
     let mut h = json!({
         "@type": HCM,
         "stat_prefix": stat_prefix,
         "codec_type": "AUTO",
         "upgrade_configs": [{"upgrade_type": "websocket"}, {"upgrade_type": "CONNECT"}],
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+        "http_filters": http_filters(),
         "stream_idle_timeout": "0s",
     });
     if let Some(name) = rds {
@@ -936,8 +1126,27 @@ fn hcm(stat_prefix: &str, rds: Option<&str>, inline: Option<Json>, extra: Option
     h
 }
 
-fn socket(ip: &str, port: u16) -> Json {
+pub(crate) fn socket(ip: &str, port: u16) -> Json {
     json!({"socket_address": {"address": ip, "port_value": port}})
+}
+
+/// A TcpProxy filter config to `route` (a cluster name or weighted clusters, see
+/// [`l4::Target`]), with the access logs in force.
+pub(crate) fn tcp_proxy(stat_prefix: &str, target: &l4::Target, logs: Option<&Json>) -> Json {
+    let mut t = json!({"@type": TCP_PROXY, "stat_prefix": stat_prefix});
+    match target {
+        l4::Target::Cluster(c) => t["cluster"] = json!(c),
+        l4::Target::Weighted(ws) => {
+            t["weighted_clusters"] = json!({"clusters": ws
+                .iter()
+                .map(|(c, w)| json!({"name": c, "weight": w}))
+                .collect::<Vec<_>>()});
+        }
+    }
+    if let Some(l) = logs {
+        t["access_log"] = l.clone();
+    }
+    t
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -950,6 +1159,7 @@ pub fn for_proxy(p: &ProxyNode, env: &Env) -> Output {
     out.listeners.extend(local.listeners);
     out.clusters.extend(local.clusters);
     out.routes.extend(local.routes);
+    out.endpoints.extend(local.endpoints);
     out
 }
 
@@ -961,9 +1171,9 @@ pub fn shared(p: &ProxyNode, env: &Env) -> Output {
     }
     let mut out = Output::default();
     let services = env.visible_services(p);
-    outbound_clusters(env, &services, &p.namespace, &mut out);
+    outbound_clusters(env, &services, p, &mut out);
     if p.role == "router" {
-        gateway(p, env, &mut out);
+        gateway::gateway(p, env, &mut out);
         out.listeners.clear();
     } else {
         sidecar_routes(p, env, &services, &mut out);
@@ -978,7 +1188,7 @@ pub fn local(p: &ProxyNode, env: &Env) -> Output {
         return out;
     }
     if p.role == "router" {
-        gateway(p, env, &mut out);
+        gateway::gateway(p, env, &mut out);
         out.routes.clear();
         out.clusters.clear();
         out.endpoints.clear();
@@ -988,22 +1198,29 @@ pub fn local(p: &ProxyNode, env: &Env) -> Output {
     out
 }
 
-/// Proxies with equal keys get equal [`shared`] output.
+/// Proxies with equal keys get equal [`shared`] output. The key holds the proxy's labels,
+/// locality or address only when some config makes the output depend on them (see
+/// [`Env::index`]), so alike proxies keep sharing.
 pub fn group_key(p: &ProxyNode, env: &Env) -> String {
     let sidecar = env.sidecar_for(p).map(Res::id).unwrap_or_default();
-    let uses_labels = p.role == "router"
-        || env
-            .virtual_services
-            .iter()
-            .any(|vs| vs.spec.to_string().contains("\"sourceLabels\""));
-    let labels = if uses_labels {
+    let labels = if p.role == "router" || env.derived.labels {
         format!("{:?}", p.labels)
     } else {
         String::new()
     };
+    let locality = if env.derived.locality {
+        p.locality.as_str()
+    } else {
+        ""
+    };
+    let address = if env.derived.address {
+        p.ip.to_string()
+    } else {
+        String::new()
+    };
     format!(
-        "{}|{}|{}|{}|{}",
-        p.role, p.proxyless, p.namespace, sidecar, labels
+        "{}|{}|{}|{}|{}|{}|{}",
+        p.role, p.proxyless, p.namespace, sidecar, labels, locality, address
     )
 }
 
@@ -1015,17 +1232,19 @@ fn outbound_vhosts(
 ) -> Vec<Json> {
     let mut vhosts = Vec::new();
     for svc in services {
+        let vs = env.virtual_service(&svc.hostname, &p.namespace, None);
         for port in &svc.ports {
             let cluster = cluster_name(port.number, "", &svc.hostname);
-            let mut routes = vec![connect_route(&cluster)];
+            let cx = RouteCx {
+                env,
+                proxy: p,
+                gateway,
+                port: port.number,
+            };
+            let mut routes = Vec::new();
             if port.protocol.is_http() {
-                let cx = RouteCx {
-                    env,
-                    proxy: p,
-                    gateway,
-                    port: port.number,
-                };
-                match env.virtual_service(&svc.hostname, &p.namespace, None) {
+                routes.push(connect_route(&cluster));
+                match vs {
                     Some(vs) => routes.extend(vs_routes(vs, &cx)),
                     None => {
                         let mut r = default_route(&cluster);
@@ -1037,25 +1256,68 @@ fn outbound_vhosts(
                         routes.push(r);
                     }
                 }
+            } else {
+                // TCP and TLS services are reached through `CONNECT host:port`: the VirtualService's
+                // `tls`/`tcp` rules pick the destination(s).
+                let target = l4::sidecar_target(vs, svc, port, &cx)
+                    .unwrap_or_else(|| l4::Target::Cluster(cluster.clone()));
+                routes.push(l4::connect_route(&target));
             }
-            vhosts.push(json!({"name": format!("{}:{}", svc.hostname, port.number), "domains": domains(svc, port.number, &p.namespace), "routes": routes}));
+            let mut domains = domains(svc, port.number, &p.namespace);
+            for a in &svc.addresses {
+                if !a.contains('/') {
+                    domains.push(format!("{a}:{}", port.number));
+                }
+            }
+            vhosts.push(json!({"name": format!("{}:{}", svc.hostname, port.number), "domains": domains, "routes": routes}));
         }
     }
     vhosts
 }
 
+/// Istio's name of the cluster that forwards to any host (ALLOW_ANY).
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+
+/// The dynamic forward proxy cluster behind ALLOW_ANY: resolves the request's authority with
+/// the system resolver and connects there.
+fn passthrough_cluster() -> Json {
+    json!({
+        "name": PASSTHROUGH,
+        "connect_timeout": "10s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {"name": "envoy.clusters.dynamic_forward_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig",
+            "dns_cache_config": {"name": "weft_dns", "dns_lookup_family": "V4_PREFERRED"}
+        }},
+    })
+}
+
+/// The body of the 502 a REGISTRY_ONLY sidecar answers for an unknown host.
+pub const REGISTRY_ONLY_BODY: &str =
+    "weft: REGISTRY_ONLY: the requested host is not a registered service (add a ServiceEntry)\n";
+
+/// `local_reply_config` of a REGISTRY_ONLY outbound connection manager: no route (NR) → 502.
+fn registry_only_reply() -> Json {
+    json!({"mappers": [{
+        "filter": {"response_flag_filter": {"flags": ["NR"]}},
+        "status_code": 502,
+        "body": {"inline_string": REGISTRY_ONLY_BODY},
+    }]})
+}
+
 fn sidecar_routes(p: &ProxyNode, env: &Env, services: &[&Service], out: &mut Output) {
     // Outbound: the explicit proxy applications reach through HTTP_PROXY.
     let mut vhosts = outbound_vhosts(p, env, services, None);
-    let blackhole = env.registry_only_for(p);
-    vhosts.push(json!({"name": "allow_any", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {
-        "status": if blackhole { 502 } else { 404 },
-        "body": {"inline_string": if blackhole {
-            "outbound traffic policy is REGISTRY_ONLY: this host is not in the mesh registry\n"
-        } else {
-            "this host is not in the mesh registry (add a ServiceEntry)\n"
-        }}
-    }}]}));
+    if !env.registry_only_for(p) {
+        // ALLOW_ANY: any other host (and CONNECT target) goes out as it is.
+        vhosts.push(json!({"name": "allow_any", "domains": ["*"], "routes": [
+            {"name": "allow_any_connect", "match": {"connect_matcher": {}}, "route": {"cluster": PASSTHROUGH, "timeout": "0s",
+                "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}},
+            {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH, "timeout": "0s"}},
+        ]}));
+        out.clusters
+            .insert(PASSTHROUGH.to_string(), passthrough_cluster());
+    }
     out.routes.insert(
         "outbound".into(),
         json!({"name": "outbound", "virtual_hosts": vhosts, "validate_clusters": false}),
@@ -1064,12 +1326,24 @@ fn sidecar_routes(p: &ProxyNode, env: &Env, services: &[&Service], out: &mut Out
 
 fn sidecar_local(p: &ProxyNode, env: &Env, out: &mut Output) {
     let ip = p.ip.to_string();
+    let client_logs = access_log::access_logs(env, p, access_log::Mode::Client);
+    let server_logs = access_log::access_logs(env, p, access_log::Mode::Server);
+    let mut extra = Map::new();
+    if env.registry_only_for(p) {
+        extra.insert("local_reply_config".into(), registry_only_reply());
+    }
+    if let Some(l) = &client_logs {
+        extra.insert("access_log".into(), l.clone());
+    }
     out.listeners.insert("outbound".into(), json!({
         "name": "outbound",
         "address": socket(&ip, 15001),
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm("outbound_0.0.0.0_15001", Some("outbound"), None, None)}]}],
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm("outbound_0.0.0.0_15001", Some("outbound"), None, Some(Json::Object(extra)))}]}],
         "traffic_direction": "OUTBOUND",
     }));
+    let server_extra = server_logs
+        .as_ref()
+        .map(|l| json!({"access_log": l.clone()}));
     // Inbound: one listener per served port, forwarding to the application.
     for (port, app_port) in &p.inbound {
         let cname = format!("inbound|{port}||");
@@ -1088,8 +1362,8 @@ fn sidecar_local(p: &ProxyNode, env: &Env, out: &mut Output) {
                     .any(|sp| sp.number == *port && !sp.protocol.is_http())
         });
         let http_chain = json!({"filter_chain_match": {"application_protocols": ["http/1.1", "h2c"]},
-            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm(&format!("inbound_0.0.0.0_{port}"), None, Some(route), None)}]});
-        let tcp_chain = json!({"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {"@type": TCP_PROXY, "stat_prefix": cname, "cluster": cname}}]});
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm(&format!("inbound_0.0.0.0_{port}"), None, Some(route), server_extra.clone())}]});
+        let tcp_chain = json!({"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(&cname, &l4::Target::Cluster(cname.clone()), server_logs.as_ref())}]});
         let listener = if declared_tcp {
             json!({"name": format!("inbound|{port}"), "address": socket(&ip, *port), "filter_chains": [tcp_chain], "traffic_direction": "INBOUND"})
         } else {
@@ -1102,92 +1376,12 @@ fn sidecar_local(p: &ProxyNode, env: &Env, out: &mut Output) {
     }
 }
 
-fn gateway(p: &ProxyNode, env: &Env, out: &mut Output) {
-    let mut by_port: BTreeMap<u16, Vec<(&Res, Vec<String>)>> = BTreeMap::new();
-    for gw in &env.gateways {
-        let sel: BTreeMap<String, String> = gw
-            .spec
-            .get("selector")
-            .and_then(Json::as_object)
-            .map(|o| {
-                o.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !selects(&sel, &p.labels) {
-            continue;
-        }
-        for server in gw.list("servers") {
-            let Some(port) = server.pointer("/port/number").and_then(Json::as_u64) else {
-                continue;
-            };
-            let hosts: Vec<String> = server
-                .get("hosts")
-                .and_then(Json::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Json::as_str)
-                .map(str::to_string)
-                .collect();
-            by_port.entry(port as u16).or_default().push((gw, hosts));
-        }
-    }
-    for (port, servers) in by_port {
-        let rname = format!("http.{port}");
-        let mut vhosts: BTreeMap<String, Json> = BTreeMap::new();
-        for (gw, server_hosts) in &servers {
-            let gw_id = format!("{}/{}", gw.namespace, gw.name);
-            for vs in env
-                .virtual_services
-                .iter()
-                .filter(|vs| gateway_bound(vs, Some(&gw_id)))
-            {
-                for h in vs.strings("hosts") {
-                    let allowed = server_hosts.iter().any(|sh| {
-                        let (ns, host) = sh.split_once('/').unwrap_or(("*", sh));
-                        (ns == "*"
-                            || ns == "." && vs.namespace == gw.namespace
-                            || ns == vs.namespace)
-                            && (host_matches(host, &h) || host_matches(&h, host))
-                    });
-                    if !allowed || vhosts.contains_key(&h) {
-                        continue;
-                    }
-                    let cx = RouteCx {
-                        env,
-                        proxy: p,
-                        gateway: Some(&gw_id),
-                        port,
-                    };
-                    let routes = vs_routes(vs, &cx);
-                    let domains = if h == "*" {
-                        vec!["*".to_string()]
-                    } else {
-                        vec![h.clone(), format!("{h}:{port}")]
-                    };
-                    vhosts.insert(h.clone(), json!({"name": format!("{h}:{port}"), "domains": domains, "routes": routes}));
-                }
-            }
-        }
-        out.routes.insert(rname.clone(), json!({"name": rname, "virtual_hosts": vhosts.into_values().collect::<Vec<_>>(), "validate_clusters": false}));
-        let bind = p.port_map.get(&port).copied().unwrap_or(port);
-        let name = format!("0.0.0.0_{port}");
-        out.listeners.insert(name.clone(), json!({
-            "name": name,
-            "address": socket(&p.ip.to_string(), bind),
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                "typed_config": hcm(&name, Some(&rname), None, Some(json!({"use_remote_address": true})))}]}],
-        }));
-    }
-}
-
 /// Proxyless gRPC: API listeners named `host:port` with RDS, EDS clusters — what gRPC's xDS
 /// resolver asks for when dialing `xds:///host:port`.
 fn proxyless(p: &ProxyNode, env: &Env) -> Output {
     let mut out = Output::default();
     let services = env.visible_services(p);
-    outbound_clusters(env, &services, &p.namespace, &mut out);
+    outbound_clusters(env, &services, p, &mut out);
     for svc in &services {
         for port in svc.ports.iter().filter(|p| p.protocol.is_http()) {
             let cx = RouteCx {
@@ -1255,45 +1449,103 @@ pub fn referenced_hosts(out: &Output) -> BTreeSet<String> {
 }
 
 /// Fields of valid Istio config that this version of Weft does not act on yet: they are
-/// reported (API `/api/v1/errors`, logs) rather than silently ignored.
+/// reported (API `/api/v1/errors`, logs) rather than silently ignored. A few notes about valid
+/// config that has no effect *by Istio's own rules* are reported the same way.
 pub fn unimplemented(r: &Res) -> Vec<String> {
     let mut out = Vec::new();
+    let id = r.id();
     let mut flag = |path: String| {
         out.push(format!(
-            "{}: `{path}` is not implemented yet and has no effect",
-            r.id()
+            "{id}: `{path}` is not implemented yet and has no effect"
         ))
     };
+    let mut notes = Vec::new();
     match r.kind.as_str() {
         "VirtualService" => {
             for (i, rule) in r.list("http").iter().enumerate() {
-                for f in [
-                    "fault",
-                    "mirror",
-                    "mirrors",
-                    "mirrorPercentage",
-                    "corsPolicy",
-                    "delegate",
-                ] {
-                    if rule.get(f).is_some() {
-                        flag(format!("spec.http[{i}].{f}"));
+                if rule.get("delegate").is_some() {
+                    flag(format!("spec.http[{i}].delegate"));
+                }
+                if let Some(f) = rule.get("fault") {
+                    if let Some(d) = f.get("delay")
+                        && d.get("fixedDelay").is_none()
+                        && d.get("exponentialDelay").is_some()
+                    {
+                        flag(format!("spec.http[{i}].fault.delay.exponentialDelay"));
+                    }
+                    for k in ["delay", "abort"] {
+                        if let Some(x) = f.get(k)
+                            && x.get("percentage").is_none()
+                            && x.get("percent").is_none()
+                        {
+                            notes.push(format!(
+                                "{id}: `spec.http[{i}].fault.{k}` has no percentage: as in Istio, no request is affected (set `percentage.value: 100`)"
+                            ));
+                        }
                     }
                 }
+                if rule
+                    .pointer("/corsPolicy/unmatchedPreflights")
+                    .and_then(Json::as_str)
+                    == Some("IGNORE")
+                {
+                    flag(format!(
+                        "spec.http[{i}].corsPolicy.unmatchedPreflights: IGNORE"
+                    ));
+                }
             }
-            for f in ["tcp", "tls"] {
-                if r.spec.get(f).is_some() {
-                    flag(format!("spec.{f}"));
+            let gateways = r.strings("gateways");
+            let on_gateway = gateways.iter().any(|g| g != "mesh");
+            for (i, rule) in r.list("tcp").iter().enumerate() {
+                for (j, m) in rule
+                    .get("match")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    if on_gateway && m.get("sourceSubnet").is_some() {
+                        flag(format!(
+                            "spec.tcp[{i}].match[{j}].sourceSubnet (on gateways; the rule never matches there)"
+                        ));
+                    }
                 }
             }
         }
         "DestinationRule" => {
-            for f in ["tls", "localityLbSetting"] {
-                if r.spec.pointer(&format!("/trafficPolicy/{f}")).is_some()
-                    || r.spec
-                        .pointer(&format!("/trafficPolicy/loadBalancer/{f}"))
-                        .is_some()
+            let mut policies: Vec<(String, &Json)> = Vec::new();
+            if let Some(tp) = r.spec.get("trafficPolicy") {
+                policies.push(("spec.trafficPolicy".into(), tp));
+            }
+            for (i, sub) in r.list("subsets").iter().enumerate() {
+                if let Some(tp) = sub.get("trafficPolicy") {
+                    policies.push((format!("spec.subsets[{i}].trafficPolicy"), tp));
+                }
+            }
+            let mut all = Vec::new();
+            for (path, tp) in policies {
+                for (j, pls) in tp
+                    .get("portLevelSettings")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
                 {
-                    flag(format!("spec.trafficPolicy.{f}"));
+                    all.push((format!("{path}.portLevelSettings[{j}]"), pls));
+                }
+                all.push((path, tp));
+            }
+            for (path, tp) in all {
+                let Some(tls) = tp.get("tls") else {
+                    continue;
+                };
+                if tls.get("mode").and_then(Json::as_str) == Some("ISTIO_MUTUAL") {
+                    flag(format!("{path}.tls.mode: ISTIO_MUTUAL"));
+                }
+                for k in ["subjectAltNames", "caCrl"] {
+                    if tls.get(k).is_some() {
+                        flag(format!("{path}.tls.{k}"));
+                    }
                 }
             }
         }
@@ -1303,35 +1555,72 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                     .pointer("/port/protocol")
                     .and_then(Json::as_str)
                     .unwrap_or("HTTP");
-                if !matches!(proto, "HTTP" | "HTTP2" | "GRPC") || s.get("tls").is_some() {
+                let mode = s.pointer("/tls/mode").and_then(Json::as_str);
+                if matches!(mode, Some("AUTO_PASSTHROUGH" | "ISTIO_MUTUAL")) {
                     flag(format!(
-                        "spec.servers[{i}] ({proto}{})",
-                        if s.get("tls").is_some() { ", tls" } else { "" }
+                        "spec.servers[{i}].tls.mode: {} ({proto})",
+                        mode.unwrap_or("")
                     ));
+                }
+                for k in ["bind", "defaultEndpoint"] {
+                    if s.get(k).is_some() {
+                        flag(format!("spec.servers[{i}].{k}"));
+                    }
+                }
+                for k in [
+                    "subjectAltNames",
+                    "verifyCertificateSpki",
+                    "verifyCertificateHash",
+                    "caCrl",
+                    "cipherSuites",
+                    "credentialNames",
+                    "tlsCertificates",
+                ] {
+                    if s.get("tls").and_then(|t| t.get(k)).is_some() {
+                        flag(format!("spec.servers[{i}].tls.{k}"));
+                    }
                 }
             }
         }
-        "PeerAuthentication"
-        | "AuthorizationPolicy"
-        | "RequestAuthentication"
-        | "Telemetry"
-        | "KubernetesGateway"
-        | "HTTPRoute"
-        | "GRPCRoute" => {
+        "Sidecar"
+            if r.spec
+                .pointer("/outboundTrafficPolicy/egressProxy")
+                .is_some() =>
+        {
+            flag("spec.outboundTrafficPolicy.egressProxy".into());
+        }
+        "Telemetry" => {
+            for k in ["tracing", "metrics", "targetRef", "targetRefs"] {
+                if r.spec.get(k).is_some() {
+                    flag(format!("spec.{k}"));
+                }
+            }
+            for (i, a) in r.list("accessLogging").iter().enumerate() {
+                if a.get("filter").is_some() {
+                    flag(format!("spec.accessLogging[{i}].filter"));
+                }
+            }
+        }
+        "KubernetesGateway" | "HTTPRoute" | "GRPCRoute" => {
+            gateway_api::unimplemented(r, &mut flag);
+        }
+        "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication" => {
             flag(format!("{} resources", r.kind));
         }
         _ => {}
     }
+    out.extend(notes);
     out
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod testutil {
+    //! Fixtures shared by the translation tests.
     use super::*;
     use crate::model::{Port, Protocol};
     use std::net::IpAddr;
 
-    fn svc(host: &str, ns: &str, port: u16, eps: &[(&str, &str)]) -> Service {
+    pub fn svc(host: &str, ns: &str, port: u16, eps: &[(&str, &str)]) -> Service {
         Service {
             hostname: host.into(),
             namespace: ns.into(),
@@ -1361,11 +1650,12 @@ mod tests {
                 })
                 .collect(),
             export_to: vec![],
+            addresses: vec![],
             origin: "ServiceEntry default/reviews".into(),
         }
     }
 
-    fn proxy() -> ProxyNode {
+    pub fn proxy() -> ProxyNode {
         ProxyNode {
             id: "sidecar~127.0.1.1~productpage.default~default.svc.cluster.local".into(),
             role: "sidecar".into(),
@@ -1377,10 +1667,11 @@ mod tests {
             inbound: vec![(9080, 19080)],
             port_map: BTreeMap::new(),
             proxyless: false,
+            locality: String::new(),
         }
     }
 
-    fn res(kind: &str, name: &str, spec: Json) -> Res {
+    pub fn res(kind: &str, name: &str, spec: Json) -> Res {
         Res {
             kind: kind.into(),
             name: name.into(),
@@ -1388,6 +1679,30 @@ mod tests {
             spec,
         }
     }
+
+    pub fn assert_valid(out: &Output) {
+        let pool = weft_xds::descriptors();
+        for (t, m) in [
+            ("envoy.config.listener.v3.Listener", &out.listeners),
+            ("envoy.config.route.v3.RouteConfiguration", &out.routes),
+            ("envoy.config.cluster.v3.Cluster", &out.clusters),
+            (
+                "envoy.config.endpoint.v3.ClusterLoadAssignment",
+                &out.endpoints,
+            ),
+        ] {
+            for (n, j) in m {
+                weft_xds::json::json_to_any(&pool, t, j.clone(), n)
+                    .unwrap_or_else(|e| panic!("{n}: {e}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
 
     #[test]
     fn names_and_fqdn() {
@@ -1530,24 +1845,6 @@ mod tests {
         );
     }
 
-    fn assert_valid(out: &Output) {
-        let pool = weft_xds::descriptors();
-        for (t, m) in [
-            ("envoy.config.listener.v3.Listener", &out.listeners),
-            ("envoy.config.route.v3.RouteConfiguration", &out.routes),
-            ("envoy.config.cluster.v3.Cluster", &out.clusters),
-            (
-                "envoy.config.endpoint.v3.ClusterLoadAssignment",
-                &out.endpoints,
-            ),
-        ] {
-            for (n, j) in m {
-                weft_xds::json::json_to_any(&pool, t, j.clone(), n)
-                    .unwrap_or_else(|e| panic!("{n}: {e}"));
-            }
-        }
-    }
-
     #[test]
     fn destination_rule_policies_and_route_actions() {
         let env = Env {
@@ -1646,23 +1943,119 @@ mod tests {
             !out.clusters.keys().any(|c| c.contains("ratings.other")),
             "Sidecar egress must scope clusters"
         );
+        assert_valid(&out);
+        // REGISTRY_ONLY: no catch-all virtual host, no passthrough cluster; the outbound
+        // connection manager turns "no route" into a 502 that says why.
         let vhs = out.routes["outbound"]["virtual_hosts"]
             .as_array()
             .unwrap()
             .clone();
-        let any = vhs.iter().find(|v| v["name"] == "allow_any").unwrap();
-        assert_eq!(any["routes"][0]["direct_response"]["status"], 502);
+        assert!(!vhs.iter().any(|v| v["domains"][0] == "*"));
+        assert!(!out.clusters.contains_key(PASSTHROUGH));
+        let h = &out.listeners["outbound"]["filter_chains"][0]["filters"][0]["typed_config"];
+        let m = &h["local_reply_config"]["mappers"][0];
+        assert_eq!(m["filter"]["response_flag_filter"]["flags"], json!(["NR"]));
+        assert_eq!(m["status_code"], 502);
+        assert_eq!(m["body"]["inline_string"], REGISTRY_ONLY_BODY);
+    }
+
+    #[test]
+    fn allow_any_passes_unknown_hosts_to_the_dynamic_forward_proxy() {
+        let env = Env {
+            services: vec![svc(
+                "reviews.default.svc.cluster.local",
+                "default",
+                9080,
+                &[("127.0.1.2", "v1")],
+            )],
+            ..Default::default()
+        };
+        let out = for_proxy(&proxy(), &env);
+        assert_valid(&out);
+        let vhs = out.routes["outbound"]["virtual_hosts"].as_array().unwrap();
+        let any = vhs.last().unwrap();
+        assert_eq!(any["domains"], json!(["*"]));
+        assert_eq!(any["routes"][0]["match"]["connect_matcher"], json!({}));
+        assert_eq!(any["routes"][0]["route"]["cluster"], PASSTHROUGH);
+        assert_eq!(any["routes"][1]["route"]["cluster"], PASSTHROUGH);
+        let c = &out.clusters[PASSTHROUGH];
+        assert_eq!(c["lb_policy"], "CLUSTER_PROVIDED");
+        assert_eq!(
+            c["cluster_type"]["name"],
+            "envoy.clusters.dynamic_forward_proxy"
+        );
+        assert_eq!(
+            c["cluster_type"]["typed_config"]["dns_cache_config"],
+            json!({"name": "weft_dns", "dns_lookup_family": "V4_PREFERRED"})
+        );
+        let h = &out.listeners["outbound"]["filter_chains"][0]["filters"][0]["typed_config"];
+        assert!(h.get("local_reply_config").is_none());
+        // The mesh-wide default can be REGISTRY_ONLY too, and a Sidecar can switch it back.
+        let mut env = env;
+        env.registry_only = true;
+        assert!(!for_proxy(&proxy(), &env).clusters.contains_key(PASSTHROUGH));
+        env.sidecars = vec![res(
+            "Sidecar",
+            "default",
+            json!({"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}),
+        )];
+        assert!(for_proxy(&proxy(), &env).clusters.contains_key(PASSTHROUGH));
+    }
+
+    #[test]
+    fn short_and_literal_hosts_resolve_against_the_registry() {
+        let mut env = Env {
+            services: vec![svc("httpbin.org", "default", 80, &[])],
+            ..Default::default()
+        };
+        env.index();
+        assert_eq!(env.resolve("httpbin.org", "default"), "httpbin.org");
+        assert_eq!(
+            env.resolve("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            env.resolve("reviews.other", "default"),
+            "reviews.other.svc.cluster.local"
+        );
     }
 
     #[test]
     fn valid_but_unimplemented_fields_are_reported() {
+        // Implemented now: no report.
         let vs = res(
             "VirtualService",
             "r",
-            json!({"hosts": ["r"], "http": [{"fault": {"abort": {"httpStatus": 500}}, "route": [{"destination": {"host": "r"}}]}]}),
+            json!({"hosts": ["r"], "http": [{"fault": {"abort": {"httpStatus": 500, "percentage": {"value": 10.0}}},
+                "mirror": {"host": "m"}, "corsPolicy": {"allowOrigins": [{"exact": "x"}]}, "route": [{"destination": {"host": "r"}}]}],
+                "tcp": [{"route": [{"destination": {"host": "r"}}]}]}),
+        );
+        assert!(unimplemented(&vs).is_empty(), "{:?}", unimplemented(&vs));
+        let vs = res(
+            "VirtualService",
+            "r",
+            json!({"hosts": ["r"], "http": [{"delegate": {"name": "d"}, "fault": {"abort": {"httpStatus": 500}}}]}),
         );
         let w = unimplemented(&vs);
-        assert_eq!(w.len(), 1);
-        assert!(w[0].contains("spec.http[0].fault"), "{w:?}");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("spec.http[0].delegate"), "{w:?}");
+        assert!(w[1].contains("no percentage"), "{w:?}");
+        let dr = res(
+            "DestinationRule",
+            "r",
+            json!({"host": "r", "trafficPolicy": {"tls": {"mode": "SIMPLE", "subjectAltNames": ["a"]},
+                "loadBalancer": {"localityLbSetting": {"enabled": true}}}}),
+        );
+        let w = unimplemented(&dr);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("spec.trafficPolicy.tls.subjectAltNames"));
+        let tel = res(
+            "Telemetry",
+            "t",
+            json!({"accessLogging": [{"providers": [{"name": "envoy"}]}], "tracing": [{}]}),
+        );
+        let w = unimplemented(&tel);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("spec.tracing"));
     }
 }
