@@ -6,6 +6,7 @@
 //! incremental (a type or resource that did not change is not resent).
 
 pub mod api;
+mod mem;
 pub mod model;
 pub mod registry;
 pub mod store;
@@ -92,7 +93,9 @@ pub struct ControlPlane {
     started: Instant,
     pool: weft_xds::DescriptorPool,
     /// JSON text → Any, shared across proxies and pushes (most resources are identical).
-    converted: Mutex<HashMap<(String, String), Any>>,
+    /// Converted resources of this push and of the previous one (generations): a resource
+    /// unchanged since the last push is not converted again, and memory stays bounded.
+    converted: Mutex<(HashMap<(u64, u64), Any>, HashMap<(u64, u64), Any>)>,
     pub push_count: std::sync::atomic::AtomicU64,
 }
 
@@ -145,7 +148,7 @@ impl ControlPlane {
             dirty: Notify::new(),
             started: Instant::now(),
             pool: weft_xds::descriptors(),
-            converted: Mutex::new(HashMap::new()),
+            converted: Mutex::new((HashMap::new(), HashMap::new())),
             push_count: Default::default(),
         })
     }
@@ -317,23 +320,33 @@ impl ControlPlane {
 
     fn to_any(&self, type_url: &str, name: &str, json: &serde_json::Value) -> Option<Any> {
         let text = json.to_string();
-        let key = (type_url.to_string(), text);
-        if let Some(a) = self
-            .converted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+        let key = {
+            use std::hash::{Hash, Hasher};
+            let mut a = std::hash::DefaultHasher::new();
+            let mut b = std::hash::DefaultHasher::new();
+            (type_url, &text).hash(&mut a);
+            (0xA5u8, type_url, &text).hash(&mut b);
+            (a.finish(), b.finish())
+        };
         {
-            return Some(a.clone());
+            let mut c = self.converted.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(a) = c.0.get(&key) {
+                return Some(a.clone());
+            }
+            // Used again this push: move it from the previous generation.
+            if let Some(a) = c.1.remove(&key) {
+                c.0.insert(key, a.clone());
+                return Some(a);
+            }
         }
         let full = type_url.rsplit('/').next().unwrap_or_default();
         match weft_xds::json::json_to_any(&self.pool, full, json.clone(), name) {
             Ok(any) => {
-                let mut c = self.converted.lock().unwrap_or_else(|p| p.into_inner());
-                if c.len() > 200_000 {
-                    c.clear();
-                }
-                c.insert(key, any.clone());
+                self.converted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+                    .insert(key, any.clone());
                 Some(any)
             }
             Err(e) => {
@@ -358,10 +371,10 @@ impl ControlPlane {
                 map.insert(name.clone(), any);
             }
         }
-        TypeResources {
-            version: format!("{:016x}", std::hash::Hasher::finish(&h)),
-            items: Arc::new(map),
-        }
+        TypeResources::from_items(
+            format!("{:016x}", std::hash::Hasher::finish(&h)),
+            Arc::new(map),
+        )
     }
 
     /// Recomputes and pushes every connected proxy's configuration.
@@ -418,10 +431,7 @@ impl ControlPlane {
                 let own = self.type_resources(type_url, items);
                 let mut all = (*tr.items).clone();
                 all.extend(own.items.iter().map(|(k, v)| (k.clone(), v.clone())));
-                TypeResources {
-                    version: format!("{}.{}", tr.version, own.version),
-                    items: Arc::new(all),
-                }
+                TypeResources::from_items(format!("{}.{}", tr.version, own.version), Arc::new(all))
             };
             let snap = Snapshot::new()
                 .with(
@@ -439,6 +449,12 @@ impl ControlPlane {
                 );
             self.cache.set_snapshot(&node.id, snap);
         }
+        {
+            let mut c = self.converted.lock().unwrap_or_else(|p| p.into_inner());
+            let current = std::mem::take(&mut c.0);
+            c.1 = current;
+        }
+        mem::trim_heap();
         self.push_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(proxies = workloads.len(), took = ?t0.elapsed(), "pushed");

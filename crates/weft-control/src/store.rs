@@ -128,7 +128,8 @@ impl Source for DirSource {
         Self::scan(&self.dir, &mut found);
         let mut changed = false;
         let before = self.files.len();
-        self.files.retain(|p, _| found.contains(p));
+        let present: std::collections::HashSet<&PathBuf> = found.iter().collect();
+        self.files.retain(|p, _| present.contains(p));
         changed |= self.files.len() != before;
         for path in found {
             let Ok(meta) = std::fs::metadata(&path) else {

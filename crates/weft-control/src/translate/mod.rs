@@ -151,29 +151,33 @@ impl Env {
     }
 
     /// Services the proxy may reach: exported to its namespace, and allowed by its Sidecar's
-    /// `egress.hosts` (`ns/host`, `./*`, `*/*`) when one applies.
+    /// `egress.hosts` (`ns/host`, `./*`, `*/*`) when one applies. A Sidecar without `egress`
+    /// scopes nothing (Istio's default egress listener is `*/*`).
     pub fn visible_services(&self, p: &ProxyNode) -> Vec<&Service> {
-        let scope = self.sidecar_for(p).map(|s| {
-            let mut hosts = Vec::new();
-            for eg in s.list("egress") {
-                for h in eg
-                    .get("hosts")
-                    .and_then(Json::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Json::as_str)
-                {
-                    let (ns, host) = h.split_once('/').unwrap_or(("*", h));
-                    let ns = if ns == "." {
-                        s.namespace.clone()
-                    } else {
-                        ns.to_string()
-                    };
-                    hosts.push((ns, host.to_string()));
+        let scope = self
+            .sidecar_for(p)
+            .filter(|s| !s.list("egress").is_empty())
+            .map(|s| {
+                let mut hosts = Vec::new();
+                for eg in s.list("egress") {
+                    for h in eg
+                        .get("hosts")
+                        .and_then(Json::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Json::as_str)
+                    {
+                        let (ns, host) = h.split_once('/').unwrap_or(("*", h));
+                        let ns = if ns == "." {
+                            s.namespace.clone()
+                        } else {
+                            ns.to_string()
+                        };
+                        hosts.push((ns, host.to_string()));
+                    }
                 }
-            }
-            hosts
-        });
+                hosts
+            });
         self.services
             .iter()
             .filter(|svc| svc.visible_from(&p.namespace))
@@ -1957,6 +1961,23 @@ mod tests {
         assert_eq!(m["filter"]["response_flag_filter"]["flags"], json!(["NR"]));
         assert_eq!(m["status_code"], 502);
         assert_eq!(m["body"]["inline_string"], REGISTRY_ONLY_BODY);
+
+        // A Sidecar without `egress` (only the traffic policy) scopes nothing, as in Istio.
+        let env = Env {
+            sidecars: vec![res(
+                "Sidecar",
+                "default",
+                json!({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
+            )],
+            ..env
+        };
+        let out = for_proxy(&proxy(), &env);
+        assert!(out.clusters.keys().any(|c| c.contains("reviews.default")));
+        assert!(
+            out.clusters.keys().any(|c| c.contains("ratings.other")),
+            "a Sidecar without egress must not scope clusters"
+        );
+        assert!(!out.clusters.contains_key(PASSTHROUGH));
     }
 
     #[test]

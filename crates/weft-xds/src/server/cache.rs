@@ -6,7 +6,6 @@
 //! stream asks. The cache must not know about streams beyond that wake-up and a stream count.
 
 use super::status::{NodeConn, NodeStatus, StatusHandle};
-use super::{FNV_OFFSET, fnv1a};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +42,9 @@ pub struct TypeResources {
     /// Keyed by the resource's own name (`Listener.name`, `ClusterLoadAssignment.cluster_name`…).
     /// Shared (`Arc`) so that proxies with the same resources of a type hold one copy.
     pub items: Arc<BTreeMap<String, Any>>,
+    /// Per-resource versions for delta streams, computed on first use and shared by every
+    /// clone of these resources (so 200 proxies with the same clusters hash them once).
+    pub delta_versions: Arc<OnceLock<HashMap<String, String>>>,
 }
 
 impl TypeResources {
@@ -51,57 +53,83 @@ impl TypeResources {
         Self {
             version: version.into(),
             items: Arc::new(BTreeMap::new()),
+            delta_versions: Arc::default(),
         }
     }
 
     /// Adds (or replaces) one resource.
     pub fn with(mut self, name: impl Into<String>, resource: Any) -> Self {
         Arc::make_mut(&mut self.items).insert(name.into(), resource);
+        self.delta_versions = Arc::default();
         self
     }
 }
 
-/// A snapshot as streams see it: the snapshot plus derived data computed at most once.
+impl TypeResources {
+    /// Resources with their shared, lazily computed per-resource versions.
+    pub fn from_items(version: impl Into<String>, items: Arc<BTreeMap<String, Any>>) -> Self {
+        Self {
+            version: version.into(),
+            items,
+            delta_versions: Arc::default(),
+        }
+    }
+
+    /// Name → delta version, computed once per set of resources.
+    pub(crate) fn versions(&self) -> &HashMap<String, String> {
+        self.delta_versions.get_or_init(|| {
+            self.items
+                .iter()
+                .map(|(name, any)| (name.clone(), resource_version(any)))
+                .collect()
+        })
+    }
+}
+
+/// A snapshot as streams see it.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) snapshot: Arc<Snapshot>,
-    /// type URL → resource name → version (hash of the encoded `Any`), for delta streams.
-    delta_versions: OnceLock<HashMap<String, HashMap<String, String>>>,
 }
 
 impl Prepared {
     pub(crate) fn new(snapshot: Arc<Snapshot>) -> Self {
-        Self {
-            snapshot,
-            delta_versions: OnceLock::new(),
-        }
+        Self { snapshot }
     }
 
     /// The per-resource versions of `type_url`, if the snapshot has that type.
     pub(crate) fn delta_versions(&self, type_url: &str) -> Option<&HashMap<String, String>> {
-        self.delta_versions
-            .get_or_init(|| {
-                self.snapshot
-                    .resources
-                    .iter()
-                    .map(|(type_url, res)| {
-                        let versions = res
-                            .items
-                            .iter()
-                            .map(|(name, any)| (name.clone(), resource_version(any)))
-                            .collect();
-                        (type_url.clone(), versions)
-                    })
-                    .collect()
-            })
+        self.snapshot
+            .resources
             .get(type_url)
+            .map(TypeResources::versions)
     }
 }
 
 /// The delta version of a resource: a hash of its encoded `Any` (type URL and bytes).
 pub(crate) fn resource_version(any: &Any) -> String {
-    let h = fnv1a(fnv1a(FNV_OFFSET, any.type_url.as_bytes()), &any.value);
+    let h = fast_hash(
+        fast_hash(0x9E37_79B9_7F4A_7C15, any.type_url.as_bytes()),
+        &any.value,
+    );
     format!("{h:016x}")
+}
+
+/// A fast, stable 64-bit hash (8 bytes per step); only used to tell resource versions apart.
+fn fast_hash(seed: u64, bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h ^ v).wrapping_mul(K).rotate_left(31);
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    h = (h ^ u64::from_le_bytes(tail))
+        .wrapping_mul(K)
+        .rotate_left(31);
+    h ^ (h >> 29)
 }
 
 struct NodeEntry {

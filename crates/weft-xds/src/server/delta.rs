@@ -128,11 +128,17 @@ impl DeltaStream {
             }
             Verdict::Request => {}
         }
+        let was_truncated = watch.truncated;
         let Some(prepared) = session.current(false) else {
             return Ok(());
         };
         let response = watch.respond(&req.type_url, &prepared, &mut self.nonces);
-        send(session, response, tx).await
+        send(session, response, tx).await?;
+        if was_truncated {
+            // The chunked type may be complete now: let the types that wait on it follow.
+            return self.push_all(session, tx).await;
+        }
+        Ok(())
     }
 
     async fn push_all(&mut self, session: &mut Session, tx: &Tx) -> Result<(), Gone> {
@@ -143,11 +149,17 @@ impl DeltaStream {
         order.sort_by(|a, b| (types::push_rank(a), a).cmp(&(types::push_rank(b), b)));
         let order: Vec<String> = order.into_iter().cloned().collect();
         for type_url in order {
-            let response = self
-                .watches
-                .get_mut(&type_url)
-                .and_then(|w| w.respond(&type_url, &prepared, &mut self.nonces));
+            let Some(w) = self.watches.get_mut(&type_url) else {
+                continue;
+            };
+            let response = w.respond(&type_url, &prepared, &mut self.nonces);
+            let truncated = w.truncated;
             send(session, response, tx).await?;
+            if truncated {
+                // Make before break: later types (that may reference these resources) wait
+                // until this one is complete.
+                break;
+            }
         }
         Ok(())
     }
@@ -203,7 +215,15 @@ struct Watch {
     dirty: bool,
     /// Type version at the last diff: an unchanged version with clean subscriptions skips it.
     diffed_version: Option<String>,
+    /// The last response was cut at [`CHUNK_BYTES`]; the rest follows the client's ACK.
+    truncated: bool,
 }
+
+/// Largest payload of one delta response. Bigger updates (a proxy's first full config in a big
+/// mesh) go out in chunks, one in flight per type: the gRPC encoder keeps a buffer as large as
+/// the largest message it sent for the life of the stream, so unbounded responses would pin
+/// megabytes per connected proxy.
+const CHUNK_BYTES: usize = 256 * 1024;
 
 impl Watch {
     fn update(&mut self, req: &DeltaDiscoveryRequest, initial: bool) -> Verdict {
@@ -271,6 +291,8 @@ impl Watch {
             return None;
         }
         let mut resources = Vec::new();
+        let mut bytes = 0usize;
+        let mut truncated = false;
         let all = self.wildcard.then(|| res.items.iter());
         let named = (!self.wildcard).then(|| {
             self.names
@@ -282,6 +304,11 @@ impl Watch {
                 continue;
             };
             if self.known.get(name) != Some(version) {
+                if bytes >= CHUNK_BYTES {
+                    truncated = true;
+                    continue;
+                }
+                bytes += any.value.len() + name.len();
                 resources.push(Resource {
                     name: name.clone(),
                     version: version.clone(),
@@ -313,7 +340,9 @@ impl Watch {
                 self.known.insert(name.clone(), ABSENT.to_owned());
             }
         }
-        self.dirty = false;
+        // A cut response leaves the diff open so the next call continues it.
+        self.dirty = truncated;
+        self.truncated = truncated;
         self.diffed_version = Some(res.version.clone());
         if resources.is_empty() && removed.is_empty() && self.responded {
             return None;
@@ -482,5 +511,42 @@ mod tests {
         let p2 = prepared(types::CLUSTER, "2", &[("a", "a2"), ("b", "b2")]);
         let r = w.respond(types::CLUSTER, &p2, &mut n).unwrap();
         assert_eq!(names(&r), ["a"]);
+    }
+
+    #[test]
+    fn big_updates_go_out_in_chunks_one_per_ack() {
+        let big = "x".repeat(100 * 1024);
+        let items: Vec<(String, String)> = (0..10)
+            .map(|i| (format!("r{i}"), format!("{big}{i}")))
+            .collect();
+        let refs: Vec<(&str, &str)> = items
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let p = prepared(types::CLUSTER, "1", &refs);
+        let mut w = Watch::default();
+        let mut n = Nonces::default();
+        w.update(&req(types::CLUSTER, &[], &[], ""), true);
+        let mut seen = Vec::new();
+        let mut r = w.respond(types::CLUSTER, &p, &mut n).unwrap();
+        loop {
+            let bytes: usize = r
+                .resources
+                .iter()
+                .map(|x| x.resource.as_ref().unwrap().value.len())
+                .sum();
+            assert!(bytes <= CHUNK_BYTES + 110 * 1024, "chunk of {bytes} bytes");
+            seen.extend(r.resources.iter().map(|x| x.name.clone()));
+            w.update(&req(types::CLUSTER, &[], &[], &r.nonce), false);
+            match w.respond(types::CLUSTER, &p, &mut n) {
+                Some(next) => r = next,
+                None => break,
+            }
+        }
+        seen.sort();
+        assert_eq!(seen.len(), 10, "every resource is sent exactly once");
+        seen.dedup();
+        assert_eq!(seen.len(), 10);
+        assert!(!w.truncated);
     }
 }
