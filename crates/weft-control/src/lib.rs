@@ -72,6 +72,9 @@ pub struct Reservation {
     pub ports: Vec<u16>,
 }
 
+/// Converted resources by a 128-bit hash of (type URL, JSON text).
+type Converted = HashMap<(u64, u64), Any>;
+
 /// Where registrations are kept across restarts, under the watched directory (hidden from it).
 const STATE_FILE: &str = ".weft/workloads.json";
 /// How long restored registrations wait for their proxies to reconnect.
@@ -95,7 +98,7 @@ pub struct ControlPlane {
     /// JSON text → Any, shared across proxies and pushes (most resources are identical).
     /// Converted resources of this push and of the previous one (generations): a resource
     /// unchanged since the last push is not converted again, and memory stays bounded.
-    converted: Mutex<(HashMap<(u64, u64), Any>, HashMap<(u64, u64), Any>)>,
+    converted: Mutex<(Converted, Converted)>,
     pub push_count: std::sync::atomic::AtomicU64,
 }
 
