@@ -180,7 +180,11 @@ impl AggregatedDiscoveryService for AdsServer {
             stream_id,
             close,
         };
-        tokio::spawn(sotw::run(stream, request.into_inner(), tx));
+        tokio::spawn(run_stream::<sotw::SotwStream>(
+            stream,
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ResponseStream { rx }))
     }
 
@@ -196,7 +200,11 @@ impl AggregatedDiscoveryService for AdsServer {
             stream_id,
             close,
         };
-        tokio::spawn(delta::run(stream, request.into_inner(), tx));
+        tokio::spawn(run_stream::<delta::DeltaStream>(
+            stream,
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(ResponseStream { rx }))
     }
 }
@@ -275,6 +283,90 @@ impl Drop for Session {
 /// Per-stream nonce source: nonces only need to differ within a stream.
 #[derive(Debug, Default)]
 pub(crate) struct Nonces(u64);
+
+/// The receiving side of a closed response channel: the client is gone.
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+/// What distinguishes the two ADS variants (state of the world, delta); the stream loop is
+/// shared.
+pub(crate) trait Variant: Default + Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    /// `ADS` / `delta ADS`, for logs.
+    const NAME: &'static str;
+    fn node(req: &Self::Req) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+    fn on_request(
+        &mut self,
+        session: &mut Session,
+        req: Self::Req,
+        tx: &mpsc::Sender<Result<Self::Resp, Status>>,
+    ) -> impl Future<Output = Result<(), Gone>> + Send;
+    fn push_all(
+        &mut self,
+        session: &mut Session,
+        tx: &mpsc::Sender<Result<Self::Resp, Status>>,
+    ) -> impl Future<Output = Result<(), Gone>> + Send;
+}
+
+/// One ADS stream: waits for the first request (which names the node), then serves requests
+/// and snapshot changes until the client, the server or the stream goes away.
+pub(crate) async fn run_stream<V: Variant>(
+    mut ctx: StreamCtx,
+    mut requests: tonic::Streaming<V::Req>,
+    tx: mpsc::Sender<Result<V::Resp, Status>>,
+) where
+    V::Req: prost::Message + Default,
+{
+    let first = tokio::select! {
+        biased;
+        _ = closed(&mut ctx.close) => return,
+        _ = tx.closed() => return,
+        msg = requests.message() => match msg {
+            Ok(Some(req)) => req,
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(stream_id = ctx.stream_id, %status, "{} stream failed before its first request", V::NAME);
+                return;
+            }
+        },
+    };
+    let mut session = match Session::open(&ctx, V::node(&first)) {
+        Ok(session) => session,
+        Err(status) => {
+            tracing::warn!(stream_id = ctx.stream_id, %status, "{} stream refused", V::NAME);
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut stream = V::default();
+    if stream.on_request(&mut session, first, &tx).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            _ = closed(&mut ctx.close) => break,
+            msg = requests.message() => match msg {
+                Ok(Some(req)) => {
+                    if stream.on_request(&mut session, req, &tx).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node = session.node_id(), %status, "{} stream ended with an error", V::NAME);
+                    break;
+                }
+            },
+            changed = session.snapshots.changed() => {
+                if changed.is_err() || stream.push_all(&mut session, &tx).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
 
 impl Nonces {
     pub(crate) fn next(&mut self) -> String {

@@ -11,83 +11,36 @@
 //! changes. It must not send a type the client never subscribed to.
 
 use super::cache::Prepared;
-use super::{Nonces, Session, StreamCtx, closed, types};
+use super::{Gone, Nonces, Session, types};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
 /// The client is gone (the response channel closed).
-struct Gone;
-
-/// The stream task.
-pub(super) async fn run(
-    mut ctx: StreamCtx,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
-    tx: Tx,
-) {
-    let first = tokio::select! {
-        biased;
-        _ = closed(&mut ctx.close) => return,
-        _ = tx.closed() => return,
-        msg = requests.message() => match msg {
-            Ok(Some(req)) => req,
-            Ok(None) => return,
-            Err(status) => {
-                tracing::debug!(stream_id = ctx.stream_id, %status, "delta ADS stream failed before its first request");
-                return;
-            }
-        },
-    };
-    let mut session = match Session::open(&ctx, first.node.as_ref()) {
-        Ok(session) => session,
-        Err(status) => {
-            tracing::warn!(stream_id = ctx.stream_id, %status, "delta ADS stream refused");
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut stream = DeltaStream::default();
-    if stream.on_request(&mut session, first, &tx).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            biased;
-            _ = closed(&mut ctx.close) => break,
-            msg = requests.message() => match msg {
-                Ok(Some(req)) => {
-                    if stream.on_request(&mut session, req, &tx).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node = session.node_id(), %status, "delta ADS stream ended with an error");
-                    break;
-                }
-            },
-            changed = session.snapshots.changed() => {
-                if changed.is_err() || stream.push_all(&mut session, &tx).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
 
 #[derive(Default)]
-struct DeltaStream {
+pub(super) struct DeltaStream {
     watches: HashMap<String, Watch>,
     nonces: Nonces,
 }
 
-impl DeltaStream {
+impl super::Variant for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta ADS";
+
+    fn node(
+        req: &DeltaDiscoveryRequest,
+    ) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+
     async fn on_request(
         &mut self,
         session: &mut Session,

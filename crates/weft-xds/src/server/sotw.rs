@@ -13,78 +13,33 @@
 //! It must not send anything for a type the client has not subscribed to.
 
 use super::cache::{Prepared, TypeResources};
-use super::{FNV_OFFSET, Nonces, Session, StreamCtx, closed, fnv1a, types};
+use super::{FNV_OFFSET, Gone, Nonces, Session, fnv1a, types};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 
 /// The client is gone (the response channel closed).
-struct Gone;
-
-/// The stream task.
-pub(super) async fn run(mut ctx: StreamCtx, mut requests: Streaming<DiscoveryRequest>, tx: Tx) {
-    let first = tokio::select! {
-        biased;
-        _ = closed(&mut ctx.close) => return,
-        _ = tx.closed() => return,
-        msg = requests.message() => match msg {
-            Ok(Some(req)) => req,
-            Ok(None) => return,
-            Err(status) => {
-                tracing::debug!(stream_id = ctx.stream_id, %status, "ADS stream failed before its first request");
-                return;
-            }
-        },
-    };
-    let mut session = match Session::open(&ctx, first.node.as_ref()) {
-        Ok(session) => session,
-        Err(status) => {
-            tracing::warn!(stream_id = ctx.stream_id, %status, "ADS stream refused");
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut stream = SotwStream::default();
-    if stream.on_request(&mut session, first, &tx).await.is_err() {
-        return;
-    }
-    loop {
-        tokio::select! {
-            biased;
-            _ = closed(&mut ctx.close) => break,
-            msg = requests.message() => match msg {
-                Ok(Some(req)) => {
-                    if stream.on_request(&mut session, req, &tx).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node = session.node_id(), %status, "ADS stream ended with an error");
-                    break;
-                }
-            },
-            changed = session.snapshots.changed() => {
-                if changed.is_err() || stream.push_all(&mut session, &tx).await.is_err() {
-                    break;
-                }
-            }
-        }
-    }
-}
 
 #[derive(Default)]
-struct SotwStream {
+pub(super) struct SotwStream {
     watches: HashMap<String, Watch>,
     nonces: Nonces,
 }
 
-impl SotwStream {
+impl super::Variant for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    const NAME: &'static str = "ADS";
+
+    fn node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+
     async fn on_request(
         &mut self,
         session: &mut Session,
