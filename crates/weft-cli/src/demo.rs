@@ -1,7 +1,8 @@
 //! `weft demo`: a complete mesh on one laptop with one command — the control plane, an ingress
-//! gateway (label `istio: ingressgateway`, its port 80 served on 127.0.0.1:8080) and Istio's
-//! Bookinfo (productpage, details, reviews v1/v2/v3, ratings on port 9080 in `default`), each
-//! app with its own sidecar. Istio's own Bookinfo YAML applies unchanged.
+//! gateway (label `istio: ingressgateway`, its port 80 served on 127.0.0.1:8080, its port 443 on
+//! `--https-port` when given) and Istio's Bookinfo (productpage, details, reviews v1/v2/v3,
+//! ratings on port 9080 in `default`), each app with its own sidecar. Istio's own Bookinfo YAML
+//! applies unchanged.
 //!
 //! Everything runs from this one binary: apps are `weft app ...` child processes, proxies are
 //! `weft proxy ...` child processes.
@@ -20,6 +21,10 @@ pub struct DemoArgs {
     /// Local port for the ingress gateway's port 80.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Local port for the ingress gateway's port 443 (HTTPS / TLS servers of Gateways); without
+    /// it such servers bind 443 itself, which needs privileges.
+    #[arg(long)]
+    pub https_port: Option<u16>,
     /// Directory of Istio YAML the control plane watches (default: a fresh one with the demo's
     /// services, gateway and destination rules).
     #[arg(long)]
@@ -146,7 +151,9 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
             .context("control plane");
     }
     let mut children = Vec::new();
-    let result = start_all(&cp, &logs, xds, a.port, a.gateway_admin, &mut children).await;
+    let mut port_map = vec![(80, a.port)];
+    port_map.extend(a.https_port.map(|p| (443, p)));
+    let result = start_all(&cp, &logs, xds, port_map, a.gateway_admin, &mut children).await;
     if result.is_ok() {
         println!(
             "\nWeft demo mesh is up.\n\n  Open  http://127.0.0.1:{port}/productpage   (Bookinfo through the ingress gateway)\n  Sign in as `jason` on the page, or send `end-user: jason`.\n\n  Shift traffic by applying Istio's own Bookinfo YAML (in examples/bookinfo/networking/):\n    weft apply -f examples/bookinfo/networking/virtual-service-all-v1.yaml          # all to reviews-v1\n    weft apply -f examples/bookinfo/networking/virtual-service-reviews-50-v3.yaml   # 50/50 v1/v3\n    weft apply -f examples/bookinfo/networking/virtual-service-reviews-test-v2.yaml # jason sees v2\n    weft apply -f examples/bookinfo/networking/virtual-service-reviews-v3.yaml      # all to v3\n\n  Inspect:  weft proxy-status · weft proxy-config routes productpage-v1 · weft get vs\n  Config directory (watched): {}\n  Logs: {}\n\nPress Ctrl-C to stop.",
@@ -169,7 +176,7 @@ async fn start_all(
     cp: &std::sync::Arc<weft_control::ControlPlane>,
     logs: &std::path::Path,
     xds: SocketAddr,
-    port: u16,
+    port_map: Vec<(u16, u16)>,
     gateway_admin: SocketAddr,
     children: &mut Vec<tokio::process::Child>,
 ) -> Result<()> {
@@ -186,7 +193,7 @@ async fn start_all(
         service_account: "istio-ingressgateway-service-account".into(),
         ip: "127.0.0.1".parse()?,
         inbound: Vec::new(),
-        port_map: vec![(80, port)],
+        port_map: port_map.clone(),
         admin: gateway_admin,
         xds,
     };
@@ -231,6 +238,8 @@ async fn start_all(
         eprintln!("weft demo: {} on {}", app.name, r.address);
     }
     children.push(run::start_proxy(&gw, logs, Some(log("istio-ingressgateway")?)).await?);
-    eprintln!("weft demo: ingress gateway on 127.0.0.1:{port}");
+    for (gw_port, local) in &port_map {
+        eprintln!("weft demo: ingress gateway port {gw_port} on 127.0.0.1:{local}");
+    }
     Ok(())
 }

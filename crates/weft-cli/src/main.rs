@@ -114,6 +114,7 @@ fn init_logs(level: &str) {
 }
 
 fn main() -> ExitCode {
+    weft_control::mem::limit_arenas();
     let cli = Cli::parse();
     // Subcommands that run another program's own main.
     match &cli.cmd {

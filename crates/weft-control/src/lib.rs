@@ -6,7 +6,7 @@
 //! incremental (a type or resource that did not change is not resent).
 
 pub mod api;
-mod mem;
+pub mod mem;
 pub mod model;
 pub mod registry;
 pub mod store;

@@ -13,3 +13,15 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Caps glibc's malloc arenas at two. By default glibc may create up to eight per core, and a
+/// control plane that builds large pushes on several threads then keeps each arena's high-water
+/// mark resident. Call before starting threads (first thing in `main`).
+pub fn limit_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets a glibc tuning parameter; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}

@@ -176,7 +176,7 @@ struct Watch {
 /// mesh) go out in chunks, one in flight per type: the gRPC encoder keeps a buffer as large as
 /// the largest message it sent for the life of the stream, so unbounded responses would pin
 /// megabytes per connected proxy.
-const CHUNK_BYTES: usize = 256 * 1024;
+const CHUNK_BYTES: usize = 64 * 1024;
 
 impl Watch {
     fn update(&mut self, req: &DeltaDiscoveryRequest, initial: bool) -> Verdict {
