@@ -460,7 +460,7 @@ impl ControlPlane {
         mem::trim_heap();
         self.push_count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(proxies = workloads.len(), took = ?t0.elapsed(), "pushed");
+        tracing::debug!(proxies = workloads.len(), groups = groups.len(), took = ?t0.elapsed(), "pushed");
     }
 
     /// Polls sources and pushes (debounced) until `shutdown`.
@@ -470,10 +470,17 @@ impl ControlPlane {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         self.push_all();
+        // Responses leave on the streams after a push returns; trim the heap again once they
+        // have gone out (a second later), or their freed buffers stay resident.
+        let mut trim_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         loop {
             tokio::select! {
                 _ = self.dirty.notified() => {}
                 _ = tick.tick() => {
+                    if trim_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                        trim_at = None;
+                        mem::trim_heap();
+                    }
                     let changed = {
                         let mut s = self.sources.lock().unwrap_or_else(|p| p.into_inner());
                         s.dir.as_mut().is_some_and(|d| d.poll())
@@ -490,6 +497,7 @@ impl ControlPlane {
                 .is_ok()
             {}
             self.push_all();
+            trim_at = Some(tokio::time::Instant::now() + Duration::from_secs(1));
         }
     }
 

@@ -72,11 +72,33 @@ struct Exchange {
     authority: String,
     /// Held while a fault injected into this request is active (`max_active_faults`).
     fault: Option<fault::ActiveFault>,
+    /// Set once stats and access logs have the exchange; an exchange dropped before that (the
+    /// downstream went away while the request was pending) is recorded on drop.
+    recorded: bool,
 }
 
 impl OnDone for Exchange {
-    fn done(self: Box<Self>, bytes_sent: u64, trailers: Option<&HeaderMap>, completed: bool) {
-        let e = *self;
+    fn done(mut self: Box<Self>, bytes_sent: u64, trailers: Option<&HeaderMap>, completed: bool) {
+        self.record(bytes_sent, trailers, completed);
+    }
+}
+
+impl Drop for Exchange {
+    /// The request was abandoned before a response (the handler was cancelled because the
+    /// downstream disconnected): Envoy logs it with response code 0 and `DC`.
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.flags.insert(ResponseFlags::DC);
+            self.details = "downstream_remote_disconnect";
+            self.record(0, None, false);
+        }
+    }
+}
+
+impl Exchange {
+    fn record(&mut self, bytes_sent: u64, trailers: Option<&HeaderMap>, completed: bool) {
+        self.recorded = true;
+        let e = &*self;
         let duration = e.start.elapsed();
         let hs = &e.conn.hcm.stats;
         hs.downstream_rq_active.dec();
@@ -340,6 +362,7 @@ pub async fn handle(
             String::new()
         },
         fault: None,
+        recorded: false,
     });
     let cx = Ctx {
         ex,
