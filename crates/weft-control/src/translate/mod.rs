@@ -315,6 +315,7 @@ impl Env {
 
     /// Computes [`Derived`]; call after filling the other fields (the registry does).
     pub fn index(&mut self) {
+        self.virtual_services = expand_delegates(&self.virtual_services);
         let mut d = Derived {
             by_host: self
                 .services
@@ -348,6 +349,90 @@ impl Env {
         }
         self.derived = d;
     }
+}
+
+/// Istio's VirtualService delegation: a root rule with `delegate: {name, namespace}` is
+/// replaced by the delegate's rules, each matching the root rule's conditions AND its own (the
+/// delegate's `uri` refines the root's; headers and query parameters add up). Delegates (no
+/// `hosts`) are never used on their own. A missing delegate drops the rule, as in Istio.
+pub fn expand_delegates(vss: &[Res]) -> Vec<Res> {
+    let find = |name: &str, ns: &str| {
+        vss.iter()
+            .find(|v| v.name == name && v.namespace == ns && v.strings("hosts").is_empty())
+    };
+    vss.iter()
+        .map(|vs| {
+            if !vs.list("http").iter().any(|r| r.get("delegate").is_some()) {
+                return vs.clone();
+            }
+            let mut rules = Vec::new();
+            for rule in vs.list("http") {
+                let Some(d) = rule.get("delegate") else {
+                    rules.push(rule.clone());
+                    continue;
+                };
+                let name = d.get("name").and_then(Json::as_str).unwrap_or("");
+                let ns = d.get("namespace").and_then(Json::as_str).unwrap_or(&vs.namespace);
+                let Some(child) = find(name, ns) else {
+                    tracing::warn!(virtual_service = %vs.id(), delegate = %format!("{ns}/{name}"), "delegate VirtualService not found; its routes are not generated");
+                    continue;
+                };
+                let root_matches: Vec<Json> = rule.get("match").and_then(Json::as_array).cloned().unwrap_or_default();
+                for c in child.list("http") {
+                    let mut merged = c.clone();
+                    let child_matches: Vec<Json> = c.get("match").and_then(Json::as_array).cloned().unwrap_or_default();
+                    let combos: Vec<Json> = match (root_matches.is_empty(), child_matches.is_empty()) {
+                        (true, true) => Vec::new(),
+                        (false, true) => root_matches.clone(),
+                        (true, false) => child_matches.clone(),
+                        (false, false) => root_matches
+                            .iter()
+                            .flat_map(|r| child_matches.iter().map(move |cm| merge_match(r, cm)))
+                            .collect(),
+                    };
+                    if let Some(o) = merged.as_object_mut() {
+                        if combos.is_empty() {
+                            o.remove("match");
+                        } else {
+                            o.insert("match".into(), Json::Array(combos));
+                        }
+                    }
+                    rules.push(merged);
+                }
+            }
+            let mut out = vs.clone();
+            if let Some(o) = out.spec.as_object_mut() {
+                o.insert("http".into(), Json::Array(rules));
+            }
+            out
+        })
+        .collect()
+}
+
+/// One root match AND one delegate match.
+fn merge_match(root: &Json, child: &Json) -> Json {
+    let mut m = root.clone();
+    let (Some(mo), Some(co)) = (m.as_object_mut(), child.as_object()) else {
+        return child.clone();
+    };
+    for (k, v) in co {
+        match (k.as_str(), mo.get_mut(k)) {
+            (
+                "headers" | "queryParams" | "withoutHeaders" | "sourceLabels",
+                Some(Json::Object(existing)),
+            ) => {
+                if let Some(add) = v.as_object() {
+                    for (hk, hv) in add {
+                        existing.insert(hk.clone(), hv.clone());
+                    }
+                }
+            }
+            _ => {
+                mo.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    m
 }
 
 /// Whether a VirtualService applies to `gateway` (`None` = sidecars, Istio's reserved `mesh`).
@@ -1467,9 +1552,7 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
     match r.kind.as_str() {
         "VirtualService" => {
             for (i, rule) in r.list("http").iter().enumerate() {
-                if rule.get("delegate").is_some() {
-                    flag(format!("spec.http[{i}].delegate"));
-                }
+                let _ = i;
                 if let Some(f) = rule.get("fault") {
                     if let Some(d) = f.get("delay")
                         && d.get("fixedDelay").is_none()
@@ -2058,9 +2141,8 @@ mod tests {
             json!({"hosts": ["r"], "http": [{"delegate": {"name": "d"}, "fault": {"abort": {"httpStatus": 500}}}]}),
         );
         let w = unimplemented(&vs);
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("spec.http[0].delegate"), "{w:?}");
-        assert!(w[1].contains("no percentage"), "{w:?}");
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("no percentage"), "{w:?}");
         let dr = res(
             "DestinationRule",
             "r",
@@ -2078,5 +2160,41 @@ mod tests {
         let w = unimplemented(&tel);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("spec.tracing"));
+    }
+
+    #[test]
+    fn delegate_rules_merge_under_the_root_match() {
+        let root = res(
+            "VirtualService",
+            "root",
+            json!({"hosts": ["reviews"], "http": [
+                {"match": [{"uri": {"prefix": "/api"}, "headers": {"x-team": {"exact": "a"}}}], "delegate": {"name": "child"}},
+                {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
+            ]}),
+        );
+        let child = res(
+            "VirtualService",
+            "child",
+            json!({"http": [
+                {"match": [{"uri": {"prefix": "/api/v2"}, "headers": {"end-user": {"exact": "jason"}}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+                {"route": [{"destination": {"host": "reviews", "subset": "v3"}}]}
+            ]}),
+        );
+        let out = expand_delegates(&[root, child]);
+        let http = out[0].list("http");
+        assert_eq!(http.len(), 3, "two delegate rules + the root's own");
+        let m = &http[0]["match"][0];
+        assert_eq!(m["uri"]["prefix"], "/api/v2");
+        assert_eq!(m["headers"]["x-team"]["exact"], "a");
+        assert_eq!(m["headers"]["end-user"]["exact"], "jason");
+        assert_eq!(
+            http[1]["match"][0]["uri"]["prefix"], "/api",
+            "a delegate rule without match takes the root's"
+        );
+        assert_eq!(http[2]["route"][0]["destination"]["subset"], "v1");
+        assert!(
+            out[1].strings("hosts").is_empty(),
+            "the delegate itself stays host-less"
+        );
     }
 }
