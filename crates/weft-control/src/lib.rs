@@ -450,7 +450,17 @@ impl ControlPlane {
                     types::ENDPOINT,
                     merge(&shared[3], types::ENDPOINT, &local.endpoints),
                 );
-            self.cache.set_snapshot(&node.id, snap);
+            // Unchanged config: do not wake the proxy's streams for nothing.
+            let same = self.cache.snapshot(&node.id).is_some_and(|old| {
+                old.resources.len() == snap.resources.len()
+                    && snap
+                        .resources
+                        .iter()
+                        .all(|(t, r)| old.resources.get(t).is_some_and(|o| o.version == r.version))
+            });
+            if !same {
+                self.cache.set_snapshot(&node.id, snap);
+            }
         }
         {
             let mut c = self.converted.lock().unwrap_or_else(|p| p.into_inner());

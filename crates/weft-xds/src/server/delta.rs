@@ -170,6 +170,9 @@ struct Watch {
     diffed_version: Option<String>,
     /// The last response was cut at [`CHUNK_BYTES`]; the rest follows the client's ACK.
     truncated: bool,
+    /// A cut response is out and not yet answered: send nothing more of this type until the
+    /// client ACKs or NACKs it (one chunk in flight, so a slow client never piles up chunks).
+    awaiting: bool,
 }
 
 /// Largest payload of one delta response. Bigger updates (a proxy's first full config in a big
@@ -180,6 +183,11 @@ const CHUNK_BYTES: usize = 64 * 1024;
 
 impl Watch {
     fn update(&mut self, req: &DeltaDiscoveryRequest, initial: bool) -> Verdict {
+        if !req.response_nonce.is_empty()
+            && self.nonce.as_deref() == Some(req.response_nonce.as_str())
+        {
+            self.awaiting = false;
+        }
         let verdict = if req.response_nonce.is_empty() {
             Verdict::Request
         } else if self.nonce.as_deref() == Some(req.response_nonce.as_str()) {
@@ -238,6 +246,9 @@ impl Watch {
         prepared: &Arc<Prepared>,
         nonces: &mut Nonces,
     ) -> Option<DeltaDiscoveryResponse> {
+        if self.awaiting {
+            return None;
+        }
         let res = prepared.snapshot.resources.get(type_url)?;
         let versions = prepared.delta_versions(type_url)?;
         if !self.dirty && self.diffed_version.as_deref() == Some(res.version.as_str()) {
@@ -296,6 +307,7 @@ impl Watch {
         // A cut response leaves the diff open so the next call continues it.
         self.dirty = truncated;
         self.truncated = truncated;
+        self.awaiting = truncated;
         self.diffed_version = Some(res.version.clone());
         if resources.is_empty() && removed.is_empty() && self.responded {
             return None;
