@@ -1552,7 +1552,9 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
     match r.kind.as_str() {
         "VirtualService" => {
             for (i, rule) in r.list("http").iter().enumerate() {
-                let _ = i;
+                if rule.pointer("/retries/retryRemoteLocalities").is_some() {
+                    flag(format!("spec.http[{i}].retries.retryRemoteLocalities"));
+                }
                 if let Some(f) = rule.get("fault") {
                     if let Some(d) = f.get("delay")
                         && d.get("fixedDelay").is_none()
@@ -1600,6 +1602,34 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
             }
         }
         "DestinationRule" => {
+            // Policies can sit at the top level, in subsets and in port-level settings.
+            let mut policies: Vec<(String, &Json)> = Vec::new();
+            if let Some(tp) = r.spec.get("trafficPolicy") {
+                policies.push(("spec.trafficPolicy".into(), tp));
+                for (j, pls) in tp
+                    .get("portLevelSettings")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    policies.push((format!("spec.trafficPolicy.portLevelSettings[{j}]"), pls));
+                }
+            }
+            for (j, sub) in r.list("subsets").iter().enumerate() {
+                if let Some(tp) = sub.get("trafficPolicy") {
+                    policies.push((format!("spec.subsets[{j}].trafficPolicy"), tp));
+                }
+            }
+            for (path, tp) in &policies {
+                if tp.pointer("/loadBalancer/simple").and_then(Json::as_str) == Some("PASSTHROUGH")
+                {
+                    flag(format!("{path}.loadBalancer.simple: PASSTHROUGH"));
+                }
+                if tp.pointer("/connectionPool/tcp/tcpKeepalive").is_some() {
+                    flag(format!("{path}.connectionPool.tcp.tcpKeepalive"));
+                }
+            }
             let mut policies: Vec<(String, &Json)> = Vec::new();
             if let Some(tp) = r.spec.get("trafficPolicy") {
                 policies.push(("spec.trafficPolicy".into(), tp));
