@@ -1,6 +1,17 @@
 //! The `weft` commands that talk to the control plane (`apply`, `get`, `delete`,
 //! `proxy-status`, `proxy-config`), run it (`up`), or work offline (`analyze`).
 
+/// Prints a line to stdout; a closed pipe (`weft get vs | head`) ends the command quietly
+/// instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($t)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 use crate::client;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -84,7 +95,7 @@ pub async fn apply(control: &str, files: &[PathBuf]) -> Result<i32> {
         if status == 200 {
             let v: Json = serde_json::from_slice(&body)?;
             for a in v["applied"].as_array().into_iter().flatten() {
-                println!("{}", a.as_str().unwrap_or_default());
+                out!("{}", a.as_str().unwrap_or_default());
             }
             for w in v["warnings"].as_array().into_iter().flatten() {
                 eprintln!("warning: {}", w.as_str().unwrap_or_default());
@@ -111,7 +122,7 @@ pub async fn get(
     let v = client::get_json(&url).await?;
     let items = v["items"].as_array().cloned().unwrap_or_default();
     match output {
-        "json" => println!(
+        "json" => out!(
             "{}",
             serde_json::to_string_pretty(
                 &items
@@ -123,19 +134,19 @@ pub async fn get(
         "yaml" => {
             for (i, it) in items.iter().enumerate() {
                 if i > 0 {
-                    println!("---");
+                    out!("---");
                 }
                 print!("{}", to_yaml(&it["object"], 0));
             }
         }
         _ => {
             if items.is_empty() {
-                println!("No resources found.");
+                out!("No resources found.");
                 return Ok(0);
             }
-            println!("{:<22} {:<14} {:<28} SOURCE", "KIND", "NAMESPACE", "NAME");
+            out!("{:<22} {:<14} {:<28} SOURCE", "KIND", "NAMESPACE", "NAME");
             for it in items {
-                println!(
+                out!(
                     "{:<22} {:<14} {:<28} {}:{}",
                     it["kind"].as_str().unwrap_or(""),
                     it["namespace"].as_str().unwrap_or(""),
@@ -209,7 +220,7 @@ pub async fn delete(control: &str, kind: &str, name: &str, ns: &str) -> Result<i
     .await?;
     if status == 200 {
         let v: Json = serde_json::from_slice(&body)?;
-        println!("{} deleted", v["deleted"].as_str().unwrap_or_default());
+        out!("{} deleted", v["deleted"].as_str().unwrap_or_default());
         Ok(0)
     } else {
         eprintln!("{}", client::error_text(status, &body));
@@ -230,20 +241,20 @@ pub fn analyze(paths: &[PathBuf]) -> Result<i32> {
             Err(errs) => {
                 for e in errs {
                     errors += 1;
-                    println!("Error [IST0106] (SchemaValidationError) {e}");
+                    out!("Error [IST0106] (SchemaValidationError) {e}");
                 }
             }
         }
     }
     let findings = weft_api::analyze(&parsed, &[]);
     for f in &findings {
-        println!("{f}");
+        out!("{f}");
         if matches!(f.severity, weft_api::Severity::Error) {
             errors += 1;
         }
     }
     if errors == 0 && findings.is_empty() {
-        println!(
+        out!(
             "✔ No validation issues found when analyzing {} resource(s).",
             parsed.len()
         );
@@ -255,7 +266,7 @@ pub async fn proxy_status(control: &str) -> Result<i32> {
     let v = client::get_json(&format!("{control}/debug/syncz")).await?;
     let list = v.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
-        println!("No proxies connected.");
+        out!("No proxies connected.");
         return Ok(0);
     }
     let types = [
@@ -264,9 +275,13 @@ pub async fn proxy_status(control: &str) -> Result<i32> {
         ("EDS", "ClusterLoadAssignment"),
         ("RDS", "RouteConfiguration"),
     ];
-    println!(
+    out!(
         "{:<64} {:<10} {:<10} {:<10} {:<10}",
-        "NAME", "CDS", "LDS", "EDS", "RDS"
+        "NAME",
+        "CDS",
+        "LDS",
+        "EDS",
+        "RDS"
     );
     let mut nacks = Vec::new();
     for n in &list {
@@ -292,13 +307,17 @@ pub async fn proxy_status(control: &str) -> Result<i32> {
             }
             cols.push(state);
         }
-        println!(
+        out!(
             "{:<64} {:<10} {:<10} {:<10} {:<10}",
-            id, cols[0], cols[1], cols[2], cols[3]
+            id,
+            cols[0],
+            cols[1],
+            cols[2],
+            cols[3]
         );
     }
     for n in nacks {
-        println!("NACK {n}");
+        out!("NACK {n}");
     }
     Ok(0)
 }
@@ -386,12 +405,12 @@ pub async fn proxy_config(control: &str, what: &str, proxy: &str, output: &str) 
         other => bail!("unknown config type `{other}` (listeners, routes, clusters or endpoints)"),
     };
     if output == "json" {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        out!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(0);
     }
     match section {
         "listeners" => {
-            println!("{:<28} {:<24} WHAT", "NAME", "ADDRESS");
+            out!("{:<28} {:<24} WHAT", "NAME", "ADDRESS");
             for l in items {
                 let a = &l["address"]["socket_address"];
                 let addr = format!(
@@ -405,7 +424,7 @@ pub async fn proxy_config(control: &str, what: &str, proxy: &str, output: &str) 
                 } else {
                     format!("{chains} filter chain(s)")
                 };
-                println!(
+                out!(
                     "{:<28} {:<24} {}",
                     l["name"].as_str().unwrap_or(""),
                     addr,
@@ -414,9 +433,11 @@ pub async fn proxy_config(control: &str, what: &str, proxy: &str, output: &str) 
             }
         }
         "routes" => {
-            println!(
+            out!(
                 "{:<14} {:<48} {:<36} ACTION",
-                "ROUTE CONFIG", "VIRTUAL HOST", "MATCH"
+                "ROUTE CONFIG",
+                "VIRTUAL HOST",
+                "MATCH"
             );
             for rc in items {
                 for vh in rc["virtual_hosts"].as_array().into_iter().flatten() {
@@ -461,7 +482,7 @@ pub async fn proxy_config(control: &str, what: &str, proxy: &str, output: &str) 
                         } else {
                             String::new()
                         };
-                        println!(
+                        out!(
                             "{:<14} {:<48} {:<36} {}",
                             rc["name"].as_str().unwrap_or(""),
                             vh["name"].as_str().unwrap_or(""),
@@ -473,9 +494,9 @@ pub async fn proxy_config(control: &str, what: &str, proxy: &str, output: &str) 
             }
         }
         "clusters" => {
-            println!("{:<64} {:<8} {:<14}", "NAME", "TYPE", "LB");
+            out!("{:<64} {:<8} {:<14}", "NAME", "TYPE", "LB");
             for c in items {
-                println!(
+                out!(
                     "{:<64} {:<8} {:<14}",
                     c["name"].as_str().unwrap_or(""),
                     c["type"].as_str().unwrap_or("STATIC"),
@@ -484,7 +505,7 @@ pub async fn proxy_config(control: &str, what: &str, proxy: &str, output: &str) 
             }
         }
         _ => {
-            println!("{:<64} {:<22} LOCALITY", "CLUSTER", "ENDPOINT");
+            out!("{:<64} {:<22} LOCALITY", "CLUSTER", "ENDPOINT");
             for cla in items {
                 for loc in cla["endpoints"].as_array().into_iter().flatten() {
                     let l = &loc["locality"];
@@ -500,7 +521,7 @@ pub async fn proxy_config(control: &str, what: &str, proxy: &str, output: &str) 
                     .join("/");
                     for e in loc["lb_endpoints"].as_array().into_iter().flatten() {
                         let a = &e["endpoint"]["address"]["socket_address"];
-                        println!(
+                        out!(
                             "{:<64} {:<22} {}",
                             cla["cluster_name"].as_str().unwrap_or(""),
                             format!(
