@@ -88,7 +88,9 @@ pub async fn start_proxy(
     }
     let mut child = process::spawn(cmd)?;
     let ready = format!("http://{}/ready", spec.admin);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dump = format!("http://{}/config_dump", spec.admin);
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(30);
     loop {
         if let Ok((200, _)) = client::call(http::Method::GET, &ready, None).await {
             return Ok(child);
@@ -96,6 +98,24 @@ pub async fn start_proxy(
         if let Ok(Some(st)) = child.try_wait() {
             bail!(
                 "the proxy for {}.{} exited before it was ready ({st}); see its log",
+                spec.name,
+                spec.namespace
+            );
+        }
+        // A config the proxy refused (e.g. a port already in use) will not fix itself: say so
+        // after a few seconds instead of waiting the whole timeout.
+        let refused = if started.elapsed() > Duration::from_secs(3) {
+            client::get_json(&dump)
+                .await
+                .ok()
+                .and_then(|d| d["weft"]["last_reload_error"].as_str().map(str::to_string))
+        } else {
+            None
+        };
+        if let Some(why) = refused.filter(|_| started.elapsed() > Duration::from_secs(5)) {
+            process::stop(&mut child, Duration::from_secs(1)).await;
+            bail!(
+                "the proxy for {}.{} refused its configuration: {why}",
                 spec.name,
                 spec.namespace
             );
