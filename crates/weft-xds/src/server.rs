@@ -296,6 +296,8 @@ pub(crate) trait Variant: Default + Send + 'static {
     /// `ADS` / `delta ADS`, for logs.
     const NAME: &'static str;
     fn node(req: &Self::Req) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+    /// (type URL, version, resources, removed) of a response, for status and logs.
+    fn describe(resp: &Self::Resp) -> (&str, &str, usize, usize);
     fn on_request(
         &mut self,
         session: &mut Session,
@@ -307,6 +309,21 @@ pub(crate) trait Variant: Default + Send + 'static {
         session: &mut Session,
         tx: &mpsc::Sender<Result<Self::Resp, Status>>,
     ) -> impl Future<Output = Result<(), Gone>> + Send;
+}
+
+/// Queues a response on the stream (none: nothing to send) and records it as sent.
+pub(crate) async fn send<V: Variant>(
+    session: &Session,
+    response: Option<V::Resp>,
+    tx: &mpsc::Sender<Result<V::Resp, Status>>,
+) -> Result<(), Gone> {
+    let Some(response) = response else {
+        return Ok(());
+    };
+    let (type_url, version, resources, removed) = V::describe(&response);
+    tracing::debug!(node = session.node_id(), %type_url, %version, resources, removed, "{} push", V::NAME);
+    session.status.sent(type_url, version);
+    tx.send(Ok(response)).await.map_err(|_| Gone)
 }
 
 /// One ADS stream: waits for the first request (which names the node), then serves requests

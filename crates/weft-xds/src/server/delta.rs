@@ -41,6 +41,15 @@ impl super::Variant for DeltaStream {
         req.node.as_ref()
     }
 
+    fn describe(r: &Self::Resp) -> (&str, &str, usize, usize) {
+        (
+            &r.type_url,
+            &r.system_version_info,
+            r.resources.len(),
+            r.removed_resources.len(),
+        )
+    }
+
     async fn on_request(
         &mut self,
         session: &mut Session,
@@ -86,7 +95,7 @@ impl super::Variant for DeltaStream {
             return Ok(());
         };
         let response = watch.respond(&req.type_url, &prepared, &mut self.nonces);
-        send(session, response, tx).await?;
+        super::send::<Self>(session, response, tx).await?;
         if was_truncated {
             // The chunked type may be complete now: let the types that wait on it follow.
             return self.push_all(session, tx).await;
@@ -107,7 +116,7 @@ impl super::Variant for DeltaStream {
             };
             let response = w.respond(&type_url, &prepared, &mut self.nonces);
             let truncated = w.truncated;
-            send(session, response, tx).await?;
+            super::send::<Self>(session, response, tx).await?;
             if truncated {
                 // Make before break: later types (that may reference these resources) wait
                 // until this one is complete.
@@ -116,28 +125,6 @@ impl super::Variant for DeltaStream {
         }
         Ok(())
     }
-}
-
-async fn send(
-    session: &Session,
-    response: Option<DeltaDiscoveryResponse>,
-    tx: &Tx,
-) -> Result<(), Gone> {
-    let Some(response) = response else {
-        return Ok(());
-    };
-    tracing::debug!(
-        node = session.node_id(),
-        type_url = %response.type_url,
-        version = %response.system_version_info,
-        resources = response.resources.len(),
-        removed = response.removed_resources.len(),
-        "delta ADS push"
-    );
-    session
-        .status
-        .sent(&response.type_url, &response.system_version_info);
-    tx.send(Ok(response)).await.map_err(|_| Gone)
 }
 
 #[derive(Debug, PartialEq)]

@@ -40,6 +40,10 @@ impl super::Variant for SotwStream {
         req.node.as_ref()
     }
 
+    fn describe(r: &Self::Resp) -> (&str, &str, usize, usize) {
+        (&r.type_url, &r.version_info, r.resources.len(), 0)
+    }
+
     async fn on_request(
         &mut self,
         session: &mut Session,
@@ -87,7 +91,7 @@ impl super::Variant for SotwStream {
             return Ok(());
         };
         let response = watch.respond(&req.type_url, &prepared, &mut self.nonces);
-        send(session, response, tx).await
+        super::send::<Self>(session, response, tx).await
     }
 
     /// A new snapshot: every subscribed type whose response would change, in push order.
@@ -103,27 +107,10 @@ impl super::Variant for SotwStream {
                 .watches
                 .get_mut(&type_url)
                 .and_then(|w| w.respond(&type_url, &prepared, &mut self.nonces));
-            send(session, response, tx).await?;
+            super::send::<Self>(session, response, tx).await?;
         }
         Ok(())
     }
-}
-
-async fn send(session: &Session, response: Option<DiscoveryResponse>, tx: &Tx) -> Result<(), Gone> {
-    let Some(response) = response else {
-        return Ok(());
-    };
-    tracing::debug!(
-        node = session.node_id(),
-        type_url = %response.type_url,
-        version = %response.version_info,
-        resources = response.resources.len(),
-        "ADS push"
-    );
-    session
-        .status
-        .sent(&response.type_url, &response.version_info);
-    tx.send(Ok(response)).await.map_err(|_| Gone)
 }
 
 /// What a request means for the last response of its type.
