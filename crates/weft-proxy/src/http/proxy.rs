@@ -370,19 +370,9 @@ pub async fn handle(
         cors: None,
     };
 
-    // Request smuggling guard: a message with both framings is refused (hyper already rejects
-    // most malformed framing with 400 before we get here).
-    if parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return Ok(cx.local(
-            StatusCode::BAD_REQUEST,
-            ResponseFlags::DPE,
-            "http1.content_length_and_chunked_not_allowed",
-            "bad request: both Content-Length and Transfer-Encoding".into(),
-            &[(header::CONNECTION, HeaderValue::from_static("close"))],
-        ));
-    }
+    // Both Content-Length and Transfer-Encoding never reach here: hyper's HTTP/1 parser keeps
+    // Transfer-Encoding, drops Content-Length and closes the connection after the response
+    // (RFC 9112 §6.1), and HTTP/2 rejects Transfer-Encoding outright.
 
     let snapshot = conn.shared.snapshot();
     let table: Arc<RouteTable> = match &hcm.routes {
@@ -929,6 +919,8 @@ async fn forward(
     let mut attempt_no = 0u32;
     let mut last: Attempt;
     let upstream_start;
+    // The body of the next attempt: the first from the replay buffer, retries taken when decided.
+    let mut next_body: Option<Body> = replay.as_ref().and_then(|r| r.replay()).map(boxed);
     loop {
         attempt_no += 1;
         let lb_ctx = LbContext {
@@ -949,11 +941,8 @@ async fn forward(
                 &[],
             );
         };
-        let attempt_body: Body = if let Some(r) = replay.as_ref() {
-            match r.replay() {
-                Some(b) => boxed(b),
-                None => break_no_retry(),
-            }
+        let attempt_body: Body = if let Some(b) = next_body.take() {
+            b
         } else if let Some(b) = single.take() {
             b
         } else {
@@ -1056,12 +1045,20 @@ async fn forward(
             upstream_start = sent_at;
             break;
         }
-        if replay.as_ref().is_some_and(|r| r.is_capped())
-            || (replay.is_none() && !no_body)
-            || upgrade
-        {
+        if (replay.is_none() && !no_body) || upgrade {
             upstream_start = sent_at;
             break;
+        }
+        // Take the replay now, while the last answer can still be returned: the previous
+        // attempt's body may still be streaming (on the connection task) and outgrow the buffer.
+        if let Some(r) = replay.as_ref() {
+            match r.replay() {
+                Some(b) => next_body = Some(boxed(b)),
+                None => {
+                    upstream_start = sent_at;
+                    break;
+                }
+            }
         }
         // Like Envoy, the retry breaker counts retries waiting to be sent (in backoff).
         let Some(retry_slot) = cluster.pool.circuit.try_retry() else {
@@ -1192,12 +1189,6 @@ async fn forward(
             )
         }
     }
-}
-
-/// The body was streamed past the retry buffer; an empty body here can only happen when a
-/// replay is asked for after capping, which the retry loop prevents.
-fn break_no_retry() -> Body {
-    boxed(http_body_util::Empty::<Bytes>::new())
 }
 
 fn strip_response_hop_by_hop(h: &mut HeaderMap) {
