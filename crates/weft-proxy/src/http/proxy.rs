@@ -778,11 +778,9 @@ async fn forward(
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);
         }
     }
-    let orig_pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    // A Uri clone is a reference count: no copy of the path on the common path.
+    let orig_uri = parts.uri.clone();
+    let orig_pq = orig_uri.path_and_query().map_or("/", |p| p.as_str());
     let mut new_pq: Option<String> = None;
     if let (
         Some(rw),
@@ -798,7 +796,7 @@ async fn forward(
     } else if let Some((re, sub)) = &ra.regex_rewrite {
         let (path, query) = orig_pq
             .split_once('?')
-            .map_or((orig_pq.as_str(), None), |(p, q)| (p, Some(q)));
+            .map_or((orig_pq, None), |(p, q)| (p, Some(q)));
         let np = re.replace_all(path, sub.as_str());
         new_pq = Some(match query {
             Some(q) => format!("{np}?{q}"),
@@ -810,12 +808,19 @@ async fn forward(
     {
         parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
     }
-    let pq = new_pq.as_deref().unwrap_or(&orig_pq);
-    let up_authority = ra
-        .host_rewrite
-        .clone()
-        .or_else(|| HeaderValue::from_str(&authority).ok());
-    if let Some(a) = &up_authority {
+    let pq = new_pq.as_deref().unwrap_or(orig_pq);
+    // The Host sent upstream: a rewrite, else the request's own (reused when it already is the
+    // authority, as for every origin-form HTTP/1 request).
+    let up_authority = match &ra.host_rewrite {
+        Some(h) => Some(h.clone()),
+        None => match parts.headers.get(header::HOST) {
+            Some(h) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
+            _ => HeaderValue::from_str(&authority).ok(),
+        },
+    };
+    if let Some(a) = &up_authority
+        && parts.headers.get(header::HOST) != Some(a)
+    {
         parts.headers.insert(header::HOST, a.clone());
     }
 
