@@ -11,8 +11,8 @@ pub use client::{ClientError, Handler, ResubscribeHandle, Update, XdsClient};
 pub use json::{JsonError, descriptors, from_json_value, from_yaml, to_json};
 pub use prost_reflect::DescriptorPool;
 pub use server::{
-    AdsServer, Cache, NodeHook, NodeStatus, ServeError, Snapshot, SyncState, TypeResources,
-    TypeStatus, serve, types,
+    AdsServer, AdsService, Cache, NodeHook, NodeStatus, ServeError, Snapshot, SyncState,
+    TypeResources, TypeStatus, serve, types,
 };
 
 /// Type URL prefix used by `Any` payloads.

@@ -22,22 +22,18 @@ mod status;
 pub use cache::{Cache, Snapshot, TypeResources};
 pub use status::{NodeStatus, SyncState, TypeStatus};
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use futures_util::Stream;
+use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 /// Type URLs of the resources the mesh exchanges (`Any.type_url` and `DiscoveryRequest.type_url`).
 pub mod types {
@@ -91,24 +87,18 @@ impl NodeHook for NoHook {
     fn disconnected(&self, _node: &Node, _stream_id: u64) {}
 }
 
-/// The response half of an ADS stream: what the stream task queues, in order.
-#[derive(Debug)]
-pub struct ResponseStream<T> {
-    rx: mpsc::Receiver<Result<T, Status>>,
-}
-
-impl<T> Stream for ResponseStream<T> {
-    type Item = Result<T, Status>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().rx.poll_recv(cx)
-    }
-}
+/// Encoded gRPC messages (or the final status) a stream task queues for its response body.
+pub(crate) type Tx = mpsc::Sender<Result<Bytes, Status>>;
 
 /// Responses queued per stream before the stream task waits for the client to read.
 const STREAM_QUEUE: usize = 16;
 /// Largest request accepted (a reconnecting delta client lists every version it holds).
 const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// gRPC paths of the two ADS methods.
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// The ADS gRPC service over a [`Cache`]. Cheap to clone; every clone serves the same streams.
 #[derive(Clone)]
@@ -142,13 +132,11 @@ impl AdsServer {
         &self.shared.cache
     }
 
-    /// The tonic service, to mount next to other gRPC services on one `Server`. Keep a clone
-    /// of `self` to call [`AdsServer::close_streams`] on shutdown: tonic's graceful shutdown
-    /// waits for open streams, and ADS streams never end by themselves.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<AdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
-            .max_encoding_message_size(usize::MAX)
+    /// The gRPC service, to mount next to other gRPC services on one tonic `Server`
+    /// (`add_service`). Keep a clone of `self` to call [`AdsServer::close_streams`] on shutdown:
+    /// tonic's graceful shutdown waits for open streams, and ADS streams never end by themselves.
+    pub fn into_service(self) -> AdsService {
+        AdsService { server: self }
     }
 
     /// Ends every open stream (and every stream opened from now on) with an OK status, so
@@ -161,52 +149,160 @@ impl AdsServer {
         let id = self.shared.next_stream_id.fetch_add(1, Ordering::Relaxed);
         (id, self.shared.close.subscribe())
     }
+
+    /// Starts one ADS stream of variant `V`: a task that reads the requests and queues encoded
+    /// responses for the returned body.
+    fn start<V: Variant, B>(&self, req: http::Request<B>) -> http::Response<tonic::body::Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    {
+        if let Some(enc) = req.headers().get("grpc-encoding")
+            && enc.as_bytes() != b"identity"
+        {
+            return Status::unimplemented("compressed requests are not supported").into_http();
+        }
+        let peer = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr());
+        let (stream_id, close) = self.open();
+        tracing::debug!(stream_id, ?peer, "{} stream opened", V::NAME);
+        let requests = tonic::Streaming::new_request(
+            ProstDecoder::<V::Req>::default(),
+            req.into_body(),
+            None,
+            Some(MAX_REQUEST_BYTES),
+        );
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let ctx = StreamCtx {
+            shared: self.shared.clone(),
+            stream_id,
+            close,
+        };
+        tokio::spawn(run_stream::<V>(ctx, requests, tx));
+        let mut response =
+            http::Response::new(tonic::body::Body::new(ResponseBody { rx, done: false }));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        response
+    }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+/// The ADS gRPC service (`envoy.service.discovery.v3.AggregatedDiscoveryService`, both
+/// methods), as [`AdsServer::into_service`] returns it.
+///
+/// It is hand-written rather than tonic's generated server so that each response is encoded
+/// once, into an allocation of exactly its size that is freed as soon as it is written: tonic's
+/// encoder keeps, per stream and for the stream's life, a buffer as large as the largest
+/// response it ever sent (megabytes per connected proxy in a big mesh).
+#[derive(Clone)]
+pub struct AdsService {
+    server: AdsServer,
+}
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (stream_id, close) = self.open();
-        tracing::debug!(stream_id, peer = ?request.remote_addr(), "ADS (SotW) stream opened");
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let stream = StreamCtx {
-            shared: self.shared.clone(),
-            stream_id,
-            close,
-        };
-        tokio::spawn(run_stream::<sotw::SotwStream>(
-            stream,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(ResponseStream { rx }))
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AdsService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (stream_id, close) = self.open();
-        tracing::debug!(stream_id, peer = ?request.remote_addr(), "ADS (delta) stream opened");
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let stream = StreamCtx {
-            shared: self.shared.clone(),
-            stream_id,
-            close,
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let response = match req.uri().path() {
+            SOTW_PATH => self.server.start::<sotw::SotwStream, B>(req),
+            DELTA_PATH => self.server.start::<delta::DeltaStream, B>(req),
+            path => Status::unimplemented(format!("unknown method {path}")).into_http(),
         };
-        tokio::spawn(run_stream::<delta::DeltaStream>(
-            stream,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(ResponseStream { rx }))
+        std::future::ready(Ok(response))
     }
+}
+
+/// Decodes one request message (tonic's codec interface, without a codec crate).
+struct ProstDecoder<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for ProstDecoder<T> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T: prost::Message + Default> tonic::codec::Decoder for ProstDecoder<T> {
+    type Item = T;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<T>, Status> {
+        T::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::internal(format!("cannot decode the request: {e}")))
+    }
+}
+
+/// The response body of an ADS stream: each queued message is one DATA frame; the stream ends
+/// with trailers carrying the final status (OK when the stream task simply ends).
+struct ResponseBody {
+    rx: mpsc::Receiver<Result<Bytes, Status>>,
+    done: bool,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let status = match this.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Some(Ok(message))) => {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(message))));
+            }
+            Poll::Ready(Some(Err(status))) => status,
+            Poll::Ready(None) => Status::ok(""),
+        };
+        this.done = true;
+        let mut trailers = http::HeaderMap::new();
+        if let Err(status) = status.add_header(&mut trailers) {
+            return Poll::Ready(Some(Err(status)));
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// One gRPC message frame (uncompressed flag, big-endian length, message), in an allocation of
+/// exactly its size.
+pub(crate) fn grpc_frame<M: prost::Message>(message: &M) -> Result<Bytes, Status> {
+    let len = message.encoded_len();
+    let header = u32::try_from(len)
+        .map_err(|_| Status::resource_exhausted(format!("a {len}-byte response is too large")))?;
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.push(0);
+    buf.extend_from_slice(&header.to_be_bytes());
+    message
+        .encode(&mut buf)
+        .map_err(|e| Status::internal(format!("cannot encode a response: {e}")))?;
+    Ok(Bytes::from(buf))
 }
 
 /// What a stream task gets from the server.
@@ -291,8 +387,8 @@ pub(crate) struct Gone;
 /// What distinguishes the two ADS variants (state of the world, delta); the stream loop is
 /// shared.
 pub(crate) trait Variant: Default + Send + 'static {
-    type Req: Send + 'static;
-    type Resp: Send + 'static;
+    type Req: prost::Message + Default + Send + 'static;
+    type Resp: prost::Message + Send + 'static;
     /// `ADS` / `delta ADS`, for logs.
     const NAME: &'static str;
     fn node(req: &Self::Req) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
@@ -302,28 +398,33 @@ pub(crate) trait Variant: Default + Send + 'static {
         &mut self,
         session: &mut Session,
         req: Self::Req,
-        tx: &mpsc::Sender<Result<Self::Resp, Status>>,
+        tx: &Tx,
     ) -> impl Future<Output = Result<(), Gone>> + Send;
     fn push_all(
         &mut self,
         session: &mut Session,
-        tx: &mpsc::Sender<Result<Self::Resp, Status>>,
+        tx: &Tx,
     ) -> impl Future<Output = Result<(), Gone>> + Send;
 }
 
-/// Queues a response on the stream (none: nothing to send) and records it as sent.
+/// Queues a response on the stream (none: nothing to send) and records it as sent. The
+/// response is encoded here and dropped: only its wire form waits in the queue.
 pub(crate) async fn send<V: Variant>(
     session: &Session,
     response: Option<V::Resp>,
-    tx: &mpsc::Sender<Result<V::Resp, Status>>,
+    tx: &Tx,
 ) -> Result<(), Gone> {
     let Some(response) = response else {
         return Ok(());
     };
+    let frame = grpc_frame(&response);
     let (type_url, version, resources, removed) = V::describe(&response);
     tracing::debug!(node = session.node_id(), %type_url, %version, resources, removed, "{} push", V::NAME);
-    session.status.sent(type_url, version);
-    tx.send(Ok(response)).await.map_err(|_| Gone)
+    if frame.is_ok() {
+        session.status.sent(type_url, version);
+    }
+    drop(response);
+    tx.send(frame).await.map_err(|_| Gone)
 }
 
 /// One ADS stream: waits for the first request (which names the node), then serves requests
@@ -331,10 +432,8 @@ pub(crate) async fn send<V: Variant>(
 pub(crate) async fn run_stream<V: Variant>(
     mut ctx: StreamCtx,
     mut requests: tonic::Streaming<V::Req>,
-    tx: mpsc::Sender<Result<V::Resp, Status>>,
-) where
-    V::Req: prost::Message + Default,
-{
+    tx: Tx,
+) {
     let first = tokio::select! {
         biased;
         _ = closed(&mut ctx.close) => return,
@@ -463,6 +562,87 @@ mod tests {
     fn nonces_differ() {
         let mut n = Nonces::default();
         assert_ne!(n.next(), n.next());
+    }
+
+    #[test]
+    fn grpc_frame_is_exact_and_decodes() {
+        use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+        use prost::Message;
+        let msg = DeltaDiscoveryResponse {
+            type_url: types::CLUSTER.into(),
+            nonce: "7".into(),
+            removed_resources: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        let frame = grpc_frame(&msg).unwrap();
+        let len = msg.encoded_len();
+        assert_eq!(frame.len(), 5 + len);
+        assert_eq!(frame[0], 0, "uncompressed");
+        assert_eq!(
+            u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize,
+            len
+        );
+        assert_eq!(DeltaDiscoveryResponse::decode(&frame[5..]).unwrap(), msg);
+    }
+
+    fn poll_body(body: &mut ResponseBody) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        http_body::Body::poll_frame(Pin::new(body), &mut cx)
+    }
+
+    #[test]
+    fn response_body_sends_messages_then_the_status() {
+        use http_body::Body;
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = ResponseBody { rx, done: false };
+        assert!(poll_body(&mut body).is_pending());
+        tx.try_send(Ok(Bytes::from_static(b"m1"))).unwrap();
+        let Poll::Ready(Some(Ok(frame))) = poll_body(&mut body) else {
+            panic!("a data frame");
+        };
+        assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b"m1"));
+        drop(tx);
+        let Poll::Ready(Some(Ok(frame))) = poll_body(&mut body) else {
+            panic!("trailers");
+        };
+        let trailers = frame.into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(body.is_end_stream());
+        assert!(matches!(poll_body(&mut body), Poll::Ready(None)));
+
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = ResponseBody { rx, done: false };
+        tx.try_send(Err(Status::invalid_argument("no node")))
+            .unwrap();
+        let Poll::Ready(Some(Ok(frame))) = poll_body(&mut body) else {
+            panic!("trailers");
+        };
+        let trailers = frame.into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "3");
+        assert_eq!(trailers["grpc-message"], "no%20node");
+    }
+
+    #[test]
+    fn unknown_methods_and_compressed_requests_are_refused() {
+        use tonic::codegen::Service;
+        let mut svc = AdsServer::new(Cache::default(), Arc::new(NoHook)).into_service();
+        let req = http::Request::builder()
+            .uri("/envoy.service.discovery.v3.AggregatedDiscoveryService/Nope")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        let resp = futures_util::FutureExt::now_or_never(svc.call(req))
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.headers()["grpc-status"], "12", "UNIMPLEMENTED");
+        let req = http::Request::builder()
+            .uri(DELTA_PATH)
+            .header("grpc-encoding", "gzip")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        let resp = futures_util::FutureExt::now_or_never(svc.call(req))
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.headers()["grpc-status"], "12");
     }
 
     #[test]

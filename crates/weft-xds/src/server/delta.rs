@@ -11,18 +11,12 @@
 //! changes. It must not send a type the client never subscribed to.
 
 use super::cache::Prepared;
-use super::{Gone, Nonces, Session, types};
+use super::{Gone, Nonces, Session, Tx, types};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tonic::Status;
-
-type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
-
-/// The client is gone (the response channel closed).
 
 #[derive(Default)]
 pub(super) struct DeltaStream {
@@ -163,9 +157,8 @@ struct Watch {
 }
 
 /// Largest payload of one delta response. Bigger updates (a proxy's first full config in a big
-/// mesh) go out in chunks, one in flight per type: the gRPC encoder keeps a buffer as large as
-/// the largest message it sent for the life of the stream, so unbounded responses would pin
-/// megabytes per connected proxy.
+/// mesh) go out in chunks, one in flight per type, so a full push to many proxies at once never
+/// holds more than a chunk per stream in memory, and a slow client never piles them up.
 const CHUNK_BYTES: usize = 64 * 1024;
 
 impl Watch {

@@ -13,17 +13,11 @@
 //! It must not send anything for a type the client has not subscribed to.
 
 use super::cache::{Prepared, TypeResources};
-use super::{FNV_OFFSET, Gone, Nonces, Session, fnv1a, types};
+use super::{FNV_OFFSET, Gone, Nonces, Session, Tx, fnv1a, types};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tonic::Status;
-
-type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
-
-/// The client is gone (the response channel closed).
 
 #[derive(Default)]
 pub(super) struct SotwStream {
