@@ -598,7 +598,8 @@ pub async fn serve_http(
         b.timer(TokioTimer::new())
             .keep_alive(true)
             .max_buf_size((hcm.max_request_headers_kb as usize * 1024).max(8192))
-            .header_read_timeout(Some(Duration::from_secs(60)));
+            // None unless configured: hyper would otherwise arm a timer for every request.
+            .header_read_timeout(hcm.request_headers_timeout);
         let c = b.serve_connection(io, svc).with_upgrades();
         tokio::pin!(c);
         tokio::select! {

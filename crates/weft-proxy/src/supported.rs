@@ -120,6 +120,7 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "server_name",
             "stream_idle_timeout",
             "request_timeout",
+            "request_headers_timeout",
             "local_reply_config",
         ],
         "envoy.extensions.filters.network.http_connection_manager.v3.LocalReplyConfig" => {

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use http_body_util::BodyExt;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One listener sending every request to cluster `up` with the given route fields
 /// (column-0 YAML under `route:`), plus the given clusters.
@@ -649,6 +651,107 @@ async fn route_timeout_is_504_ut() -> Result<()> {
         // A fast request on the same route is unaffected.
         let r = Http::h1().get(local(port), "/fast").await?;
         ensure!(r.status == 200);
+        Ok(())
+    })
+    .await
+}
+
+/// The connection manager's `stream_idle_timeout`: a stream with no activity for that long is
+/// answered 408 with flag SI before response headers, and reset (logged with SI) once they were
+/// sent; a stream that keeps making progress is never cut, however long it lasts in total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_is_408_si_and_resets_idle_bodies() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let start_proxy = |idle: &'static str| {
+            let port = free_port();
+            let vhosts = "- name: all\n  domains: [\"*\"]\n  routes:\n  - match: { prefix: \"/\" }\n    route: { cluster: up, timeout: 10s }\n";
+            let yaml = bootstrap(
+                &[http_listener("main", port, vhosts)
+                    .hcm(&format!("stream_idle_timeout: {idle}"))
+                    .build()],
+                &[cluster("up", &[up.addr], "")],
+            );
+            async move { Ok::<_, anyhow::Error>((Proxy::start(&yaml).await?, local(port))) }
+        };
+
+        let (proxy, addr) = start_proxy("0.15s").await?;
+        // Waiting for response headers longer than the idle timeout: 408 SI.
+        let t = Instant::now();
+        let r = Http::h1().get(addr, "/delay/3000").await?;
+        ensure!(r.status == 408, "status {} {:?}", r.status, r.text());
+        ensure!(r.text().contains("stream timeout"), "body {:?}", r.text());
+        ensure!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+        proxy
+            .wait_access("408 SI", |l| l.path == "/delay/3000" && l.code == 408 && l.has_flag("SI"))
+            .await?;
+        // A body whose chunks come further apart than the idle timeout is reset after the
+        // first chunk; the access log has the 200 with SI.
+        let resp = Http::h1().raw(addr, Req::get("/stream")).await?;
+        ensure!(resp.status() == 200, "status {}", resp.status());
+        let got = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .context("body stalled")?;
+        ensure!(got.is_err(), "an idle body must be reset, got {got:?}");
+        proxy
+            .wait_access("200 SI", |l| l.path == "/stream" && l.code == 200 && l.has_flag("SI"))
+            .await?;
+
+        // Chunks every 200 ms stay within a 1 s idle timeout for the whole 800 ms body.
+        let (proxy, addr) = start_proxy("1s").await?;
+        let r = Http::h1().get(addr, "/stream").await?;
+        let expected: String = (0..STREAM_CHUNKS).map(|i| format!("chunk-{i}\n")).collect();
+        ensure!(r.status == 200 && r.text() == expected, "{} {:?}", r.status, r.text());
+        proxy
+            .wait_access("200 without SI", |l| l.path == "/stream" && l.code == 200 && !l.has_flag("SI"))
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// `request_headers_timeout` is applied; `request_timeout`, which Weft does not enforce, is
+/// refused unless disabled, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeouts_are_applied_or_refused() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let port = free_port();
+        let vhosts = vhost_to("all", "\"*\"", "up");
+        let yaml = bootstrap(
+            &[http_listener("main", port, &vhosts)
+                .hcm("request_headers_timeout: 0.3s\nrequest_timeout: 0s")
+                .build()],
+            &[cluster("up", &[up.addr], "")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        // Headers that never finish: the connection is closed after ~300 ms.
+        let mut s = connect(local(port)).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await?;
+        let t = Instant::now();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+            .await
+            .context("the connection was not closed")?;
+        ensure!(
+            t.elapsed() < Duration::from_secs(3),
+            "closed after {:?}",
+            t.elapsed()
+        );
+
+        let bad = bootstrap(
+            &[http_listener("main", free_port(), &vhosts)
+                .hcm("request_timeout: 5s")
+                .build()],
+            &[cluster("up", &[up.addr], "")],
+        );
+        let (status, out) =
+            Proxy::run_to_exit(&bad, &["--mode", "validate"], Duration::from_secs(20)).await?;
+        ensure!(!status.success(), "request_timeout was accepted: {out}");
+        ensure!(
+            out.contains("request_timeout"),
+            "error does not name the field: {out}"
+        );
         Ok(())
     })
     .await

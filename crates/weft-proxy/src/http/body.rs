@@ -4,15 +4,20 @@
 //! a cap) so that a retry can send it again; once the body outgrows the cap, the request is no
 //! longer retryable — a body already streamed away is never re-sent incomplete.
 //! `ResponseBody` is what goes back downstream: an upstream body or a local reply, and a hook
-//! that runs once when the exchange is over (stats, access log) with the byte count.
+//! that runs once when the exchange is over (stats, access log) with the byte count. It also
+//! enforces the connection manager's `stream_idle_timeout` on an upstream body: the timer is
+//! created only the first time the body has to wait, so a body that arrives with its headers
+//! (the common case) costs no timer at all.
 
 use crate::upstream::pool::{BoxError, UpstreamBody};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 type Source = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
@@ -177,9 +182,21 @@ impl Body for ReplayBody {
 
 /// Called once when a downstream response is finished (or abandoned): `bytes_sent` counts body
 /// bytes delivered, `completed` tells whether the stream reached its end.
+/// `idle_timeout` tells that the stream was reset because it was idle too long.
 pub trait OnDone: Send + 'static {
-    fn done(self: Box<Self>, bytes_sent: u64, trailers: Option<&HeaderMap>, completed: bool);
+    fn done(
+        self: Box<Self>,
+        bytes_sent: u64,
+        trailers: Option<&HeaderMap>,
+        completed: bool,
+        idle_timeout: bool,
+    );
 }
+
+/// The error a response body ends with when `stream_idle_timeout` fired.
+#[derive(Debug, thiserror::Error)]
+#[error("stream idle timeout")]
+pub struct StreamIdleTimeout;
 
 pub enum Inner {
     Upstream(UpstreamBody),
@@ -192,6 +209,11 @@ pub struct ResponseBody {
     inner: Inner,
     sent: u64,
     on_done: Option<Box<dyn OnDone>>,
+    idle: Option<Duration>,
+    /// Armed the first time the upstream body had to wait; reset whenever a frame arrives.
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A frame arrived since the timer was last (re)set.
+    progressed: bool,
 }
 
 impl ResponseBody {
@@ -200,7 +222,15 @@ impl ResponseBody {
             inner,
             sent: 0,
             on_done,
+            idle: None,
+            idle_timer: None,
+            progressed: false,
         }
+    }
+    /// Resets the stream when the upstream body sends nothing for `idle`.
+    pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle = idle;
+        self
     }
     pub fn full(b: Bytes) -> Self {
         Self::new(
@@ -216,9 +246,28 @@ impl ResponseBody {
         self.on_done = Some(f);
     }
     fn finish(&mut self, trailers: Option<&HeaderMap>, completed: bool) {
+        self.finish_with(trailers, completed, false);
+    }
+    fn finish_with(&mut self, trailers: Option<&HeaderMap>, completed: bool, idle: bool) {
         if let Some(f) = self.on_done.take() {
-            f.done(self.sent, trailers, completed);
+            f.done(self.sent, trailers, completed, idle);
         }
+    }
+    /// Polls the idle timer of a waiting upstream body: true when it fired.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = self.idle else {
+            return false;
+        };
+        let timer = match &mut self.idle_timer {
+            Some(t) => {
+                if std::mem::take(&mut self.progressed) {
+                    t.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                t
+            }
+            None => self.idle_timer.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -230,15 +279,25 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let r = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Pending if this.idle_expired(cx) => {
+                    this.finish_with(None, false, true);
+                    return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
+                }
+                Poll::Ready(r) => {
+                    this.progressed = true;
+                    Poll::Ready(r.map(|r| r.map_err(BoxError::from)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Empty => Poll::Ready(None),
         };

@@ -48,8 +48,10 @@ pub struct Hcm {
     pub max_request_headers_kb: u32,
     pub use_remote_address: bool,
     pub server_name: Option<http::HeaderValue>,
+    /// Envoy's default is 5 minutes; `0s` disables it.
     pub stream_idle_timeout: Option<Duration>,
-    pub request_timeout: Option<Duration>,
+    /// Time to receive a request's headers (HTTP/1), off by default as in Envoy.
+    pub request_headers_timeout: Option<Duration>,
     pub stats: Arc<HttpStats>,
     /// The fault filter (`envoy.filters.http.fault`), when in the chain.
     pub fault: Option<fault::FaultFilter>,
@@ -66,6 +68,20 @@ pub fn hcm(
     h: &hpb::HttpConnectionManager,
     stats: &Stats,
 ) -> Result<Hcm, ConfigError> {
+    // `request_timeout` bounds the time to receive a whole request body; Weft does not enforce
+    // it, so only its disabled value is accepted.
+    if opt_duration(
+        ctx,
+        &format!("{f}.request_timeout"),
+        h.request_timeout.as_ref(),
+    )?
+    .is_some_and(|d| !d.is_zero())
+    {
+        return Err(ctx.err(
+            format!("{f}.request_timeout"),
+            "not supported (only 0s, disabled); use the route timeout or stream_idle_timeout",
+        ));
+    }
     let codec = match hpb::http_connection_manager::CodecType::try_from(h.codec_type) {
         Ok(hpb::http_connection_manager::CodecType::Auto) => Codec::Auto,
         Ok(hpb::http_connection_manager::CodecType::Http1) => Codec::Http1,
@@ -200,10 +216,10 @@ pub fn hcm(
             )?)
             .filter(|d| !d.is_zero()),
         },
-        request_timeout: opt_duration(
+        request_headers_timeout: opt_duration(
             ctx,
-            &format!("{f}.request_timeout"),
-            h.request_timeout.as_ref(),
+            &format!("{f}.request_headers_timeout"),
+            h.request_headers_timeout.as_ref(),
         )?
         .filter(|d| !d.is_zero()),
         stats: stats.http(&h.stat_prefix),

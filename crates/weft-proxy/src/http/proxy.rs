@@ -56,7 +56,8 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 struct Exchange {
     conn: Arc<Conn>,
     start: Instant,
-    start_time: SystemTime,
+    /// Wall-clock start, read only when access logs need it.
+    start_time: Option<SystemTime>,
     /// Kept only when access logs are configured.
     request: Option<http::request::Parts>,
     protocol: &'static str,
@@ -78,7 +79,17 @@ struct Exchange {
 }
 
 impl OnDone for Exchange {
-    fn done(mut self: Box<Self>, bytes_sent: u64, trailers: Option<&HeaderMap>, completed: bool) {
+    fn done(
+        mut self: Box<Self>,
+        bytes_sent: u64,
+        trailers: Option<&HeaderMap>,
+        completed: bool,
+        idle_timeout: bool,
+    ) {
+        if idle_timeout {
+            self.flags.insert(ResponseFlags::SI);
+            self.details = "stream_idle_timeout";
+        }
         self.record(bytes_sent, trailers, completed);
     }
 }
@@ -113,7 +124,7 @@ impl Exchange {
         }
         let authority = e.authority.as_str();
         let rec = LogRecord {
-            start_time: e.start_time,
+            start_time: e.start_time.unwrap_or_else(|| SystemTime::now() - duration),
             duration,
             request: e.request.as_ref(),
             response_code: e.status,
@@ -344,7 +355,7 @@ pub async fn handle(
     let ex = Box::new(Exchange {
         conn: conn.clone(),
         start,
-        start_time: SystemTime::now(),
+        start_time: logging.then(SystemTime::now),
         request: logging.then(|| clone_parts(&parts)),
         protocol: protocol_name(parts.version),
         status: 0,
@@ -542,21 +553,25 @@ fn apply_response_mutations(
     table.response_headers.apply(h);
 }
 
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TRANSFER_ENCODING
+        || n == header::UPGRADE
+        || n == header::TE
+        || n == header::EXPECT
+        || n == header::PROXY_AUTHORIZATION
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names. One pass finds whether
+/// there is anything to do: most requests carry none of them.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(conn) = h.get(header::CONNECTION).cloned()
-        && let Ok(s) = conn.to_str()
-    {
-        for name in s.split(',').map(str::trim) {
-            if keep_upgrade && name.eq_ignore_ascii_case("upgrade") {
-                continue;
-            }
-            if let Ok(n) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
-                && n != header::CONNECTION
-            {
-                h.remove(n);
-            }
-        }
+    if !h.keys().any(is_hop_by_hop) {
+        return;
     }
+    remove_connection_listed(h, keep_upgrade);
     if !keep_upgrade {
         h.remove(header::CONNECTION);
         h.remove(header::UPGRADE);
@@ -571,6 +586,40 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     {
         h.remove(header::TE);
     }
+}
+
+/// Removes the headers named by `Connection` (RFC 9110 §7.6.1), except `Connection` itself,
+/// the `Upgrade` header when it is kept, and the common options that name no header.
+fn remove_connection_listed(h: &mut HeaderMap, keep_upgrade: bool) {
+    let Some(conn) = h.get(header::CONNECTION).cloned() else {
+        return;
+    };
+    let Ok(s) = conn.to_str() else {
+        return;
+    };
+    for name in s.split(',').map(str::trim) {
+        if name.is_empty()
+            || name.eq_ignore_ascii_case("keep-alive")
+            || name.eq_ignore_ascii_case("close")
+            || (keep_upgrade && name.eq_ignore_ascii_case("upgrade"))
+        {
+            continue;
+        }
+        // from_bytes lower-cases the name.
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+            && n != header::CONNECTION
+        {
+            h.remove(n);
+        }
+    }
+}
+
+/// Which limit bounds an attempt's wait for response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Route,
+    PerTry,
+    Idle,
 }
 
 /// Outcome of one attempt, classified for retry decisions.
@@ -970,31 +1019,50 @@ async fn forward(
             req.headers_mut()
                 .insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt_no));
         }
-        let now = Instant::now();
-        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        let sent_at = Instant::now();
+        // The attempt waits for response headers until the soonest of the route's deadline,
+        // the per-try timeout and the stream idle timeout (a tie goes to the earlier one).
+        let remaining = deadline.map(|d| d.saturating_duration_since(sent_at));
         let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
-        let (limit, is_per_try) = match (remaining, per_try) {
-            (Some(r), Some(p)) if p < r => (Some(p), true),
-            (Some(r), _) => (Some(r), false),
-            (None, Some(p)) => (Some(p), true),
-            (None, None) => (None, false),
-        };
+        let mut limit: Option<(Duration, Wait)> = None;
+        for c in [
+            remaining.map(|d| (d, Wait::Route)),
+            per_try.map(|d| (d, Wait::PerTry)),
+            hcm.stream_idle_timeout.map(|d| (d, Wait::Idle)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if limit.is_none_or(|(l, _)| c.0 < l) {
+                limit = Some(c);
+            }
+        }
         cx.ex.upstream_host = Some(host.addr);
         cluster.stats.upstream_rq_total.inc();
         cluster.stats.upstream_rq_active.inc();
         let active = host.track_request();
-        let sent_at = Instant::now();
         let fut = pool.send(req, h2, upgrade);
         let result = match limit {
-            Some(l) => match tokio::time::timeout(l, fut).await {
+            Some((l, kind)) => match tokio::time::timeout(l, fut).await {
                 Ok(r) => r.map(Attempt::Response).unwrap_or_else(Attempt::Failed),
-                Err(_) if is_per_try => {
+                Err(_) if kind == Wait::PerTry => {
                     cluster.stats.upstream_rq_per_try_timeout.inc();
                     Attempt::PerTryTimeout
                 }
                 Err(_) => {
                     drop(active);
                     cluster.stats.upstream_rq_active.dec();
+                    if kind == Wait::Idle {
+                        // Envoy answers a stream that saw no activity for stream_idle_timeout
+                        // with 408 and flag SI; it is not an upstream timeout.
+                        return cx.local(
+                            StatusCode::REQUEST_TIMEOUT,
+                            ResponseFlags::SI,
+                            "stream_idle_timeout",
+                            "stream timeout".into(),
+                            &[],
+                        );
+                    }
                     cluster.stats.upstream_rq_timeout.inc();
                     cluster.report(&host, Outcome::Timeout);
                     return cx.local(
@@ -1130,7 +1198,8 @@ async fn forward(
             rparts.version = Version::HTTP_11;
             cx.finish(Response::from_parts(
                 rparts,
-                ResponseBody::new(Inner::Upstream(rbody), None),
+                ResponseBody::new(Inner::Upstream(rbody), None)
+                    .with_idle_timeout(hcm.stream_idle_timeout),
             ))
         }
         Attempt::Failed(e) => {
@@ -1197,15 +1266,10 @@ async fn forward(
 }
 
 fn strip_response_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.get(header::CONNECTION).cloned()
-        && let Ok(s) = conn.to_str()
-    {
-        for name in s.split(',').map(str::trim) {
-            if let Ok(n) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
-                h.remove(n);
-            }
-        }
+    if !h.keys().any(is_hop_by_hop) {
+        return;
     }
+    remove_connection_listed(h, false);
     h.remove(header::CONNECTION);
     h.remove(&KEEP_ALIVE);
     h.remove(&PROXY_CONNECTION);
