@@ -44,8 +44,13 @@ pub struct TypeResources {
     pub items: Arc<BTreeMap<String, Any>>,
     /// Per-resource versions for delta streams, computed on first use and shared by every
     /// clone of these resources (so 200 proxies with the same clusters hash them once).
-    pub delta_versions: Arc<OnceLock<HashMap<String, String>>>,
+    delta_versions: Arc<OnceLock<Versions>>,
 }
+
+/// Name → delta version of a set of resources. The names are shared: delta streams key what
+/// each client holds by these same `Arc`s, so a name costs one allocation however many
+/// proxies hold the resource.
+pub(crate) type Versions = HashMap<Arc<str>, u64>;
 
 impl TypeResources {
     /// No resources, at `version`.
@@ -76,11 +81,11 @@ impl TypeResources {
     }
 
     /// Name → delta version, computed once per set of resources.
-    pub(crate) fn versions(&self) -> &HashMap<String, String> {
+    pub(crate) fn versions(&self) -> &Versions {
         self.delta_versions.get_or_init(|| {
             self.items
                 .iter()
-                .map(|(name, any)| (name.clone(), resource_version(any)))
+                .map(|(name, any)| (Arc::from(name.as_str()), resource_version(any)))
                 .collect()
         })
     }
@@ -98,7 +103,7 @@ impl Prepared {
     }
 
     /// The per-resource versions of `type_url`, if the snapshot has that type.
-    pub(crate) fn delta_versions(&self, type_url: &str) -> Option<&HashMap<String, String>> {
+    pub(crate) fn delta_versions(&self, type_url: &str) -> Option<&Versions> {
         self.snapshot
             .resources
             .get(type_url)
@@ -106,13 +111,28 @@ impl Prepared {
     }
 }
 
-/// The delta version of a resource: a hash of its encoded `Any` (type URL and bytes).
-pub(crate) fn resource_version(any: &Any) -> String {
+/// The delta version of a resource: a hash of its encoded `Any` (type URL and bytes), with the
+/// top bit set (see [`version_text`]), so values below 2^63 are free for a stream's own marks.
+pub(crate) fn resource_version(any: &Any) -> u64 {
     let h = fast_hash(
         fast_hash(0x9E37_79B9_7F4A_7C15, any.type_url.as_bytes()),
         &any.value,
     );
-    format!("{h:016x}")
+    h | 1 << 63
+}
+
+/// A delta version as clients see it: 16 hex digits.
+pub(crate) fn version_text(version: u64) -> String {
+    format!("{version:016x}")
+}
+
+/// A version a client reports (`initial_resource_versions`): ours if it reads as one of ours,
+/// else `None` (another server's version, or garbage: it matches nothing).
+pub(crate) fn parse_version(text: &str) -> Option<u64> {
+    if text.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok().filter(|v| v >> 63 == 1)
 }
 
 /// A fast, stable 64-bit hash (8 bytes per step); only used to tell resource versions apart.
@@ -343,5 +363,11 @@ mod tests {
         assert_eq!(v1["x"], v2["x"]);
         assert_ne!(v1["y"], v2["y"]);
         assert!(p1.delta_versions("other").is_none());
+        // Versions round-trip through their text; foreign versions match none of ours.
+        let x = v1["x"];
+        assert_eq!(parse_version(&version_text(x)), Some(x));
+        assert_eq!(parse_version("0000000000000001"), None);
+        assert_eq!(parse_version("v1"), None);
+        assert_eq!(parse_version("zzzzzzzzzzzzzzzz"), None);
     }
 }
