@@ -4,8 +4,9 @@
 # how to read the table. All traffic goes to 127.0.0.1 only; every process started here is
 # stopped on exit.
 #
-# Usage: bench/proxy.sh [--quick] [--record] [--no-weft] [--no-build] [--keep]
-#   --quick     3 s runs instead of 10 s (smoke test; numbers are not worth recording)
+# Usage: bench/proxy.sh [--quick] [--rounds N] [--record] [--no-weft] [--no-build] [--keep]
+#   --quick     one round of 3 s runs (smoke test; numbers are not worth recording)
+#   --rounds N  measure every path N times, interleaved, and report medians (default 3)
 #   --record    append the table, date and machine to bench/RESULTS.md
 #   --no-weft   measure only direct, nginx and HAProxy (harness check)
 #   --no-build  use the existing target/release/weft-proxy instead of building it
@@ -20,17 +21,27 @@ TOOLS="$BENCH_DIR/.tools"
 OHA="$TOOLS/bin/oha"
 WEFT_BIN="$REPO/target/release/weft-proxy"
 
-QUICK=0 RECORD=0 WEFT=1 BUILD=1 KEEP=0 WAIT_QUIET=0
-for arg in "$@"; do
+QUICK=0 RECORD=0 WEFT=1 BUILD=1 KEEP=0 WAIT_QUIET=0 ROUNDS=
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+    arg=${args[i]}
     case "$arg" in
         --quick) QUICK=1 ;;
+        --rounds)
+            i=$((i + 1))
+            ROUNDS=${args[i]:-}
+            [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || {
+                echo "proxy.sh: --rounds needs a positive number" >&2
+                exit 2
+            }
+            ;;
         --record) RECORD=1 ;;
         --no-weft) WEFT=0 ;;
         --no-build) BUILD=0 ;;
         --keep) KEEP=1 ;;
         --wait-quiet) WAIT_QUIET=1 ;;
         -h | --help)
-            sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -40,11 +51,12 @@ for arg in "$@"; do
     esac
 done
 
-DUR=10      # seconds per measured run
-WARMUP=2    # seconds of closed-loop warm-up per path
+DUR=8       # seconds per measured run
+WARMUP=2    # seconds of closed-loop warm-up per path and round
 CONNS=64    # connections for oha and wrk
 RATES=(1000 10000)
-if ((QUICK)); then DUR=3 WARMUP=1; fi
+if ((QUICK)); then DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1}; fi
+ROUNDS=${ROUNDS:-3}
 
 PROXY_CORE=0 # proxies under test
 LOAD_CORE=1  # load generator and upstream
@@ -77,6 +89,11 @@ setup_tools() {
         cargo install oha --locked --root "$TOOLS" >&2
     fi
     PATH="$PATH:/usr/sbin"
+    # hardware counters (linux-perf); some VMs have none, and the table then leaves them out
+    PERF=0
+    if command -v perf >/dev/null && perf stat -x, -e instructions:u true >/dev/null 2>&1; then
+        PERF=1
+    fi
     NGINX=$(command -v nginx)
     HAPROXY=$(command -v haproxy)
 }
@@ -331,7 +348,7 @@ measure() {
     shift 3
     local pids=() n
     for n in "$@"; do pids+=("${PID[$n]}"); done
-    local d="$R/$path" rate t0 t1 w0 w1
+    local d="$R/round$ROUND/$path" rate t0 t1 w0 w1 perf_pid
     mkdir -p "$d"
     {
         echo "hops=$hops"
@@ -353,10 +370,20 @@ measure() {
     for rate in "${RATES[@]}"; do
         log "$path: oha at $rate rps for ${DUR}s"
         ((${#pids[@]})) && t0=$(cpu_ticks "${pids[@]}")
+        perf_pid=""
+        if ((PERF)) && ((${#pids[@]})); then
+            # instructions and cycles the proxy processes spend, user and kernel, while oha
+            # runs: per request, a measure of work that barely depends on the neighbours
+            pin "$LOAD_CORE" perf stat -x, -e instructions:u,instructions:k,cycles:u,cycles:k \
+                -p "$(tree "${pids[@]}" | paste -sd,)" -o "$d/perf_$rate.txt" -- sleep "$DUR" \
+                2>/dev/null &
+            perf_pid=$!
+        fi
         w0=$(now)
         pin "$LOAD_CORE" "$OHA" -q "$rate" --latency-correction --no-tui -z "${DUR}s" \
             -c "$CONNS" --output-format json "$url" >"$d/oha_$rate.json" 2>"$d/oha_$rate.err" || true
         w1=$(now)
+        [[ -n "$perf_pid" ]] && { wait "$perf_pid" || true; }
         if ((${#pids[@]})); then
             t1=$(cpu_ticks "${pids[@]}")
             {
@@ -399,28 +426,58 @@ start upstream "$LOAD_CORE" "$NGINX" -p "$RUN/upstream" -e "$RUN/upstream/error.
 check_http upstream "http://127.0.0.1:$UP/" || die "upstream nginx did not start"
 
 nginx_conf "$RUN/nginx" "$NGX" "$UP"
-start nginx "$PROXY_CORE" "$NGINX" -p "$RUN/nginx" -e "$RUN/nginx/error.log" -c "$RUN/nginx/nginx.conf"
 haproxy_conf "$RUN/haproxy.cfg" "$HAP" "$UP"
-start haproxy "$PROXY_CORE" "$HAPROXY" -f "$RUN/haproxy.cfg" -db
-check_http nginx "http://127.0.0.1:$NGX/" || die "nginx proxy did not start"
-check_http haproxy "http://127.0.0.1:$HAP/" || die "HAProxy did not start"
-
 if ((WEFT)); then
     weft_conf "$RUN/weft1.yaml" "$W1" "$W1A" "$UP"
     weft_conf "$RUN/weft2b.yaml" "$W2B" "$W2BA" "$UP"
     weft_conf "$RUN/weft2a.yaml" "$W2A" "$W2AA" "$W2B"
-    start_weft weft1 "$RUN/weft1.yaml"
-    start_weft weft2b "$RUN/weft2b.yaml"
-    start_weft weft2a "$RUN/weft2a.yaml"
-    if ! check_http weft1 "http://127.0.0.1:$W1/" ||
-        ! check_http weft2b "http://127.0.0.1:$W2B/" ||
-        ! check_http weft2a "http://127.0.0.1:$W2A/"; then
+fi
+
+# Each path's proxies run only while that path is measured, started fresh for each round: a
+# sidecar runs alone in its pod, and copies of one binary running side by side would count
+# each other's shared code pages in their RSS.
+up_path() { # PATH — start its proxies and wait until they answer; 1 if they do not
+    case "$1" in
+        direct) return 0 ;;
+        weft1)
+            start_weft weft1 "$RUN/weft1.yaml"
+            check_http weft1 "http://127.0.0.1:$W1/"
+            ;;
+        weft2)
+            start_weft weft2b "$RUN/weft2b.yaml"
+            start_weft weft2a "$RUN/weft2a.yaml"
+            check_http weft2b "http://127.0.0.1:$W2B/" && check_http weft2a "http://127.0.0.1:$W2A/"
+            ;;
+        nginx)
+            start nginx "$PROXY_CORE" "$NGINX" -p "$RUN/nginx" -e "$RUN/nginx/error.log" -c "$RUN/nginx/nginx.conf"
+            check_http nginx "http://127.0.0.1:$NGX/"
+            ;;
+        haproxy)
+            start haproxy "$PROXY_CORE" "$HAPROXY" -f "$RUN/haproxy.cfg" -db
+            check_http haproxy "http://127.0.0.1:$HAP/"
+            ;;
+    esac
+}
+
+down_path() { # PATH
+    case "$1" in
+        weft1) stop weft1 ;;
+        weft2) stop weft2a && stop weft2b ;;
+        nginx | haproxy) stop "$1" ;;
+    esac
+}
+
+up_path nginx || die "nginx proxy did not start"
+down_path nginx
+up_path haproxy || die "HAProxy did not start"
+down_path haproxy
+if ((WEFT)); then
+    if ! up_path weft1 || ! up_path weft2; then
         log "WARNING: weft-proxy does not proxy yet; measuring peers only"
-        stop weft1
-        stop weft2a
-        stop weft2b
         WEFT=0
     fi
+    down_path weft1
+    down_path weft2
 fi
 
 {
@@ -433,6 +490,7 @@ fi
     echo "duration_s=$DUR"
     echo "connections=$CONNS"
     echo "quick=$QUICK"
+    echo "rounds=$ROUNDS"
     echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*version: //')"
     echo "haproxy=$("$HAPROXY" -v | awk 'NR == 1 {print $3}')"
     echo "oha=$("$OHA" --version | awk '{print $2}')"
@@ -460,15 +518,33 @@ wait_quiet() {
 }
 ((WAIT_QUIET)) && wait_quiet
 
-est=$(((WEFT ? 5 : 3) * (WARMUP + (${#RATES[@]} + 1) * DUR)))
-log "measuring, about ${est}s"
-measure direct "http://127.0.0.1:$UP/" 0
-if ((WEFT)); then
-    measure weft1 "http://127.0.0.1:$W1/" 1 weft1
-    measure weft2 "http://127.0.0.1:$W2A/" 2 weft2a weft2b
-fi
-measure nginx "http://127.0.0.1:$NGX/" 1 nginx
-measure haproxy "http://127.0.0.1:$HAP/" 1 haproxy
+# measure_path NAME — one path, one round, on freshly started proxies
+measure_path() {
+    up_path "$1" || die "$1 did not start in round $ROUND"
+    case "$1" in
+        direct) measure direct "http://127.0.0.1:$UP/" 0 ;;
+        weft1) measure weft1 "http://127.0.0.1:$W1/" 1 weft1 ;;
+        weft2) measure weft2 "http://127.0.0.1:$W2A/" 2 weft2a weft2b ;;
+        nginx) measure nginx "http://127.0.0.1:$NGX/" 1 nginx ;;
+        haproxy) measure haproxy "http://127.0.0.1:$HAP/" 1 haproxy ;;
+    esac
+    down_path "$1"
+}
+
+PATHS=(direct)
+((WEFT)) && PATHS+=(weft1 weft2)
+PATHS+=(nginx haproxy)
+est=$((ROUNDS * ${#PATHS[@]} * (WARMUP + (${#RATES[@]} + 1) * DUR)))
+log "measuring ${#PATHS[@]} paths x $ROUNDS rounds, about ${est}s"
+# Rounds interleave the paths and rotate their order, so that a slow minute on this shared
+# machine lands on every path alike instead of on whichever ran then; the report takes the
+# median of the rounds.
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    n=${#PATHS[@]}
+    for ((k = 0; k < n; k++)); do
+        measure_path "${PATHS[(k + ROUND - 1) % n]}"
+    done
+done
 
 report_args=("$R")
 ((RECORD)) && report_args+=(--record "$BENCH_DIR/RESULTS.md")

@@ -2,13 +2,17 @@
 """Turn the raw output of bench/proxy.sh into one markdown table (stdlib only).
 
 Reads RESULTS_DIR written by proxy.sh:
-  meta.txt                       key=value: date, machine, tool versions, run length
-  <path>/oha_<rate>.json         oha --json at a constant rate (latency-corrected)
-  <path>/wrk.txt                 wrk --latency, closed loop (max throughput)
-  <path>/proc.txt                key=value: hops, CPU ticks and wall time around each oha run,
+  meta.txt                       key=value: date, machine, tool versions, run length, rounds
+  round<N>/<path>/oha_<rate>.json  oha --json at a constant rate (latency-corrected)
+  round<N>/<path>/perf_<rate>.txt  perf stat -x, of the path's processes during that oha run
+  round<N>/<path>/wrk.txt        wrk --latency, closed loop (max throughput)
+  round<N>/<path>/proc.txt       key=value: hops, CPU ticks and wall time around each oha run,
                                  VmRSS idle / under load, VmHWM (summed over the path's processes)
-for <path> in direct, weft1, weft2, nginx, haproxy (weft* may be missing).
+for <path> in direct, weft1, weft2, nginx, haproxy (weft* may be missing). A results dir without
+round<N>/ subdirectories is read as a single round.
 
+Each round's values are computed against the same round's direct baseline; the table shows the
+median over rounds, and the spread of the headline rows follows it.
 Prints the table to stdout; with --record FILE also appends it, with date and machine, to FILE.
 It only reads and formats: it never starts or measures anything.
 """
@@ -19,6 +23,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -114,21 +119,45 @@ def parse_wrk(path: Path) -> dict | None:
     return out
 
 
-def load(results: Path) -> tuple[dict[str, str], dict[str, dict]]:
-    meta = read_kv(results / "meta.txt")
+def parse_perf(path: Path) -> dict[str, float]:
+    """Counter totals from `perf stat -x,` (event name -> count); empty when unsupported."""
+    out: dict[str, float] = {}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        f = line.split(",")
+        if len(f) >= 3 and (v := num(f[0])) is not None:
+            out[f[2].strip()] = v
+    return out
+
+
+def load_round(d: Path) -> dict[str, dict]:
     paths: dict[str, dict] = {}
     for key, _ in COLUMNS:
-        d = results / key
-        if not d.is_dir():
+        p = d / key
+        if not p.is_dir():
             continue
-        proc = read_kv(d / "proc.txt")
+        proc = read_kv(p / "proc.txt")
         paths[key] = {
             "proc": proc,
             "hops": int(num(proc.get("hops")) or 0),
-            "oha": {r: parse_oha(d / f"oha_{r}.json", r) for r in RATES},
-            "wrk": parse_wrk(d / "wrk.txt"),
+            "oha": {r: parse_oha(p / f"oha_{r}.json", r) for r in RATES},
+            "perf": {r: parse_perf(p / f"perf_{r}.txt") for r in RATES},
+            "wrk": parse_wrk(p / "wrk.txt"),
         }
-    return meta, paths
+    return paths
+
+
+def load(results: Path) -> tuple[dict[str, str], list[dict[str, dict]]]:
+    meta = read_kv(results / "meta.txt")
+    dirs = sorted(
+        (d for d in results.glob("round*") if d.is_dir() and d.name[5:].isdigit()),
+        key=lambda d: int(d.name[5:]),
+    )
+    rounds = [load_round(d) for d in dirs] if dirs else [load_round(results)]
+    return meta, [r for r in rounds if r]
 
 
 def metrics(meta: dict[str, str], paths: dict[str, dict]) -> list[tuple[str, str, dict]]:
@@ -169,6 +198,22 @@ def metrics(meta: dict[str, str], paths: dict[str, dict]) -> list[tuple[str, str
             # vCPU = CPU-seconds per second, per 1,000 rps, per hop
             vals[path] = (ticks / clk) / wall / (run["rps"] / 1000.0) / p["hops"]
         rows.append((f"CPU per 1k rps @ {rate // 1000}k rps (vCPU)", "cpu", vals))
+
+    for label, events in (
+        ("instructions per request @ 10k rps, user", ("instructions:u",)),
+        ("instructions per request @ 10k rps, kernel", ("instructions:k",)),
+        ("cycles per request @ 10k rps, user+kernel", ("cycles:u", "cycles:k")),
+    ):
+        vals = {}
+        for path, p in paths.items():
+            counts, run = p["perf"].get(10000) or {}, p["oha"].get(10000)
+            if not p["hops"] or run is None or not all(e in counts for e in events):
+                continue
+            reqs = (run["rps"] or 0.0) * (num(p["proc"].get("cpu_10000_wall")) or 0.0)
+            if reqs > 0:
+                vals[path] = sum(counts[e] for e in events) / reqs / p["hops"]
+        if vals:
+            rows.append((label, "count", vals))
 
     for label, key in (
         ("RSS idle (MiB, VmRSS)", "rss_idle_kb"),
@@ -215,6 +260,8 @@ def fmt(kind: str, v: object) -> str:
         return f"{v:.1f}"
     if kind == "other":
         return f"{v:.2f}"
+    if kind == "count":
+        return f"{v / 1000:.1f}k"
     return str(v)
 
 
@@ -226,11 +273,36 @@ def ratio(a: object, b: object) -> str:
     return f"{a / b:.2f}×"
 
 
-def table(meta: dict[str, str], paths: dict[str, dict]) -> str:
-    cols = [(k, title) for k, title in COLUMNS if k in paths]
+def combine(meta: dict[str, str], rounds: list[dict[str, dict]]):
+    """Per row: (label, kind, median per path, values per path over the rounds)."""
+    per_round = [metrics(meta, paths) for paths in rounds]
+    labels: list[tuple[str, str]] = []
+    for rows in per_round:
+        for label, kind, _ in rows:
+            if (label, kind) not in labels:
+                labels.append((label, kind))
+    out = []
+    for label, kind in labels:
+        series: dict[str, list] = {}
+        for rows in per_round:
+            for lab, _, vals in rows:
+                if lab == label:
+                    for path, v in vals.items():
+                        series.setdefault(path, []).append(v)
+        med: dict[str, object] = {}
+        for path, vs in series.items():
+            nums = [v for v in vs if isinstance(v, float | int)]
+            med[path] = statistics.median(nums) if nums else "unstable"
+        out.append((label, kind, med, series))
+    return out
+
+
+def table(combined) -> str:
+    present = {path for _, _, med, _ in combined for path in med}
+    cols = [(k, title) for k, title in COLUMNS if k in present]
     head = ["metric"] + [t for _, t in cols] + ["weft/nginx", "weft/HAProxy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, kind, vals in metrics(meta, paths):
+    for label, kind, vals, _ in combined:
         cells = [label] + [fmt(kind, vals.get(k)) for k, _ in cols]
         w = vals.get("weft1")
         if kind == "other":
@@ -239,6 +311,25 @@ def table(meta: dict[str, str], paths: dict[str, dict]) -> str:
             cells += [ratio(w, vals.get("nginx")), ratio(w, vals.get("haproxy"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+SPREAD_ROWS = ("added p50 @ 1k rps", "added p99 @ 1k rps", "max rps (wrk -c64)")
+
+
+def spread(combined, n: int) -> str:
+    """The headline rows round by round, so a reader sees how much runs vary."""
+    if n < 2:
+        return ""
+    out = []
+    for label, kind, _, series in combined:
+        if label not in SPREAD_ROWS:
+            continue
+        cells = []
+        for key, title in COLUMNS:
+            if key in series and key != "direct":
+                cells.append(f"{title} " + " / ".join(fmt(kind, v) for v in series[key]))
+        out.append(f"- {label}: " + "; ".join(cells))
+    return f"Round by round ({n} rounds, in order):\n" + "\n".join(out)
 
 
 # other load above this (vCPU, of 2) while a path ran is worth a warning
@@ -269,21 +360,30 @@ def health(paths: dict[str, dict], clk: float) -> list[str]:
     return out
 
 
-def render(meta: dict[str, str], paths: dict[str, dict]) -> str:
-    parts = [table(meta, paths), ""]
+def render(meta: dict[str, str], rounds: list[dict[str, dict]]) -> str:
+    combined = combine(meta, rounds)
+    parts = [table(combined), ""]
     parts.append(
-        "Latency: oha constant rate, latency-corrected, -c {c}, {d} s per run; 'added' = path "
-        "minus direct at the same percentile, divided by hops. Ratios: weft 1 hop / peer "
-        "(below 1× is better, except max rps). Proxies pinned to core 0, load generator and "
-        "upstream (nginx, 1 KiB body) to core 1; 1 worker/thread each.".format(
-            c=meta.get("connections", "?"), d=meta.get("duration_s", "?")
+        "Median of {n} interleaved round(s). Latency: oha constant rate, latency-corrected, "
+        "-c {c}, {d} s per run; 'added' = path minus direct at the same percentile in the same "
+        "round, divided by hops. Ratios: weft 1 hop / peer (below 1× is better, except max "
+        "rps). Instructions and cycles: perf stat of the proxy processes during the 10k rps "
+        "run, per request and hop. Proxies pinned to core 0, load generator and upstream "
+        "(nginx, 1 KiB body) to core 1; 1 worker/thread each.".format(
+            n=len(rounds), c=meta.get("connections", "?"), d=meta.get("duration_s", "?")
         )
     )
-    if "weft1" not in paths:
+    if not any("weft1" in r for r in rounds):
         parts.append("weft-proxy was not measured (did not build or did not proxy).")
     if meta.get("quick") == "1":
         parts.append("QUICK RUN (3 s per run): smoke test only, numbers are noisy.")
-    problems = health(paths, num(meta.get("clk_tck")) or 100.0)
+    sp = spread(combined, len(rounds))
+    if sp:
+        parts += ["", sp, ""]
+    clk = num(meta.get("clk_tck")) or 100.0
+    problems = []
+    for i, paths in enumerate(rounds, 1):
+        problems += [f"round {i} {p}" for p in health(paths, clk)]
     if problems:
         parts.append("Runs that were not clean: " + "; ".join(problems) + ".")
     return "\n".join(parts)
@@ -303,11 +403,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("results", type=Path, help="results dir written by bench/proxy.sh")
     ap.add_argument("--record", type=Path, help="append the table to this markdown file")
     args = ap.parse_args(argv)
-    meta, paths = load(args.results)
-    if "direct" not in paths:
+    meta, rounds = load(args.results)
+    if not rounds or any("direct" not in r for r in rounds):
         print(f"report.py: no direct baseline in {args.results}", file=sys.stderr)
         return 1
-    body = render(meta, paths)
+    body = render(meta, rounds)
     print(body)
     if args.record:
         entry = f"\n## {meta.get('date', '?')}\n\nMachine: {machine(meta)}.\n\n{body}\n"

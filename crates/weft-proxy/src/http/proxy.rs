@@ -591,9 +591,15 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 /// Removes the headers named by `Connection` (RFC 9110 §7.6.1), except `Connection` itself,
 /// the `Upgrade` header when it is kept, and the common options that name no header.
 fn remove_connection_listed(h: &mut HeaderMap, keep_upgrade: bool) {
-    let Some(conn) = h.get(header::CONNECTION).cloned() else {
+    let Some(v) = h.get(header::CONNECTION) else {
         return;
     };
+    // The common values name no header: no copy of the value to iterate over.
+    let b = v.as_bytes();
+    if b.eq_ignore_ascii_case(b"keep-alive") || b.eq_ignore_ascii_case(b"close") {
+        return;
+    }
+    let conn = v.clone();
     let Ok(s) = conn.to_str() else {
         return;
     };
