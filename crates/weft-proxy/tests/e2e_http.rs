@@ -603,6 +603,8 @@ const ROUTING_VHOSTS: &str = r#"
     direct_response: { status: 418, body: { inline_string: "teapot" } }
   - match: { prefix: "/redirect" }
     redirect: { host_redirect: "new.test", path_redirect: "/moved", response_code: MOVED_PERMANENTLY }
+  - match: { path: "/exact-old" }
+    route: { cluster: web, prefix_rewrite: "/headers" }
   - match: { prefix: "/up/" }
     route: { cluster: web, prefix_rewrite: "/" }
     request_headers_to_add:
@@ -892,6 +894,16 @@ async fn routing_header_mutation_and_prefix_rewrite() -> Result<()> {
             r.headers
         );
         ensure!(web.requests() == 1);
+        // On an exact path match, prefix_rewrite swaps the whole path; the query stays.
+        let r = Http::h1()
+            .send(addr, Req::get("/exact-old?x=1").host("route.test"))
+            .await?;
+        ensure!(r.status == 200, "status {} {}", r.status, r.text());
+        let doc = r.json()?;
+        ensure!(
+            doc["path"] == "/headers?x=1",
+            "prefix_rewrite on a path match: {doc}"
+        );
         Ok(())
     })
     .await

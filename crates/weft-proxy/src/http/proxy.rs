@@ -482,11 +482,8 @@ pub async fn handle(
             apply_response_mutations(h, &table, vh, route, None)
         })),
         Action::Redirect(rd) => {
-            let prefix = match &route.matcher.path {
-                crate::router::PathMatch::Prefix(p)
-                | crate::router::PathMatch::SeparatedPrefix(p) => Some(p.as_str()),
-                _ => None,
-            };
+            let path = path_and_query.split('?').next().unwrap_or("");
+            let prefix = matched_len(&route.matcher.path, path).and_then(|n| path.get(..n));
             let loc = rd.location(scheme, &authority, path_and_query, prefix);
             Ok(cx.direct(rd.status, Bytes::new(), |h| {
                 if let Ok(v) = HeaderValue::from_str(&loc) {
@@ -499,6 +496,18 @@ pub async fn handle(
             cx, parts, body, &table, vh, route, ra, &snapshot, authority, faulted,
         )
         .await),
+    }
+}
+
+/// How much of the request path the route's path matcher matched, which `prefix_rewrite`
+/// replaces: the prefix for prefix matches, the whole path for exact and regex matches (as
+/// Envoy swaps "the matched prefix (or path)"); None for CONNECT matchers.
+fn matched_len(m: &crate::router::PathMatch, path: &str) -> Option<usize> {
+    use crate::router::PathMatch;
+    match m {
+        PathMatch::Prefix(p) | PathMatch::SeparatedPrefix(p) => Some(p.len().min(path.len())),
+        PathMatch::Exact(_) | PathMatch::Regex(_) => Some(path.len()),
+        PathMatch::Connect => None,
     }
 }
 
@@ -837,12 +846,12 @@ async fn forward(
     let orig_uri = parts.uri.clone();
     let orig_pq = orig_uri.path_and_query().map_or("/", |p| p.as_str());
     let mut new_pq: Option<String> = None;
-    if let (
-        Some(rw),
-        crate::router::PathMatch::Prefix(p) | crate::router::PathMatch::SeparatedPrefix(p),
-    ) = (&ra.prefix_rewrite, &route.matcher.path)
-    {
-        let rest = orig_pq.get(p.len()..).unwrap_or("");
+    let orig_path = orig_pq.split('?').next().unwrap_or("");
+    if let (Some(rw), Some(n)) = (
+        &ra.prefix_rewrite,
+        matched_len(&route.matcher.path, orig_path),
+    ) {
+        let rest = orig_pq.get(n..).unwrap_or("");
         new_pq = Some(if rw.ends_with('/') && rest.starts_with('/') {
             format!("{rw}{}", &rest[1..])
         } else {
