@@ -45,6 +45,9 @@ pub struct FilterChain {
     pub name: String,
     pub m: ChainMatch,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `transport_socket_connect_timeout`: how long the TLS handshake may take (none when
+    /// unset or zero, as in Envoy).
+    pub handshake_timeout: Option<Duration>,
     pub filter: NetworkFilter,
 }
 
@@ -208,15 +211,17 @@ fn chain(
             ));
         }
     };
-    let _ = opt_duration(
+    let handshake_timeout = opt_duration(
         ctx,
         &format!("{f}.transport_socket_connect_timeout"),
         fc.transport_socket_connect_timeout.as_ref(),
-    )?;
+    )?
+    .filter(|d| !d.is_zero());
     Ok(FilterChain {
         name: fc.name.clone(),
         m,
         tls,
+        handshake_timeout,
         filter,
     })
 }
@@ -469,11 +474,7 @@ async fn connection(
     match &chain.filter {
         NetworkFilter::Tcp(t) => {
             let down = match &chain.tls {
-                Some(tls) => MaybeTls::Tls(Box::new(
-                    tokio_rustls::TlsAcceptor::from(tls.clone())
-                        .accept(io)
-                        .await?,
-                )),
+                Some(tls) => MaybeTls::Tls(Box::new(tls_accept(tls, chain, io).await?)),
                 None => MaybeTls::Plain(io),
             };
             crate::tcp::proxy(t, down, remote, local, facts.sni.as_deref(), shared).await;
@@ -482,9 +483,7 @@ async fn connection(
         NetworkFilter::Http(hcm) => {
             let (down, h2, sni) = match &chain.tls {
                 Some(tls) => {
-                    let s = tokio_rustls::TlsAcceptor::from(tls.clone())
-                        .accept(io)
-                        .await?;
+                    let s = tls_accept(tls, chain, io).await?;
                     let (_, c) = s.get_ref();
                     let h2 = c.alpn_protocol() == Some(b"h2");
                     let sni = c.server_name().map(Arc::<str>::from);
@@ -523,6 +522,24 @@ async fn connection(
             serve_http(down, h2, conn, drain).await;
             Ok(())
         }
+    }
+}
+
+/// Terminates TLS, within the chain's `transport_socket_connect_timeout` when it has one.
+async fn tls_accept(
+    tls: &Arc<rustls::ServerConfig>,
+    chain: &FilterChain,
+    io: Rewind<TcpStream>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<Rewind<TcpStream>>> {
+    let accept = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(io);
+    match chain.handshake_timeout {
+        None => accept.await,
+        Some(t) => tokio::time::timeout(t, accept).await.map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake did not finish within transport_socket_connect_timeout",
+            )
+        })?,
     }
 }
 

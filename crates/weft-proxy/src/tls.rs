@@ -203,21 +203,64 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Client-side TLS (origination) from an `UpstreamTlsContext`: returns the config and the SNI.
+/// Client-side TLS (origination) for one cluster, built once per config generation.
+#[derive(Debug)]
+pub struct UpstreamTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// `UpstreamTlsContext.sni`; None sends no SNI (Envoy sends one only when it is set).
+    pub sni: Option<ServerName<'static>>,
+}
+
+impl UpstreamTls {
+    /// The name to hand rustls for a connection to `ip`: the configured SNI, else the IP
+    /// itself (for which rustls sends no SNI extension).
+    pub fn server_name(&self, ip: std::net::IpAddr) -> ServerName<'static> {
+        self.sni
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(ip.into()))
+    }
+}
+
+/// Client-side TLS (origination) from an `UpstreamTlsContext`.
+///
+/// Envoy semantics: SNI is sent only when `sni` is set, and a `validation_context` with
+/// `trusted_ca` verifies the certificate chain only. The server's name is checked only
+/// through SAN matchers (`match_typed_subject_alt_names`), which Weft does not accept, so
+/// the name is never checked: neither against `sni` nor against the endpoint's address.
 pub fn client_config(
     ctx: &Ctx,
     f: &str,
     u: &tpb::UpstreamTlsContext,
-    fallback_sni: &str,
     h2: bool,
-) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), ConfigError> {
+) -> Result<UpstreamTls, ConfigError> {
     let common = u.common_tls_context.clone().unwrap_or_default();
     let cf = format!("{f}.common_tls_context");
+    #[allow(deprecated)] // the old matcher field still means "check the name"
+    if let Some(tpb::common_tls_context::ValidationContextType::ValidationContext(vc)) =
+        &common.validation_context_type
+        && (!vc.match_typed_subject_alt_names.is_empty() || !vc.match_subject_alt_names.is_empty())
+    {
+        // The verifier below never checks names; refuse rather than silently skip a matcher.
+        return Err(ctx.err(
+            format!("{cf}.validation_context.match_typed_subject_alt_names"),
+            "subject alt name matchers are not supported",
+        ));
+    }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&versions(ctx, &cf, &common)?)
         .map_err(|e| ctx.err(&cf, e.to_string()))?;
     let builder = match roots(ctx, &cf, &common)? {
-        Some(store) => builder.with_root_certificates(store),
+        Some(store) => {
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(store),
+                provider(),
+            )
+            .build()
+            .map_err(|e| ctx.err(format!("{cf}.validation_context"), e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+        }
         // Envoy does not verify the server when no validation context is given.
         None => builder
             .dangerous()
@@ -243,17 +286,66 @@ pub fn client_config(
             .collect()
     };
     let sni = if u.sni.is_empty() {
-        fallback_sni
+        None
     } else {
-        &u.sni
+        Some(ServerName::try_from(u.sni.clone()).map_err(|_| {
+            ctx.err(
+                format!("{f}.sni"),
+                format!("`{}` is not a valid server name", u.sni),
+            )
+        })?)
     };
-    let name = ServerName::try_from(sni.to_string()).map_err(|_| {
-        ctx.err(
-            format!("{f}.sni"),
-            format!("`{sni}` is not a valid server name"),
-        )
-    })?;
-    Ok((Arc::new(cfg), name))
+    Ok(UpstreamTls {
+        config: Arc::new(cfg),
+        sni,
+    })
+}
+
+/// Verifies the server's chain against the trusted CAs but not its name (see
+/// [`client_config`]). WebPKI checks the chain before the name, so a name mismatch is the
+/// only error left once the chain is good.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError as C;
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                C::NotValidForName | C::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 #[derive(Debug)]
@@ -437,5 +529,164 @@ mod tests {
             })
         );
         assert_eq!(parse_client_hello(b"GET / HTTP/1.1\r\n"), Sniff::NotTls);
+    }
+
+    fn ca(name: &str) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, name.to_string());
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = p.self_signed(&k).unwrap();
+        (c, rcgen::Issuer::new(p, k))
+    }
+
+    /// A server config whose leaf certificate names `host`, signed by `issuer`.
+    fn server(
+        host: &str,
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    ) -> Arc<rustls::ServerConfig> {
+        let p = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+        let k = rcgen::KeyPair::generate().unwrap();
+        let c = p.signed_by(&k, issuer).unwrap();
+        let key = PrivateKeyDer::try_from(k.serialize_der()).unwrap();
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![c.der().clone()], key)
+                .unwrap(),
+        )
+    }
+
+    fn upstream(ca_pem: Option<&str>, sni: &str) -> Result<UpstreamTls, ConfigError> {
+        let mut common = tpb::CommonTlsContext::default();
+        if let Some(pem) = ca_pem {
+            common.validation_context_type = Some(
+                tpb::common_tls_context::ValidationContextType::ValidationContext(
+                    tpb::CertificateValidationContext {
+                        trusted_ca: Some(DataSource {
+                            specifier: Some(Specifier::InlineString(pem.to_string())),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                ),
+            );
+        }
+        let u = tpb::UpstreamTlsContext {
+            common_tls_context: Some(common),
+            sni: sni.to_string(),
+            ..Default::default()
+        };
+        client_config(
+            &Ctx::new("cluster", "outbound|443||x.example"),
+            "transport_socket.typed_config",
+            &u,
+            false,
+        )
+    }
+
+    /// Runs a handshake in memory; returns the SNI the server saw, or the client's error.
+    fn handshake(
+        client: &UpstreamTls,
+        server: Arc<rustls::ServerConfig>,
+    ) -> Result<Option<String>, rustls::Error> {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let mut c = rustls::ClientConnection::new(client.config.clone(), client.server_name(ip))?;
+        let mut s = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            if !buf.is_empty() {
+                s.read_tls(&mut &buf[..]).unwrap();
+                // A server-side failure shows up as the client's alert below.
+                let _ = s.process_new_packets();
+            }
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            if !buf.is_empty() {
+                c.read_tls(&mut &buf[..]).unwrap();
+                c.process_new_packets()?;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(s.server_name().map(str::to_string));
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn trusted_ca_verifies_the_chain_but_not_the_name_and_sends_no_sni_by_default() {
+        let (ca_cert, issuer) = ca("test CA");
+        let client = upstream(Some(&ca_cert.pem()), "").unwrap();
+        assert!(client.sni.is_none());
+        // The backend's certificate names another host; the connection is to an IP.
+        let seen = handshake(&client, server("backend.other.example", &issuer)).unwrap();
+        assert_eq!(seen, None, "no SNI is sent when `sni` is unset");
+    }
+
+    #[test]
+    fn configured_sni_is_sent_and_not_checked_against_the_certificate() {
+        let (ca_cert, issuer) = ca("test CA");
+        let client = upstream(Some(&ca_cert.pem()), "api.example.com").unwrap();
+        let seen = handshake(&client, server("backend.other.example", &issuer)).unwrap();
+        assert_eq!(seen.as_deref(), Some("api.example.com"));
+    }
+
+    #[test]
+    fn a_certificate_from_another_ca_is_refused() {
+        let (ca_cert, _) = ca("trusted CA");
+        let (_, other) = ca("other CA");
+        let client = upstream(Some(&ca_cert.pem()), "").unwrap();
+        let err = handshake(&client, server("backend.example", &other)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn without_a_validation_context_anything_is_accepted() {
+        let (_, other) = ca("other CA");
+        let client = upstream(None, "").unwrap();
+        assert!(handshake(&client, server("whatever.example", &other)).is_ok());
+    }
+
+    #[test]
+    fn san_matchers_are_refused_rather_than_ignored() {
+        let (ca_cert, _) = ca("test CA");
+        let u = tpb::UpstreamTlsContext {
+            common_tls_context: Some(tpb::CommonTlsContext {
+                validation_context_type: Some(
+                    tpb::common_tls_context::ValidationContextType::ValidationContext(
+                        tpb::CertificateValidationContext {
+                            trusted_ca: Some(DataSource {
+                                specifier: Some(Specifier::InlineString(ca_cert.pem())),
+                                ..Default::default()
+                            }),
+                            match_typed_subject_alt_names: vec![
+                                tpb::SubjectAltNameMatcher::default(),
+                            ],
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = client_config(&Ctx::new("cluster", "c"), "ts", &u, false).unwrap_err();
+        assert!(e.to_string().contains("subject alt name"), "{e}");
+    }
+
+    #[test]
+    fn an_invalid_explicit_sni_is_a_config_error_naming_sni() {
+        let e = upstream(None, "outbound|443||x").err().unwrap();
+        assert!(e.to_string().contains("sni"), "{e}");
     }
 }

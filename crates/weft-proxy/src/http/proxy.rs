@@ -1399,7 +1399,7 @@ async fn connect_tunnel(
             Err(e) => return dns_failure(cx, &cluster, authority, &e),
         },
     };
-    let Some((host, _pool)) = picked else {
+    let Some((host, pool)) = picked else {
         return cx.local(
             StatusCode::SERVICE_UNAVAILABLE,
             ResponseFlags::UH,
@@ -1409,52 +1409,48 @@ async fn connect_tunnel(
         );
     };
     cx.ex.upstream_host = Some(host.addr);
-    let stream = match tokio::time::timeout(
-        cluster.pool.connect_timeout,
-        tokio::net::TcpStream::connect(host.addr),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            cluster.stats.upstream_cx_connect_fail.inc();
+    // The cluster's connect path: `max_connections`, TLS origination, connection stats.
+    let (stream, guard) = match pool.connect_stream().await {
+        Ok(up) => up,
+        Err(e @ UpstreamError::Overflow(_)) => {
             return cx.local(
                 StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlags::UF,
-                "upstream_reset_before_response_started{connection_failure}",
+                e.flag(),
+                "upstream_reset_before_response_started{overflow}",
                 format!(
-                    "upstream connect error: {e} (cluster `{}`, endpoint {})",
-                    cluster.name, host.addr
+                    "upstream overflow: cluster `{}` {}",
+                    cluster.name,
+                    e.reset_reason()
                 ),
-                &[],
+                &[(X_OVERLOADED.clone(), HeaderValue::from_static("true"))],
             );
         }
-        Err(_) => {
-            cluster.stats.upstream_cx_connect_fail.inc();
+        Err(e) => {
+            cluster.report(&host, Outcome::ConnectFailure);
             return cx.local(
                 StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlags::UF,
+                e.flag(),
                 "upstream_reset_before_response_started{connection_failure}",
                 format!(
-                    "upstream connect timeout (cluster `{}`, endpoint {})",
-                    cluster.name, host.addr
+                    "upstream connect error or disconnect/reset before headers. reset reason: {} (cluster `{}`, endpoint {})",
+                    e.reset_reason(),
+                    cluster.name,
+                    host.addr
                 ),
                 &[],
             );
         }
     };
-    let _ = stream.set_nodelay(true);
-    cluster.stats.upstream_cx_total.inc();
-    let stats = cluster.stats.clone();
+    // The tunnel is one stream: it ends after stream_idle_timeout without a byte either way.
+    let idle = cx.ex.conn.hcm.stream_idle_timeout;
     let upgrade = hyper::upgrade::on(Request::from_parts(parts, ()));
     tokio::spawn(async move {
-        stats.upstream_cx_active.inc();
+        let _guard = guard;
         if let Ok(up) = upgrade.await {
             let mut d = hyper_util::rt::TokioIo::new(up);
             let mut u = stream;
-            let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+            crate::tcp::splice(&mut d, &mut u, idle).await;
         }
-        stats.upstream_cx_active.dec();
     });
     cx.ex.details = "via_upstream";
     cx.finish(Response::new(ResponseBody::full(Bytes::new())))

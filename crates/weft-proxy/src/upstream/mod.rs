@@ -269,12 +269,11 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
                 Some(ConfigType::TypedConfig(any)) => {
                     let u: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext =
                         decode_any(&ctx, "transport_socket.typed_config", any)?;
-                    let fallback = first_hostname(c).unwrap_or_else(|| c.name.clone());
+                    // No SNI unless `sni` says so, and no name check (Envoy's semantics).
                     Some(crate::tls::client_config(
                         &ctx,
                         "transport_socket.typed_config",
                         &u,
-                        &fallback,
                         protocol == Protocol::Http2,
                     )?)
                 }
@@ -339,21 +338,6 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         );
     }
     Ok(cluster)
-}
-
-fn first_hostname(c: &cpb::Cluster) -> Option<String> {
-    use envoy_types::pb::envoy::config::core::v3::address::Address as A;
-    let la = c.load_assignment.as_ref()?;
-    let ep = la.endpoints.first()?.lb_endpoints.first()?;
-    let Some(epb::lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
-        return None;
-    };
-    match e.address.as_ref()?.address.as_ref()? {
-        A::SocketAddress(s) if s.address.parse::<std::net::IpAddr>().is_err() => {
-            Some(s.address.clone())
-        }
-        _ => None,
-    }
 }
 
 /// A host whose address is a DNS name, resolved in the background.

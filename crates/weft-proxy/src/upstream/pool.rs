@@ -34,10 +34,7 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 pub struct PoolSettings {
     pub cluster: Arc<str>,
     pub connect_timeout: Duration,
-    pub tls: Option<(
-        Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
+    pub tls: Option<crate::tls::UpstreamTls>,
     pub idle_timeout: Option<Duration>,
     /// 0 = unlimited.
     pub max_requests_per_connection: u32,
@@ -133,6 +130,8 @@ struct Idle {
 pub struct HostPool {
     pub addr: SocketAddr,
     settings: Arc<PoolSettings>,
+    /// The name TLS connections to this endpoint present (SNI or the endpoint's IP).
+    tls_name: Option<rustls::pki_types::ServerName<'static>>,
     idle: Mutex<Vec<Idle>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
 }
@@ -145,8 +144,9 @@ impl std::fmt::Debug for HostPool {
     }
 }
 
-/// Holds the connection's circuit-breaker slot and active gauge for as long as it lives.
-struct ConnGuard {
+/// Holds a connection's circuit-breaker slot and `upstream_cx_active` for as long as it lives;
+/// dropping it frees both.
+pub struct ConnGuard {
     _slot: Guard,
     settings: Arc<PoolSettings>,
 }
@@ -160,8 +160,10 @@ impl Drop for ConnGuard {
 
 impl HostPool {
     pub fn new(addr: SocketAddr, settings: Arc<PoolSettings>) -> Arc<Self> {
+        let tls_name = settings.tls.as_ref().map(|t| t.server_name(addr.ip()));
         Arc::new(Self {
             addr,
+            tls_name,
             settings,
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
@@ -248,6 +250,13 @@ impl HostPool {
         }
     }
 
+    /// Opens a connection of its own for an opaque byte stream (tcp_proxy, CONNECT): the
+    /// cluster's circuit breaker (`max_connections`), TLS origination and connection stats apply
+    /// as for HTTP. Keep the guard for as long as the stream lives.
+    pub async fn connect_stream(&self) -> Result<(Upstream, ConnGuard), UpstreamError> {
+        self.connect(self.slot()?).await
+    }
+
     fn slot(&self) -> Result<Guard, UpstreamError> {
         self.settings.circuit.try_connection().ok_or_else(|| {
             self.settings.stats.upstream_cx_overflow.inc();
@@ -306,16 +315,16 @@ impl HostPool {
             _slot: slot,
             settings: s.clone(),
         };
-        let io = match &s.tls {
-            None => MaybeTls::Plain(tcp),
-            Some((cfg, name)) => {
-                let c = tokio_rustls::TlsConnector::from(cfg.clone());
+        let io = match (&s.tls, &self.tls_name) {
+            (Some(t), Some(name)) => {
+                let c = tokio_rustls::TlsConnector::from(t.config.clone());
                 let tls = tokio::time::timeout(s.connect_timeout, c.connect(name.clone(), tcp))
                     .await
                     .map_err(|_| UpstreamError::ConnectTimeout)?
                     .map_err(UpstreamError::Tls)?;
                 MaybeTls::Tls(Box::new(tls))
             }
+            _ => MaybeTls::Plain(tcp),
         };
         Ok((io, guard))
     }
