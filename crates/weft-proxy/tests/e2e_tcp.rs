@@ -74,6 +74,50 @@ async fn websocket_echo_through_proxy() -> Result<()> {
     .await
 }
 
+/// A WebSocket is a stream: the connection manager's stream_idle_timeout closes it once no
+/// frame has moved for that long, and not while messages keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_ends_after_stream_idle_timeout() -> Result<()> {
+    within(60, async {
+        let ws = WsEcho::start().await?;
+        let port = free_port();
+        let yaml = bootstrap(
+            &[http_listener("main", port, &vhost_to("all", "\"*\"", "ws"))
+                .hcm("upgrade_configs: [{ upgrade_type: websocket }]\nstream_idle_timeout: 0.4s")
+                .build()],
+            &[cluster("ws", &[ws.addr], "")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        let mut c = ws_connect(local(port), "ws.test", "/ws/chat").await?;
+        // Busy for 1.2 s, three times the idle timeout: never cut.
+        for i in 0..8 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            c.send(Message::text(format!("m{i}"))).await?;
+            let m = tokio::time::timeout(Duration::from_secs(5), c.next())
+                .await
+                .with_context(|| format!("no echo for message {i}"))?
+                .context("WebSocket closed while busy")??;
+            ensure!(m.to_text()? == format!("m{i}"), "echo {i}: {m:?}");
+        }
+        // Then silent: the proxy closes it after about 400 ms.
+        let t = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(5), c.next())
+            .await
+            .context("an idle WebSocket was not closed")?;
+        ensure!(
+            !matches!(end, Some(Ok(Message::Text(_) | Message::Binary(_)))),
+            "unexpected message {end:?}"
+        );
+        ensure!(
+            t.elapsed() < Duration::from_secs(3),
+            "closed after {:?}",
+            t.elapsed()
+        );
+        Ok(())
+    })
+    .await
+}
+
 const CONNECT_VHOSTS: &str = r#"
 - name: tcp-echo
   domains: ["tcpecho.test:7"]

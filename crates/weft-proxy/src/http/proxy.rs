@@ -1184,11 +1184,14 @@ async fn forward(
                 // Splice the two upgraded connections.
                 let up = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>();
                 if let (Some(down), Some(up)) = (down_upgrade.take(), up) {
+                    // An upgraded stream is still a stream: stream_idle_timeout ends it when
+                    // no byte moves either way for that long.
+                    let idle = hcm.stream_idle_timeout;
                     tokio::spawn(async move {
                         if let (Ok(d), Ok(u)) = (down.await, up.await) {
                             let mut d = hyper_util::rt::TokioIo::new(d);
                             let mut u = hyper_util::rt::TokioIo::new(u);
-                            let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                            crate::tcp::splice(&mut d, &mut u, idle).await;
                         }
                     });
                 }
