@@ -637,13 +637,27 @@ async fn wait_drain(drain: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Binds a listener socket with the options a proxy wants.
+/// Binds a listener socket with the options a proxy wants. An IPv6 socket accepts IPv6 only,
+/// as Envoy's default (`ipv4_compat: false`) does; see [`bind_compat`].
 pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    bind_compat(addr, false)
+}
+
+/// [`bind`] honouring `SocketAddress.ipv4_compat`: on an IPv6 address, `true` also accepts
+/// IPv4 (as `::ffff:a.b.c.d`; `[::]` then serves both families), `false` sets `IPV6_V6ONLY`
+/// whatever the system default. No effect on an IPv4 address.
+pub fn bind_compat(
+    addr: SocketAddr,
+    ipv4_compat: bool,
+) -> std::io::Result<tokio::net::TcpListener> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
+    if let Some(only) = v6_only(addr, ipv4_compat) {
+        sock.set_only_v6(only)?;
+    }
     sock.set_reuse_address(true)?;
     sock.set_tcp_nodelay(true)?;
     sock.set_nonblocking(true)?;
@@ -652,9 +666,33 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(sock.into())
 }
 
+/// The `IPV6_V6ONLY` value a listener socket on `addr` gets (None: not an IPv6 socket).
+fn v6_only(addr: SocketAddr, ipv4_compat: bool) -> Option<bool> {
+    addr.is_ipv6().then_some(!ipv4_compat)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_compat_decides_v6_only() {
+        let any6: SocketAddr = "[::]:15001".parse().unwrap();
+        assert_eq!(v6_only(any6, false), Some(true));
+        assert_eq!(v6_only(any6, true), Some(false));
+        assert_eq!(v6_only("0.0.0.0:15001".parse().unwrap(), true), None);
+        // IPv4 binds are unaffected either way.
+        for compat in [false, true] {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let l = rt
+                .block_on(async { bind_compat("127.0.0.1:0".parse().unwrap(), compat) })
+                .unwrap();
+            assert!(l.local_addr().unwrap().is_ipv4());
+        }
+    }
 
     #[test]
     fn http_sniffing() {

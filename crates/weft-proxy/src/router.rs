@@ -166,6 +166,8 @@ pub struct RetryPolicy {
     pub retriable_status_codes: Vec<u16>,
     pub base_interval: Duration,
     pub max_interval: Duration,
+    /// Host picks per attempt while the picked host was already tried: 1 +
+    /// `host_selection_retry_max_attempts` (see `upstream::host::EndpointSet::pick_limited`).
     pub host_selection_max_attempts: u32,
 }
 
@@ -568,8 +570,9 @@ pub fn string_match(
         Some(P::Prefix(s)) => StrMatch::Prefix(s.clone(), ic),
         Some(P::Suffix(s)) => StrMatch::Suffix(s.clone(), ic),
         Some(P::Contains(s)) => StrMatch::Contains(s.clone(), ic),
+        // Envoy: `ignore_case` "has no effect for the safe_regex match" (use `(?i)` instead).
         Some(P::SafeRegex(r)) => {
-            StrMatch::Regex(regex(ctx, &format!("{field}.safe_regex"), &r.regex, ic)?)
+            StrMatch::Regex(safe_regex(ctx, &format!("{field}.safe_regex"), r)?)
         }
         Some(P::Custom(_)) => {
             return Err(ctx.err(
@@ -581,16 +584,54 @@ pub fn string_match(
     })
 }
 
+/// The pattern of a `RegexMatcher` (`field` is its path). RE2's `max_program_size` has no
+/// counterpart in the regex crate (its limit is in bytes of compiled program, not RE2
+/// instructions), so setting it is refused rather than approximated; an empty `google_re2` is
+/// fine.
+pub fn regex_pattern<'a>(
+    ctx: &Ctx,
+    field: &str,
+    r: &'a mpb::RegexMatcher,
+) -> Result<&'a str, ConfigError> {
+    use mpb::regex_matcher::EngineType;
+    if let Some(EngineType::GoogleRe2(g)) = &r.engine_type
+        && g.max_program_size.is_some()
+    {
+        return Err(ctx.err(
+            format!("{field}.google_re2.max_program_size"),
+            "not supported: RE2 program sizes have no equivalent in weft's regex engine (every \
+             regex is limited to 1 MiB compiled); leave it unset",
+        ));
+    }
+    Ok(&r.regex)
+}
+
+/// Compiles a `RegexMatcher` that must match the whole input, as Envoy's safe_regex does.
+pub fn safe_regex(ctx: &Ctx, field: &str, r: &mpb::RegexMatcher) -> Result<Regex, ConfigError> {
+    let re = regex_pattern(ctx, field, r)?;
+    regex(ctx, &format!("{field}.regex"), re)
+}
+
 /// Compiles an RE2-style regex that must match the whole input, as Envoy's safe_regex does.
-pub fn regex(ctx: &Ctx, field: &str, re: &str, ignore_case: bool) -> Result<Regex, ConfigError> {
-    let anchored = format!("{}^(?:{re})$", if ignore_case { "(?i)" } else { "" });
+/// Case-sensitive: Envoy's `case_sensitive` / `ignore_case` never apply to regexes.
+pub fn regex(ctx: &Ctx, field: &str, re: &str) -> Result<Regex, ConfigError> {
+    let anchored = format!("^(?:{re})$");
     regex::RegexBuilder::new(&anchored)
         .size_limit(1 << 20)
         .build()
         .map_err(|e| ctx.err(field, format!("invalid regex `{re}`: {e}")))
 }
 
-fn unanchored_regex(ctx: &Ctx, field: &str, re: &str) -> Result<Regex, ConfigError> {
+/// Compiles the `pattern` of a `RegexMatchAndSubstitute` (not anchored: it replaces matches).
+fn rewrite_regex(
+    ctx: &Ctx,
+    field: &str,
+    r: Option<&mpb::RegexMatcher>,
+) -> Result<Regex, ConfigError> {
+    let re = match r {
+        Some(r) => regex_pattern(ctx, field, r)?,
+        None => "",
+    };
     regex::RegexBuilder::new(re)
         .size_limit(1 << 20)
         .build()
@@ -627,6 +668,11 @@ pub fn header_mutation(
         } else {
             &h.raw_value
         };
+        // Envoy's router drops an entry whose value is empty (whatever its append action)
+        // unless `keep_empty_value` is set.
+        if raw.is_empty() && !o.keep_empty_value {
+            continue;
+        }
         if raw.iter().filter(|b| **b == b'%').count() >= 2 {
             return Err(ctx.err(
                 format!("{f}.header.value"),
@@ -907,7 +953,8 @@ fn route_match(ctx: &Ctx, f: &str, m: &rpb::RouteMatch) -> Result<RouteMatch, Co
     let path = match &m.path_specifier {
         Some(P::Prefix(p)) => PathMatch::Prefix(p.clone()),
         Some(P::Path(p)) => PathMatch::Exact(p.clone()),
-        Some(P::SafeRegex(r)) => PathMatch::Regex(regex(ctx, &format!("{f}.safe_regex"), &r.regex, !case_sensitive)?),
+        // Envoy: `case_sensitive` is "ignored for safe_regex matching".
+        Some(P::SafeRegex(r)) => PathMatch::Regex(safe_regex(ctx, &format!("{f}.safe_regex"), r)?),
         Some(P::PathSeparatedPrefix(p)) => PathMatch::SeparatedPrefix(p.clone()),
         Some(P::ConnectMatcher(_)) => PathMatch::Connect,
         Some(P::PathMatchPolicy(_)) => return Err(ctx.err(format!("{f}.path_match_policy"), "not supported")),
@@ -959,11 +1006,10 @@ pub fn header_matcher(
         Some(H::PrefixMatch(s)) => HeaderMatchKind::Str(StrMatch::Prefix(s.clone(), false)),
         Some(H::SuffixMatch(s)) => HeaderMatchKind::Str(StrMatch::Suffix(s.clone(), false)),
         Some(H::ContainsMatch(s)) => HeaderMatchKind::Str(StrMatch::Contains(s.clone(), false)),
-        Some(H::SafeRegexMatch(r)) => HeaderMatchKind::Str(StrMatch::Regex(regex(
+        Some(H::SafeRegexMatch(r)) => HeaderMatchKind::Str(StrMatch::Regex(safe_regex(
             ctx,
             &format!("{hf}.safe_regex_match"),
-            &r.regex,
-            false,
+            r,
         )?)),
         Some(H::StringMatch(s)) => {
             HeaderMatchKind::Str(string_match(ctx, &format!("{hf}.string_match"), s)?)
@@ -985,6 +1031,28 @@ pub fn header_matcher(
         invert: h.invert_match,
         missing_as_empty: h.treat_missing_header_as_empty,
     })
+}
+
+/// Most host picks a request attempt may make while avoiding hosts it already tried.
+const MAX_HOST_SELECTION_PICKS: u32 = 100;
+
+/// Envoy's `host_selection_retry_max_attempts` as a number of picks: the first pick plus that
+/// many re-picks (unset = 0 re-picks, as in Envoy).
+fn host_selection_picks(ctx: &Ctx, f: &str, p: &rpb::RetryPolicy) -> Result<u32, ConfigError> {
+    let n = p.host_selection_retry_max_attempts;
+    u32::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_add(1))
+        .filter(|picks| *picks <= MAX_HOST_SELECTION_PICKS)
+        .ok_or_else(|| {
+            ctx.err(
+                format!("{f}.host_selection_retry_max_attempts"),
+                format!(
+                    "{n} is out of range (0 to {})",
+                    MAX_HOST_SELECTION_PICKS - 1
+                ),
+            )
+        })
 }
 
 fn retry_policy(ctx: &Ctx, f: &str, p: &rpb::RetryPolicy) -> Result<RetryPolicy, ConfigError> {
@@ -1045,11 +1113,7 @@ fn retry_policy(ctx: &Ctx, f: &str, p: &rpb::RetryPolicy) -> Result<RetryPolicy,
         retriable_status_codes: codes,
         base_interval: base,
         max_interval: max.max(base),
-        host_selection_max_attempts: u32::try_from(
-            p.host_selection_retry_max_attempts.clamp(1, 16),
-        )
-        .unwrap_or(1)
-        .max(3),
+        host_selection_max_attempts: host_selection_picks(ctx, f, p)?,
     })
 }
 
@@ -1167,13 +1231,12 @@ fn route_action(
         .regex_rewrite
         .as_ref()
         .map(|r| {
-            let pat = r
-                .pattern
-                .as_ref()
-                .map(|p| p.regex.as_str())
-                .unwrap_or_default();
             Ok::<_, ConfigError>((
-                unanchored_regex(ctx, &format!("{f}.regex_rewrite.pattern"), pat)?,
+                rewrite_regex(
+                    ctx,
+                    &format!("{f}.regex_rewrite.pattern"),
+                    r.pattern.as_ref(),
+                )?,
                 envoy_subst(&r.substitution),
             ))
         })
@@ -1256,13 +1319,12 @@ fn redirect(ctx: &Ctx, f: &str, r: &rpb::RedirectAction) -> Result<Redirect, Con
         Some(P::PathRedirect(p)) => path = Some(p.clone()),
         Some(P::PrefixRewrite(p)) => prefix_rewrite = Some(p.clone()),
         Some(P::RegexRewrite(rr)) => {
-            let pat = rr
-                .pattern
-                .as_ref()
-                .map(|p| p.regex.as_str())
-                .unwrap_or_default();
             regex_rewrite = Some((
-                unanchored_regex(ctx, &format!("{f}.regex_rewrite.pattern"), pat)?,
+                rewrite_regex(
+                    ctx,
+                    &format!("{f}.regex_rewrite.pattern"),
+                    rr.pattern.as_ref(),
+                )?,
                 envoy_subst(&rr.substitution),
             ));
         }
@@ -1500,6 +1562,121 @@ virtual_hosts:
             e.contains("retry_policy.retry_on") && e.contains("bogus"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn case_options_never_apply_to_regexes() {
+        let t = table(
+            r#"
+name: r
+virtual_hosts:
+- name: v
+  domains: ["*"]
+  routes:
+  - match: {safe_regex: {regex: "/re/[a-z]+"}, case_sensitive: false}
+    direct_response: {status: 201}
+  - match: {prefix: /Pre, case_sensitive: false}
+    direct_response: {status: 202}
+  - match: {prefix: /h, headers: [{name: x-a, string_match: {safe_regex: {regex: "ab+"}, ignore_case: true}}]}
+    direct_response: {status: 203}
+  - match: {prefix: /h, headers: [{name: x-a, string_match: {exact: "AB", ignore_case: true}}]}
+    direct_response: {status: 204}
+"#,
+        );
+        let h = HeaderMap::new();
+        let status = |path: &str, h: &HeaderMap| -> Option<u16> {
+            let m = Method::GET;
+            let r = t.vhost("x")?.route(&view(&m, "x", path, h))?;
+            match &r.action {
+                Action::Direct { status, .. } => Some(status.as_u16()),
+                _ => None,
+            }
+        };
+        assert_eq!(status("/re/abc", &h), Some(201));
+        // `case_sensitive: false` is ignored for safe_regex (Envoy), not for prefixes.
+        assert_eq!(status("/RE/abc", &h), None);
+        assert_eq!(status("/pre/x", &h), Some(202));
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("abb"));
+        assert_eq!(status("/h", &h), Some(203));
+        // `ignore_case` has no effect on safe_regex; it does on exact.
+        h.insert("x-a", HeaderValue::from_static("ABB"));
+        assert_eq!(status("/h", &h), None);
+        h.insert("x-a", HeaderValue::from_static("ab"));
+        assert_eq!(status("/h", &h), Some(203));
+        h.insert("x-a", HeaderValue::from_static("Ab"));
+        assert_eq!(status("/h", &h), Some(204));
+    }
+
+    #[test]
+    fn max_program_size_is_refused_and_empty_google_re2_accepted() {
+        let rc = |re: &str| -> rpb::RouteConfiguration {
+            weft_xds::from_yaml(
+                &format!(
+                    "name: r\nvirtual_hosts: [{{name: v, domains: ['*'], routes: [{{match: {{safe_regex: {re}}}, route: {{cluster: c, regex_rewrite: {{pattern: {re}, substitution: x}}}}}}]}}]"
+                ),
+                "t",
+            )
+            .unwrap()
+        };
+        assert!(route_table(&rc("{google_re2: {}, regex: '/a'}")).is_ok());
+        let e = route_table(&rc("{google_re2: {max_program_size: 100}, regex: '/a'}")).unwrap_err();
+        assert_eq!(
+            e.field,
+            "virtual_hosts[0].routes[0].match.safe_regex.google_re2.max_program_size"
+        );
+        let h: rpb::HeaderMatcher = weft_xds::from_yaml(
+            "{name: x, string_match: {safe_regex: {google_re2: {max_program_size: 1}, regex: a}}}",
+            "t",
+        )
+        .unwrap();
+        let e = header_matcher(&Ctx::new("route_config", "r"), "h", &h).unwrap_err();
+        assert_eq!(
+            e.field,
+            "h.string_match.safe_regex.google_re2.max_program_size"
+        );
+    }
+
+    #[test]
+    fn empty_header_values_are_dropped_unless_kept() {
+        let add: Vec<core::HeaderValueOption> = weft_xds::from_yaml::<rpb::RouteConfiguration>(
+            r#"
+name: r
+request_headers_to_add:
+- header: {key: x-empty, value: ""}
+  append_action: OVERWRITE_IF_EXISTS_OR_ADD
+- header: {key: x-kept, value: ""}
+  keep_empty_value: true
+- header: {key: x-full, value: "v"}
+"#,
+            "t",
+        )
+        .unwrap()
+        .request_headers_to_add;
+        let m = header_mutation(&Ctx::new("route_config", "r"), "request", &add, &[]).unwrap();
+        let names: Vec<&str> = m.add.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-kept", "x-full"]);
+        assert_eq!(m.add[0].1, "");
+    }
+
+    #[test]
+    fn host_selection_retry_max_attempts_counts_re_picks() {
+        let policy = |extra: &str| {
+            let p: rpb::RetryPolicy =
+                weft_xds::from_yaml(&format!("{{retry_on: 5xx{extra}}}"), "t").unwrap();
+            retry_policy(&Ctx::new("route_config", "r"), "rp", &p)
+        };
+        assert_eq!(policy("").unwrap().host_selection_max_attempts, 1);
+        assert_eq!(
+            policy(", host_selection_retry_max_attempts: 5")
+                .unwrap()
+                .host_selection_max_attempts,
+            6
+        );
+        for bad in ["-1", "100"] {
+            let e = policy(&format!(", host_selection_retry_max_attempts: {bad}")).unwrap_err();
+            assert_eq!(e.field, "rp.host_selection_retry_max_attempts");
+        }
     }
 
     #[test]

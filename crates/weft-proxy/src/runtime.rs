@@ -106,7 +106,7 @@ pub enum LoadError {
     Parse(#[from] weft_xds::JsonError),
     #[error("{path}: {0}", path = .1)]
     Unsupported(String, String),
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot bind listener {name:?} on {addr}: {source}")]
     Bind {
@@ -148,6 +148,8 @@ pub fn read_bootstrap(path: &Path) -> Result<(Bootstrap, String), LoadError> {
     if !bad.is_empty() {
         return Err(LoadError::Unsupported(refusal(&bad), name));
     }
+    crate::config::check_admin(&b)?;
+    crate::xds::check(&b)?;
     Ok((b, text))
 }
 
@@ -181,7 +183,10 @@ pub fn compile(
             .filter(|old| old.source == bytes);
         let cluster = match reuse {
             Some(old) => old.clone(),
-            None => upstream::build(c, stats, xds)?,
+            None => {
+                crate::config::check_cluster(c, xds)?;
+                upstream::build(c, stats, xds)?
+            }
         };
         if let Some(svc) = &cluster.eds_service
             && let Some(cla) = dynamic.endpoints.get(svc)
@@ -199,10 +204,25 @@ pub fn compile(
     }
     let mut routes = HashMap::new();
     for (name, rc) in &dynamic.routes {
-        routes.insert(
-            name.clone(),
-            Arc::new(crate::router::route_table(&rc.value)?),
-        );
+        let table = crate::router::route_table(&rc.value)?;
+        // RDS tables are checked only when they say `validate_clusters: true` (Envoy's default
+        // is false for them), and only when they change: as in Envoy, a later CDS update that
+        // removes a cluster does not invalidate a table already accepted.
+        let changed = prev
+            .and_then(|p| p.dynamic.routes.get(name))
+            .is_none_or(|old| old.value != rc.value);
+        if changed
+            && rc.value.validate_clusters.as_ref().is_some_and(|b| b.value)
+            && let Some((field, missing)) = missing_cluster(&table, &clusters)
+        {
+            return Err(crate::config::ConfigError::new(
+                format!("route_config {name:?}"),
+                field,
+                format!("cluster `{missing}` is not defined (validate_clusters is true)"),
+            )
+            .into());
+        }
+        routes.insert(name.clone(), Arc::new(table));
     }
     let mut listeners = Vec::new();
     let mut warming = Vec::new();
@@ -228,7 +248,14 @@ pub fn compile(
         }) {
             Some(old) => old.clone(),
             None => {
-                let built = listener::build(l, stats)?;
+                crate::config::check_listener(l, xds)?;
+                let mut built = listener::build(l, stats)?;
+                if !l.stat_prefix.is_empty() {
+                    // Envoy names the listener's stats `listener.<stat_prefix>.` when set.
+                    let by_addr =
+                        std::mem::replace(&mut built.stats, stats.listener(&l.stat_prefix));
+                    stats.release_listener(by_addr);
+                }
                 validate_clusters(&built, &clusters)?;
                 Arc::new(built)
             }
@@ -268,24 +295,52 @@ fn validate_clusters(
         if !table.validate_clusters {
             continue;
         }
-        for (field, name) in table.referenced_clusters() {
-            if !clusters.contains_key(name) {
-                return Err(crate::config::ConfigError::new(
-                    format!("listener {:?}", l.name),
-                    format!("route_config {:?} {field}", table.name),
-                    format!(
-                        "cluster `{name}` is not defined (set validate_clusters: false to allow it)"
-                    ),
-                )
-                .into());
-            }
+        if let Some((field, name)) = missing_cluster(table, clusters) {
+            return Err(crate::config::ConfigError::new(
+                format!("listener {:?}", l.name),
+                format!("route_config {:?} {field}", table.name),
+                format!(
+                    "cluster `{name}` is not defined (set validate_clusters: false to allow it)"
+                ),
+            )
+            .into());
         }
     }
     Ok(())
 }
 
+/// The first cluster `table` names that `clusters` does not define, with its field path.
+fn missing_cluster<'t>(
+    table: &'t RouteTable,
+    clusters: &HashMap<String, Arc<Cluster>>,
+) -> Option<(String, &'t str)> {
+    table
+        .referenced_clusters()
+        .into_iter()
+        .find(|(_, name)| !clusters.contains_key(*name))
+}
+
+/// The resource a listener of `snap` was compiled from (names are unique across static and
+/// dynamic listeners).
+fn listener_source<'s>(snap: &'s Snapshot, name: &str) -> Option<&'s ListenerPb> {
+    snap.dynamic
+        .listeners
+        .get(name)
+        .map(|v| &v.value)
+        .or_else(|| {
+            snap.bootstrap
+                .static_resources
+                .as_ref()?
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+        })
+}
+
 struct Running {
     addr: SocketAddr,
+    /// `SocketAddress.ipv4_compat` the socket was bound with (a change rebinds).
+    ipv4_compat: bool,
     config: Arc<ArcSwap<ListenerConfig>>,
     stop: watch::Sender<bool>,
 }
@@ -431,7 +486,14 @@ impl Control {
         let full = type_url.rsplit('/').next().unwrap_or("");
         let now = SystemTime::now();
         macro_rules! merge {
-            ($map:ident, $ty:ty) => {{
+            ($map:ident, $ty:ty) => {
+                merge!(
+                    $map,
+                    $ty,
+                    |_: &$ty| Ok::<(), crate::config::ConfigError>(())
+                )
+            };
+            ($map:ident, $ty:ty, $check:expr) => {{
                 for (name, version, any) in added {
                     let bad = unsupported(&pool, full, &any.value);
                     if !bad.is_empty() {
@@ -439,6 +501,7 @@ impl Control {
                     }
                     let value = <$ty as prost::Message>::decode(any.value.as_slice())
                         .map_err(|e| format!("{full} {name:?}: undecodable: {e}"))?;
+                    ($check)(&value).map_err(|e| e.to_string())?;
                     dynamic.$map.insert(
                         name.clone(),
                         Versioned {
@@ -458,7 +521,7 @@ impl Control {
             "envoy.config.cluster.v3.Cluster" => merge!(clusters, ClusterPb),
             "envoy.config.route.v3.RouteConfiguration" => merge!(routes, RouteConfiguration),
             "envoy.config.endpoint.v3.ClusterLoadAssignment" => {
-                merge!(endpoints, ClusterLoadAssignment)
+                merge!(endpoints, ClusterLoadAssignment, crate::config::check_cla)
             }
             other => {
                 return Err(format!(
@@ -505,15 +568,17 @@ impl Control {
         }
     }
 
-    /// Ready once LDS and CDS arrived and every route/endpoint set they name is known.
+    /// Ready once LDS and CDS (those the bootstrap subscribes to) arrived and every
+    /// route/endpoint set they name is known.
     fn update_initialized(&self, st: &State) {
         if self.shared.initialized.load(Ordering::Relaxed) {
             return;
         }
         let d = &st.dynamic;
         let snap = self.shared.snapshot();
-        let have_types = d.received.contains("envoy.config.listener.v3.Listener")
-            && d.received.contains("envoy.config.cluster.v3.Cluster");
+        let src = crate::xds::sources(&st.bootstrap);
+        let have_types = (!src.lds || d.received.contains("envoy.config.listener.v3.Listener"))
+            && (!src.cds || d.received.contains("envoy.config.cluster.v3.Cluster"));
         let eds_done = snap.clusters.values().all(|c| {
             c.eds_service
                 .as_ref()
@@ -636,13 +701,18 @@ fn sync_listeners(
 ) -> Result<(), LoadError> {
     let mut fresh = Vec::new();
     for l in &snap.listeners {
-        let keep = running.get(&l.name).is_some_and(|r| r.addr == l.addr);
+        let compat = crate::config::ipv4_compat(
+            listener_source(snap, &l.name).and_then(|pb| pb.address.as_ref()),
+        );
+        let keep = running
+            .get(&l.name)
+            .is_some_and(|r| r.addr == l.addr && r.ipv4_compat == compat);
         if !keep {
             let moving_same_addr = running.values().any(|r| r.addr == l.addr);
             if let Some(old) = running.get(&l.name) {
                 let _ = old.stop.send(true);
             }
-            let sock = match listener::bind(l.addr) {
+            let sock = match listener::bind_compat(l.addr, compat) {
                 Ok(s) => s,
                 Err(e) if moving_same_addr => {
                     return Err(LoadError::Bind {
@@ -659,7 +729,7 @@ fn sync_listeners(
                     });
                 }
             };
-            fresh.push((l.clone(), sock));
+            fresh.push((l.clone(), sock, compat));
         }
     }
     let wanted: std::collections::HashSet<&str> = snap
@@ -686,7 +756,7 @@ fn sync_listeners(
             r.config.store(l.clone());
         }
     }
-    for (l, sock) in fresh {
+    for (l, sock, ipv4_compat) in fresh {
         let config = Arc::new(ArcSwap::new(l.clone()));
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(listener::serve(
@@ -700,6 +770,7 @@ fn sync_listeners(
             l.name.clone(),
             Running {
                 addr: l.addr,
+                ipv4_compat,
                 config,
                 stop,
             },
@@ -825,4 +896,93 @@ pub fn config_dump(shared: &Shared) -> serde_json::Value {
             "last_reload_error": shared.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dynamic_with_route(rc: &str) -> Arc<Dynamic> {
+        let value: RouteConfiguration = weft_xds::from_yaml(rc, "test").unwrap();
+        let mut d = Dynamic::default();
+        d.routes.insert(
+            value.name.clone(),
+            Versioned {
+                version: "1".into(),
+                value,
+                last_updated: SystemTime::now(),
+            },
+        );
+        Arc::new(d)
+    }
+
+    const RC: &str = "name: r\nvirtual_hosts: [{name: v, domains: ['*'], routes: [{match: {prefix: /}, route: {cluster: nope}}]}]\n";
+
+    #[test]
+    fn rds_tables_validate_clusters_only_when_asked() {
+        let b = Bootstrap::default();
+        let stats = Stats::new();
+        // Unset (Envoy's RDS default): an unknown cluster is accepted (503 NC at run time).
+        let d = dynamic_with_route(RC);
+        assert!(compile(&b, &d, None, &stats, 1).is_ok());
+        let strict = dynamic_with_route(&format!("{RC}validate_clusters: true\n"));
+        let e = compile(&b, &strict, None, &stats, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("route_config \"r\"")
+                && e.contains("virtual_hosts[0].routes[0].route.cluster")
+                && e.contains("nope"),
+            "{e}"
+        );
+        // A table in force before is not re-checked when it did not change (a CDS update
+        // that removed its cluster is not refused).
+        let prev = Snapshot {
+            dynamic: strict.clone(),
+            ..compile(&b, &d, None, &stats, 1).unwrap()
+        };
+        assert!(compile(&b, &strict, Some(&prev), &stats, 2).is_ok());
+    }
+
+    #[test]
+    fn listener_stat_prefix_names_its_stats() {
+        let b: Bootstrap = weft_xds::from_yaml(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    stat_prefix: ingress
+    address: {socket_address: {address: 127.0.0.1, port_value: 18080}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: t
+          cluster: c
+  clusters:
+  - {name: c, type: STATIC, load_assignment: {cluster_name: c}}
+"#,
+            "test",
+        )
+        .unwrap();
+        let stats = Stats::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let snap = rt
+            .block_on(async { compile(&b, &Default::default(), None, &stats, 1) })
+            .unwrap();
+        let l = &snap.listeners[0];
+        l.stats.downstream_cx_total.inc();
+        let text = stats.encode();
+        assert!(
+            text.contains(
+                "envoy_listener_downstream_cx_total{envoy_listener_address=\"ingress\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("127.0.0.1_18080"), "{text}");
+    }
 }

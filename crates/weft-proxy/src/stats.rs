@@ -350,6 +350,18 @@ macro_rules! scope {
                     }), )?
                 }
             }
+
+            /// Drops every series of `name` from the families (config time only).
+            #[allow(dead_code)]
+            fn remove(fams: &$families, name: &str) {
+                let labels = $labels { $label_field: name.to_owned() };
+                $(fams.$c.remove(&labels);)*
+                $(fams.$g.remove(&labels);)*
+                $(fams.$h.remove(&labels);)*
+                $( for c in CLASSES {
+                    fams.rq_class.remove(&<$cl as ClassLabels>::new(c, name));
+                } )?
+            }
         }
     };
 }
@@ -570,11 +582,33 @@ impl Stats {
         })
     }
 
-    /// The stats of the listener with stat name `addr_name` (see [`listener_stat_name`]).
+    /// The stats of the listener with stat name `addr_name`: the listener's `stat_prefix` when
+    /// set (Envoy's `listener.<stat_prefix>.`), else its address (see [`listener_stat_name`]).
+    /// Either way the name is the `envoy_listener_address` label.
     pub fn listener(&self, addr_name: &str) -> Arc<ListenerStats> {
         get_or_create(&self.listeners, addr_name, || {
             ListenerStats::create(&self.listener_fams, addr_name)
         })
+    }
+
+    /// Gives back the stats of a listener that no longer uses them (its stat name changed, e.g.
+    /// a `stat_prefix` replaced its address name): the series leave the exposition unless
+    /// something else still holds them (another listener, one still draining).
+    pub fn release_listener(&self, handle: Arc<ListenerStats>) {
+        let mut map = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(name) = map
+            .iter()
+            .find(|(_, s)| Arc::ptr_eq(s, &handle))
+            .map(|(n, _)| n.clone())
+        else {
+            return;
+        };
+        // Held by the cache and by `handle` only.
+        if Arc::strong_count(&handle) > 2 {
+            return;
+        }
+        map.remove(&name);
+        ListenerStats::remove(&self.listener_fams, &name);
     }
 
     /// The stats of the HTTP connection manager with `stat_prefix`.
@@ -790,6 +824,34 @@ mod tests {
         assert!(has_line(&text, "envoy_server_total_connections 4"));
         assert!(has_line(&text, "envoy_server_live 1"));
         assert!(text.contains("envoy_server_uptime "));
+    }
+
+    #[test]
+    fn released_listener_series_leave_the_exposition() {
+        let stats = Stats::new();
+        let by_addr = stats.listener("127.0.0.1_8080");
+        let named = stats.listener("ingress");
+        named.downstream_cx_total.inc();
+        let held = stats.listener("127.0.0.1_8080");
+        // Still held by someone else: kept.
+        stats.release_listener(by_addr);
+        assert!(
+            stats
+                .encode()
+                .contains("envoy_listener_address=\"127.0.0.1_8080\"")
+        );
+        stats.release_listener(held);
+        let text = stats.encode();
+        assert!(!text.contains("127.0.0.1_8080"), "{text}");
+        assert!(has_line(
+            &text,
+            "envoy_listener_downstream_cx_total{envoy_listener_address=\"ingress\"} 1"
+        ));
+        // A fresh handle for the released name starts again.
+        assert_eq!(
+            stats.listener("127.0.0.1_8080").downstream_cx_total.get(),
+            0
+        );
     }
 
     #[test]

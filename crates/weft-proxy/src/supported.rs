@@ -337,7 +337,9 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "strip_query",
         ],
         "envoy.config.route.v3.DirectResponseAction" => &["status", "body"],
-        "envoy.config.core.v3.HeaderValueOption" => &["header", "append", "append_action"],
+        "envoy.config.core.v3.HeaderValueOption" => {
+            &["header", "append", "append_action", "keep_empty_value"]
+        }
         "envoy.config.core.v3.HeaderValue" => &["key", "value", "raw_value"],
         // Clusters.
         "envoy.config.cluster.v3.Cluster" => &[

@@ -41,6 +41,8 @@ enum Filter {
 struct BodyFormat {
     pieces: Vec<Piece>,
     content_type: HeaderValue,
+    /// `omit_empty_values`: an operator without a value renders as nothing instead of `-`.
+    omit_empty: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -93,7 +95,14 @@ impl BodyFormat {
                     flags.write_short(&mut b);
                     out.push_str(&String::from_utf8_lossy(&b));
                 }
-                Piece::Details => out.push_str(if details.is_empty() { "-" } else { details }),
+                // The only operator that can lack a value (the body may be empty, which is a
+                // value; no flags render as `-` either way, as in Envoy).
+                Piece::Details if details.is_empty() => {
+                    if !self.omit_empty {
+                        out.push('-');
+                    }
+                }
+                Piece::Details => out.push_str(details),
             }
         }
         out
@@ -174,6 +183,7 @@ fn body_format(
             )
         })?,
         content_type,
+        omit_empty: sfs.omit_empty_values,
     })
 }
 
@@ -379,6 +389,25 @@ body_format: {text_format: "[%RESPONSE_CODE_DETAILS%] %LOCAL_REPLY_BODY% 100%%",
             (r.status.as_u16(), r.body.as_str()),
             (200, "[direct_response] direct 100%")
         );
+    }
+
+    #[test]
+    fn omit_empty_values_drops_the_dash() {
+        let fmt = |omit: bool| {
+            lr(&format!(
+                "body_format: {{text_format: '[%RESPONSE_CODE_DETAILS%] %RESPONSE_FLAGS% %LOCAL_REPLY_BODY%', omit_empty_values: {omit}}}"
+            ))
+            .unwrap()
+        };
+        let mut r = reply(404, "");
+        fmt(false).rewrite(&mut r, ResponseFlags::NONE, "");
+        assert_eq!(r.body, "[-] - ");
+        let mut r = reply(404, "");
+        fmt(true).rewrite(&mut r, ResponseFlags::NONE, "");
+        assert_eq!(r.body, "[] - ");
+        let mut r = reply(503, "b");
+        fmt(true).rewrite(&mut r, ResponseFlags::UH, "no_healthy_upstream");
+        assert_eq!(r.body, "[no_healthy_upstream] UH b");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! (`PassthroughCluster`) relies on in explicit-proxy mode.
 //!
 //! The cache lock is never held across a lookup; a lookup always has a deadline.
+//!
+//! `Family` (Envoy's `dns_lookup_family`) is shared with STRICT_DNS / LOGICAL_DNS clusters:
+//! [`cluster_family`] reads a cluster's and [`Family::select`] filters a DNS answer by it.
 
 use super::host::{Host, Locality};
 use super::pool::{HostPool, PoolSettings};
@@ -50,6 +53,44 @@ impl Family {
             Family::V6Only => v6(),
             Family::V4Preferred => v4().or_else(v6),
             Family::All => addrs.first().copied(),
+        }
+    }
+
+    /// Every address of the family Envoy's `dns_lookup_family` selects from one DNS answer,
+    /// in answer order: what a STRICT_DNS cluster uses (a LOGICAL_DNS cluster takes the first).
+    /// AUTO: the IPv6 addresses if there are any, else the IPv4 ones; V4_PREFERRED the
+    /// reverse; V4_ONLY / V6_ONLY one family only; ALL everything.
+    pub fn select(self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let of = |v6: bool| -> Vec<SocketAddr> {
+            addrs
+                .iter()
+                .filter(|a| a.is_ipv6() == v6)
+                .copied()
+                .collect()
+        };
+        let preferring = |v6: bool| {
+            let first = of(v6);
+            if first.is_empty() { of(!v6) } else { first }
+        };
+        match self {
+            Family::Auto => preferring(true),
+            Family::V4Preferred => preferring(false),
+            Family::V4Only => of(false),
+            Family::V6Only => of(true),
+            Family::All => addrs.to_vec(),
+        }
+    }
+
+    /// Parses a `DnsLookupFamily` value; `field` is its path, for the error.
+    pub fn from_proto(ctx: &Ctx, field: &str, v: i32) -> Result<Family, ConfigError> {
+        use cpb::cluster::DnsLookupFamily as L;
+        match L::try_from(v) {
+            Ok(L::Auto) => Ok(Family::Auto),
+            Ok(L::V4Only) => Ok(Family::V4Only),
+            Ok(L::V6Only) => Ok(Family::V6Only),
+            Ok(L::V4Preferred) => Ok(Family::V4Preferred),
+            Ok(L::All) => Ok(Family::All),
+            Err(_) => Err(ctx.err(field, format!("unknown value {v}"))),
         }
     }
 
@@ -233,6 +274,12 @@ impl DnsCache {
     }
 }
 
+/// The `dns_lookup_family` of a STRICT_DNS / LOGICAL_DNS cluster (default AUTO, as in Envoy);
+/// apply it to every answer with [`Family::select`].
+pub fn cluster_family(ctx: &Ctx, c: &cpb::Cluster) -> Result<Family, ConfigError> {
+    Family::from_proto(ctx, "dns_lookup_family", c.dns_lookup_family)
+}
+
 /// Compiles `cluster_type` of a dynamic forward proxy cluster. The cluster must use
 /// `lb_policy: CLUSTER_PROVIDED` and have no endpoints of its own.
 pub fn config(
@@ -302,20 +349,7 @@ pub fn config(
     if d.name.is_empty() {
         return Err(ctx.err(format!("{df}.name"), "a cache name is required"));
     }
-    use cpb::cluster::DnsLookupFamily as L;
-    let family = match L::try_from(d.dns_lookup_family) {
-        Ok(L::Auto) => Family::Auto,
-        Ok(L::V4Only) => Family::V4Only,
-        Ok(L::V6Only) => Family::V6Only,
-        Ok(L::V4Preferred) => Family::V4Preferred,
-        Ok(L::All) => Family::All,
-        Err(_) => {
-            return Err(ctx.err(
-                format!("{df}.dns_lookup_family"),
-                format!("unknown value {}", d.dns_lookup_family),
-            ));
-        }
-    };
+    let family = Family::from_proto(ctx, &format!("{df}.dns_lookup_family"), d.dns_lookup_family)?;
     let ttl = opt_duration(
         ctx,
         &format!("{df}.dns_refresh_rate"),
@@ -396,6 +430,31 @@ mod tests {
         assert_eq!(Family::V4Only.pick(&[v6]), None);
         assert_eq!(Family::V4Preferred.pick(&[v6]), Some(v6));
         assert_eq!(Family::All.pick(&both), Some(v6));
+    }
+
+    #[test]
+    fn family_selects_every_address_of_the_family() {
+        let a4: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b4: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let a6: SocketAddr = "[fd00::1]:80".parse().unwrap();
+        let mixed = [a4, a6, b4];
+        assert_eq!(Family::Auto.select(&mixed), vec![a6]);
+        assert_eq!(Family::Auto.select(&[a4, b4]), vec![a4, b4]);
+        assert_eq!(Family::V4Preferred.select(&mixed), vec![a4, b4]);
+        assert_eq!(Family::V4Preferred.select(&[a6]), vec![a6]);
+        assert_eq!(Family::V4Only.select(&[a6]), Vec::<SocketAddr>::new());
+        assert_eq!(Family::V6Only.select(&mixed), vec![a6]);
+        assert_eq!(Family::All.select(&mixed), mixed.to_vec());
+        let ctx = Ctx::new("cluster", "c");
+        let c: cpb::Cluster =
+            weft_xds::from_yaml("name: c\ndns_lookup_family: V4_ONLY\n", "t").unwrap();
+        assert_eq!(cluster_family(&ctx, &c).unwrap(), Family::V4Only);
+        let c = cpb::Cluster {
+            dns_lookup_family: 42,
+            ..Default::default()
+        };
+        let e = cluster_family(&ctx, &c).unwrap_err().to_string();
+        assert!(e.contains("dns_lookup_family"), "{e}");
     }
 
     #[tokio::test]

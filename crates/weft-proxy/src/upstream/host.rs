@@ -20,8 +20,8 @@ use super::outlier::{OutlierState, health_epoch};
 
 /// Envoy's overprovisioning factor, in percent.
 const OVERPROVISIONING_PERCENT: u64 = 140;
-/// Picks tried before giving up on avoiding already-tried hosts (Envoy's
-/// `host_selection_retry_max_attempts`).
+/// Random picks [`EndpointSet::pick`] makes before scanning for an untried host. (A retry
+/// policy's `host_selection_retry_max_attempts` goes through [`EndpointSet::pick_limited`].)
 pub const HOST_SELECTION_MAX_ATTEMPTS: u32 = 5;
 
 /// Where a host runs.
@@ -265,6 +265,43 @@ impl EndpointSet {
             ),
             _ => self.with_health(|h| self.pick_with(ctx, HealthView::Multi(h))),
         }
+    }
+
+    /// Envoy's host selection with the retry policy's `host_selection_retry_max_attempts`:
+    /// at most `picks` (at least 1) load-balancer picks while the picked host is in
+    /// `ctx.excluded`, then the last host picked, tried or not. Unlike [`pick`](Self::pick),
+    /// which always finds an untried healthy host when one exists, this bounds the search as
+    /// Envoy does; `None` only when the set is empty.
+    pub fn pick_limited(&self, ctx: &LbContext<'_>, picks: u32) -> Option<Arc<Host>> {
+        match self.inner.levels.len() {
+            0 => None,
+            1 => self.pick_limited_with(
+                ctx,
+                picks,
+                HealthView::Single {
+                    panic: self.single_panic(),
+                },
+            ),
+            _ => self.with_health(|h| self.pick_limited_with(ctx, picks, HealthView::Multi(h))),
+        }
+    }
+
+    fn pick_limited_with(
+        &self,
+        ctx: &LbContext<'_>,
+        picks: u32,
+        health: HealthView<'_>,
+    ) -> Option<Arc<Host>> {
+        let mut last = None;
+        for attempt in 0..picks.max(1) {
+            let (l, i) = self.pick_once(ctx.hash, attempt, health);
+            let host = self.inner.levels.get(l)?.hosts.get(i)?;
+            if !is_excluded(host, ctx.excluded) {
+                return Some(Arc::clone(host));
+            }
+            last = Some(host);
+        }
+        last.cloned()
     }
 
     fn pick_with(&self, ctx: &LbContext<'_>, health: HealthView<'_>) -> Option<Arc<Host>> {
@@ -579,6 +616,39 @@ mod tests {
                 .is_some()
             );
         }
+    }
+
+    #[test]
+    fn limited_picks_follow_envoy() {
+        let hs: Vec<_> = (0..2).map(|i| host(i, 1, 0)).collect();
+        let set = EndpointSet::new(hs.clone(), &cfg(LbPolicy::RoundRobin));
+        let excluded = [hs[0].clone()];
+        let ctx = LbContext {
+            hash: None,
+            excluded: &excluded,
+        };
+        // One pick (host_selection_retry_max_attempts unset): round robin alternates, so
+        // about half the picks land on the tried host, which is then used anyway.
+        let mut tried_again = 0;
+        for _ in 0..100 {
+            if set.pick_limited(&ctx, 1).unwrap().addr == hs[0].addr {
+                tried_again += 1;
+            }
+        }
+        assert!((40..=60).contains(&tried_again), "{tried_again}");
+        // Two picks: round robin never gives the tried host twice in a row.
+        for _ in 0..100 {
+            assert_eq!(set.pick_limited(&ctx, 2).unwrap().addr, hs[1].addr);
+        }
+        // Everything tried: the last pick is used.
+        let all = [hs[0].clone(), hs[1].clone()];
+        let ctx = LbContext {
+            hash: None,
+            excluded: &all,
+        };
+        assert!(set.pick_limited(&ctx, 5).is_some());
+        let empty = EndpointSet::new(Vec::new(), &cfg(LbPolicy::RoundRobin));
+        assert!(empty.pick_limited(&ctx, 5).is_none());
     }
 
     #[test]

@@ -127,8 +127,8 @@ impl Default for LbConfig {
 /// Reads `lb_policy`, `least_request_lb_config`, `ring_hash_lb_config`, `maglev_lb_config` and
 /// `common_lb_config.healthy_panic_threshold`. Policies Weft does not implement, typed
 /// `load_balancing_policy`, subset load balancing and non-xxHash rings are refused.
-/// Slow start and locality-weighted/zone-aware settings are accepted and ignored (traffic still
-/// flows, without the ramp-up or the locality bias).
+/// Slow start (`slow_start_config`), locality-weighted and zone-aware settings are refused
+/// before this runs: they are not in `supported.rs`, so the unsupported-field walk names them.
 pub fn lb_config_from_cluster(c: &Cluster) -> Result<LbConfig, UnsupportedField> {
     if c.load_balancing_policy.is_some() {
         return Err(UnsupportedField::new(
