@@ -276,3 +276,52 @@ async fn regex_case_empty_headers_and_listener_stat_prefix() -> Result<()> {
     })
     .await
 }
+
+/// A STRICT_DNS cluster keeps only the addresses of its `dns_lookup_family`: `localhost`
+/// resolves to 127.0.0.1 here (and maybe ::1), so V4_ONLY reaches the IPv4-only upstream and
+/// V6_ONLY never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_dns_honours_dns_lookup_family() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let dns = |name: &str, family: &str| {
+            format!(
+                "- name: {name}\n  type: STRICT_DNS\n  connect_timeout: 0.5s\n  dns_lookup_family: {family}\n  load_assignment:\n    cluster_name: {name}\n    endpoints:\n    - lb_endpoints:\n      - endpoint: {{ address: {{ socket_address: {{ address: localhost, port_value: {} }} }} }}\n",
+                up.addr.port()
+            )
+        };
+        let port = free_port();
+        let vhosts = r#"
+- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/v4" }
+    route: { cluster: v4 }
+  - match: { prefix: "/v6" }
+    route: { cluster: v6 }
+"#;
+        let yaml = bootstrap(
+            &[http_listener("main", port, vhosts).build()],
+            &[dns("v4", "V4_ONLY"), dns("v6", "V6_ONLY")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        let h = Http::h1();
+        eventually(
+            "the V4_ONLY cluster to reach the upstream",
+            Duration::from_secs(10),
+            async || {
+                let r = h.get(local(port), "/v4").await.ok()?;
+                (r.status == 200 && r.upstream() == "up").then_some(())
+            },
+        )
+        .await?;
+        let before = up.requests();
+        for _ in 0..5 {
+            let r = h.get(local(port), "/v6").await?;
+            ensure!(r.status == 503, "V6_ONLY reached an IPv4 upstream: {r:?}");
+        }
+        ensure!(up.requests() == before, "V6_ONLY sent requests to the IPv4 upstream");
+        Ok(())
+    })
+    .await
+}

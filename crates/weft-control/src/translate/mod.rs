@@ -1067,8 +1067,11 @@ fn cluster_json(
         c["type"] = json!("EDS");
         c["eds_cluster_config"] = json!({"eds_config": ads(), "service_name": name});
     } else {
-        // DNS services: resolve the host itself.
+        // DNS services: resolve the host itself. IPv4 addresses first, as Istio does for
+        // IPv4 proxies (Envoy's default AUTO would take only the IPv6 answers of a dual-stack
+        // name), falling back to IPv6 for a name that has only those.
         c["type"] = json!("STRICT_DNS");
+        c["dns_lookup_family"] = json!("V4_PREFERRED");
         c["load_assignment"] = json!({"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": svc.hostname, "port_value": port.target.unwrap_or(port.number)}}}}]}]});
     }
     c

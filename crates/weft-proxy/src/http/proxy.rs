@@ -996,9 +996,14 @@ async fn forward(
             hash: hash.hash,
             excluded: &tried,
         };
-        let picked = match &dynamic {
-            Some((h, p)) => Some((h.clone(), p.clone())),
-            None => cluster.pick(&lb_ctx),
+        let picked = match (&dynamic, policy.as_deref()) {
+            (Some((h, p)), _) => Some((h.clone(), p.clone())),
+            // An explicit host_selection_retry_max_attempts bounds the search for an untried
+            // host as in Envoy; otherwise an untried healthy host is always found if any.
+            (None, Some(p)) if attempt_no > 1 && p.host_selection_max_attempts > 1 => {
+                cluster.pick_limited(&lb_ctx, p.host_selection_max_attempts)
+            }
+            (None, _) => cluster.pick(&lb_ctx),
         };
         let Some((host, pool)) = picked else {
             cluster.stats.upstream_cx_none_healthy.inc();

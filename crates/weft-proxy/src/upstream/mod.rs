@@ -78,6 +78,19 @@ impl Cluster {
         Some((host, pool))
     }
 
+    /// `pick` for a retry under Envoy's `host_selection_retry_max_attempts`: at most `picks`
+    /// draws while the drawn host was already tried, then the last one drawn.
+    pub fn pick_limited(
+        &self,
+        ctx: &LbContext<'_>,
+        picks: u32,
+    ) -> Option<(Arc<Host>, Arc<HostPool>)> {
+        let eps = self.endpoints.load();
+        let host = eps.set.pick_limited(ctx, picks)?;
+        let pool = eps.pools.get(&host.addr)?.clone();
+        Some((host, pool))
+    }
+
     /// Reports one attempt's outcome to outlier detection and refreshes its stats.
     pub fn report(&self, host: &Host, outcome: outlier::Outcome) {
         if let Some(o) = &self.outlier {
@@ -330,11 +343,13 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
     if !names.is_empty() {
         let dns_refresh = opt_duration(&ctx, "dns_refresh_rate", c.dns_refresh_rate.as_ref())?
             .unwrap_or(Duration::from_secs(5));
+        let family = dfp::cluster_family(&ctx, c)?;
         spawn_dns(
             Arc::downgrade(&cluster),
             names,
             dns_refresh.max(Duration::from_millis(100)),
             kind == D::LogicalDns,
+            family,
         );
     }
     Ok(cluster)
@@ -454,14 +469,23 @@ fn hosts_from_assignment(
     Ok((hosts, names))
 }
 
-fn spawn_dns(cluster: Weak<Cluster>, names: Vec<NamedHost>, every: Duration, logical: bool) {
+/// Resolves the cluster's names every `every`, keeping the addresses of the cluster's
+/// `dns_lookup_family` (all of them for STRICT_DNS, the first for LOGICAL_DNS).
+fn spawn_dns(
+    cluster: Weak<Cluster>,
+    names: Vec<NamedHost>,
+    every: Duration,
+    logical: bool,
+    family: dfp::Family,
+) {
     tokio::spawn(async move {
         loop {
             let mut hosts = Vec::new();
             for n in &names {
                 match tokio::net::lookup_host((n.name.as_str(), n.port)).await {
                     Ok(addrs) => {
-                        for a in addrs.take(if logical { 1 } else { usize::MAX }) {
+                        let addrs = family.select(&addrs.collect::<Vec<_>>());
+                        for a in addrs.into_iter().take(if logical { 1 } else { usize::MAX }) {
                             hosts.push(Arc::new(Host::new(
                                 a,
                                 n.weight,
