@@ -152,6 +152,14 @@ pub fn ads_endpoint(b: &Bootstrap) -> Result<Option<String>, String> {
                 .target_uri
                 .trim_start_matches("dns:///")
                 .trim_start_matches("dns:");
+            if t.starts_with("https:") {
+                return Err(format!(
+                    "google_grpc.target_uri `{}`: TLS to the xDS server is not supported; the \
+                     control plane is reached over plaintext gRPC (keep it on loopback or a \
+                     trusted network)",
+                    g.target_uri
+                ));
+            }
             Ok(Some(if t.starts_with("http") {
                 t.to_string()
             } else {
@@ -168,6 +176,13 @@ pub fn ads_endpoint(b: &Bootstrap) -> Result<Option<String>, String> {
                         e.cluster_name
                     )
                 })?;
+            if c.transport_socket.is_some() {
+                return Err(format!(
+                    "cluster `{}` has a transport_socket: TLS to the xDS server is not \
+                     supported, and the ADS stream must not silently go out in plaintext",
+                    c.name
+                ));
+            }
             let ep = c
                 .load_assignment
                 .as_ref()

@@ -177,6 +177,14 @@ filter_chains:
                 format!("{plain}dynamic_resources:\n  cds_config: {{ads: {{}}}}\n"),
                 "dynamic_resources.cds_config.ads",
             ),
+            (
+                // TLS to the xDS server is refused rather than dropped into plaintext.
+                xds_bootstrap(WEFT_ADS, WEFT_LDS_CDS).replace(
+                    "- name: xds-grpc\n",
+                    "- name: xds-grpc\n  transport_socket:\n    name: envoy.transport_sockets.tls\n    typed_config:\n      \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n      sni: xds.example\n",
+                ),
+                "transport_socket",
+            ),
         ];
         for (yaml, field) in &cases {
             let (ok, out) = validate(yaml).await?;

@@ -757,6 +757,39 @@ async fn request_timeouts_are_applied_or_refused() -> Result<()> {
     .await
 }
 
+/// As in Envoy, the route timeout bounds the whole upstream response: a body still streaming
+/// when it passes is reset (logged 200 UT), while a body that ends in time is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_cuts_a_response_body_still_streaming() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let port = free_port();
+        let vhosts = "- name: all\n  domains: [\"*\"]\n  routes:\n  - match: { prefix: \"/short/\" }\n    route: { cluster: up, timeout: 0.5s, prefix_rewrite: \"/\" }\n  - match: { prefix: \"/\" }\n    route: { cluster: up, timeout: 3s }\n";
+        let yaml = bootstrap(
+            &[http_listener("main", port, vhosts).build()],
+            &[cluster("up", &[up.addr], "")],
+        );
+        let proxy = Proxy::start(&yaml).await?;
+        // /stream sends 5 chunks 200 ms apart: 800 ms in all.
+        let t = Instant::now();
+        let resp = Http::h1().raw(local(port), Req::get("/short/stream")).await?;
+        ensure!(resp.status() == 200, "status {}", resp.status());
+        let got = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .context("body stalled")?;
+        ensure!(got.is_err(), "a body past the route timeout must be reset, got {got:?}");
+        ensure!(t.elapsed() < Duration::from_millis(780), "cut after {:?}", t.elapsed());
+        proxy
+            .wait_access("200 UT", |l| l.path == "/short/stream" && l.code == 200 && l.has_flag("UT"))
+            .await?;
+        let r = Http::h1().get(local(port), "/stream").await?;
+        let expected: String = (0..STREAM_CHUNKS).map(|i| format!("chunk-{i}\n")).collect();
+        ensure!(r.status == 200 && r.text() == expected, "{} {:?}", r.status, r.text());
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_endpoints_is_503_uh() -> Result<()> {
     within(60, async {

@@ -182,16 +182,30 @@ impl Body for ReplayBody {
 
 /// Called once when a downstream response is finished (or abandoned): `bytes_sent` counts body
 /// bytes delivered, `completed` tells whether the stream reached its end.
-/// `idle_timeout` tells that the stream was reset because it was idle too long.
+/// `cut` tells why the proxy reset a response body it was still sending.
 pub trait OnDone: Send + 'static {
     fn done(
         self: Box<Self>,
         bytes_sent: u64,
         trailers: Option<&HeaderMap>,
         completed: bool,
-        idle_timeout: bool,
+        cut: Option<Cut>,
     );
 }
+
+/// Why a response body was reset by the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Nothing arrived from upstream for `stream_idle_timeout`.
+    StreamIdle,
+    /// The route's timeout passed before the upstream response was complete.
+    RouteTimeout,
+}
+
+/// The error a response body ends with when the route's timeout passed mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response timeout")]
+pub struct RouteTimeout;
 
 /// The error a response body ends with when `stream_idle_timeout` fired.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +228,9 @@ pub struct ResponseBody {
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// A frame arrived since the timer was last (re)set.
     progressed: bool,
+    /// The route's deadline for the whole response; its timer too is armed only on a wait.
+    deadline: Option<tokio::time::Instant>,
+    deadline_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl ResponseBody {
@@ -225,7 +242,14 @@ impl ResponseBody {
             idle: None,
             idle_timer: None,
             progressed: false,
+            deadline: None,
+            deadline_timer: None,
         }
+    }
+    /// Resets the stream when the upstream body is not complete by `deadline`.
+    pub fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        self.deadline = deadline;
+        self
     }
     /// Resets the stream when the upstream body sends nothing for `idle`.
     pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Self {
@@ -246,12 +270,23 @@ impl ResponseBody {
         self.on_done = Some(f);
     }
     fn finish(&mut self, trailers: Option<&HeaderMap>, completed: bool) {
-        self.finish_with(trailers, completed, false);
+        self.finish_with(trailers, completed, None);
     }
-    fn finish_with(&mut self, trailers: Option<&HeaderMap>, completed: bool, idle: bool) {
+    fn finish_with(&mut self, trailers: Option<&HeaderMap>, completed: bool, cut: Option<Cut>) {
         if let Some(f) = self.on_done.take() {
-            f.done(self.sent, trailers, completed, idle);
+            f.done(self.sent, trailers, completed, cut);
         }
+    }
+    /// Polls the route deadline of a waiting upstream body: true when it passed.
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.deadline else {
+            return false;
+        };
+        self.deadline_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
     }
     /// Polls the idle timer of a waiting upstream body: true when it fired.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
@@ -289,8 +324,12 @@ impl Body for ResponseBody {
         let r = match &mut this.inner {
             Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
                 Poll::Pending if this.idle_expired(cx) => {
-                    this.finish_with(None, false, true);
+                    this.finish_with(None, false, Some(Cut::StreamIdle));
                     return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout))));
+                }
+                Poll::Pending if this.deadline_passed(cx) => {
+                    this.finish_with(None, false, Some(Cut::RouteTimeout));
+                    return Poll::Ready(Some(Err(Box::new(RouteTimeout))));
                 }
                 Poll::Ready(r) => {
                     this.progressed = true;

@@ -5,7 +5,7 @@
 //! A request reads one config snapshot at its start and keeps it to the end. Everything that can
 //! be decided per config is decided when the config is compiled; this module only executes.
 
-use super::body::{Inner, OnDone, ReplayBody, ResponseBody};
+use super::body::{Cut, Inner, OnDone, ReplayBody, ResponseBody};
 use super::{Hcm, Routes, cors, fault, local_reply, mirror};
 use crate::access_log::LogRecord;
 use crate::flags::ResponseFlags;
@@ -84,11 +84,21 @@ impl OnDone for Exchange {
         bytes_sent: u64,
         trailers: Option<&HeaderMap>,
         completed: bool,
-        idle_timeout: bool,
+        cut: Option<Cut>,
     ) {
-        if idle_timeout {
-            self.flags.insert(ResponseFlags::SI);
-            self.details = "stream_idle_timeout";
+        match cut {
+            Some(Cut::StreamIdle) => {
+                self.flags.insert(ResponseFlags::SI);
+                self.details = "stream_idle_timeout";
+            }
+            Some(Cut::RouteTimeout) => {
+                self.flags.insert(ResponseFlags::UT);
+                self.details = "upstream_response_timeout";
+                if let Some(c) = &self.cluster {
+                    c.stats.upstream_rq_timeout.inc();
+                }
+            }
+            None => {}
         }
         self.record(bytes_sent, trailers, completed);
     }
@@ -1222,7 +1232,8 @@ async fn forward(
             cx.finish(Response::from_parts(
                 rparts,
                 ResponseBody::new(Inner::Upstream(rbody), None)
-                    .with_idle_timeout(hcm.stream_idle_timeout),
+                    .with_idle_timeout(hcm.stream_idle_timeout)
+                    .with_deadline(deadline.map(tokio::time::Instant::from_std)),
             ))
         }
         Attempt::Failed(e) => {
