@@ -207,6 +207,9 @@ pub fn server_config(
 #[derive(Debug)]
 pub struct UpstreamTls {
     pub config: Arc<rustls::ClientConfig>,
+    /// For a cluster that follows the downstream protocol: the same settings offering ALPN
+    /// `h2`, for the connections that carry HTTP/2 (`config` then offers `http/1.1`).
+    pub config_h2: Option<Arc<rustls::ClientConfig>>,
     /// `UpstreamTlsContext.sni`; None sends no SNI (Envoy sends one only when it is set).
     pub sni: Option<ServerName<'static>>,
 }
@@ -227,11 +230,14 @@ impl UpstreamTls {
 /// `trusted_ca` verifies the certificate chain only. The server's name is checked only
 /// through SAN matchers (`match_typed_subject_alt_names`), which Weft does not accept, so
 /// the name is never checked: neither against `sni` nor against the endpoint's address.
+/// `h2`: the cluster speaks HTTP/2 (ALPN `h2`); `both`: it follows the downstream protocol, so
+/// HTTP/1 and HTTP/2 connections each get their own ALPN offer.
 pub fn client_config(
     ctx: &Ctx,
     f: &str,
     u: &tpb::UpstreamTlsContext,
     h2: bool,
+    both: bool,
 ) -> Result<UpstreamTls, ConfigError> {
     let common = u.common_tls_context.clone().unwrap_or_default();
     let cf = format!("{f}.common_tls_context");
@@ -285,6 +291,11 @@ pub fn client_config(
             .map(|p| p.as_bytes().to_vec())
             .collect()
     };
+    let config_h2 = (both && common.alpn_protocols.is_empty()).then(|| {
+        let mut c = cfg.clone();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(c)
+    });
     let sni = if u.sni.is_empty() {
         None
     } else {
@@ -297,6 +308,7 @@ pub fn client_config(
     };
     Ok(UpstreamTls {
         config: Arc::new(cfg),
+        config_h2,
         sni,
     })
 }
@@ -585,7 +597,32 @@ mod tests {
             "transport_socket.typed_config",
             &u,
             false,
+            false,
         )
+    }
+
+    /// A cluster that follows the downstream protocol offers `h2` on the connections that carry
+    /// HTTP/2 and `http/1.1` on the others; an explicit ALPN list is used for both as given.
+    #[test]
+    fn downstream_protocol_clusters_get_an_h2_alpn_config() {
+        let ctx = Ctx::new("cluster", "c");
+        let u = tpb::UpstreamTlsContext::default();
+        let t = client_config(&ctx, "ts", &u, false, true).unwrap();
+        assert_eq!(t.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let h2 = t.config_h2.expect("an h2 config");
+        assert_eq!(h2.alpn_protocols, vec![b"h2".to_vec()]);
+        let t = client_config(&ctx, "ts", &u, false, false).unwrap();
+        assert!(t.config_h2.is_none());
+        let explicit = tpb::UpstreamTlsContext {
+            common_tls_context: Some(tpb::CommonTlsContext {
+                alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = client_config(&ctx, "ts", &explicit, false, true).unwrap();
+        assert!(t.config_h2.is_none());
+        assert_eq!(t.config.alpn_protocols.len(), 2);
     }
 
     /// Runs a handshake in memory; returns the SNI the server saw, or the client's error.
@@ -680,7 +717,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let e = client_config(&Ctx::new("cluster", "c"), "ts", &u, false).unwrap_err();
+        let e = client_config(&Ctx::new("cluster", "c"), "ts", &u, false, false).unwrap_err();
         assert!(e.to_string().contains("subject alt name"), "{e}");
     }
 

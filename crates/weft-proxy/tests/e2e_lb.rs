@@ -241,3 +241,38 @@ async fn ring_hash_on_header_is_sticky_and_spread() -> Result<()> {
 async fn maglev_on_header_is_sticky_and_spread() -> Result<()> {
     within(90, consistent_hash_case("MAGLEV")).await
 }
+
+/// A cluster's max_requests_per_connection applies to its multiplexed HTTP/2 connection too:
+/// after that many streams the next request opens a fresh connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upstream_connection_is_replaced_after_max_requests() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let port = free_port();
+        let yaml = bootstrap(
+            &[http_listener("main", port, &vhost_to("all", "\"*\"", "up")).build()],
+            &[h2_cluster(
+                "up",
+                &[up.addr],
+                "max_requests_per_connection: 2",
+            )],
+        );
+        let proxy = Proxy::start(&yaml).await?;
+        for i in 0..5 {
+            let r = Http::h1().get(local(port), &format!("/r{i}")).await?;
+            ensure!(r.status == 200, "request {i}: {r:?}");
+        }
+        ensure!(up.h2_requests() == 5, "h2 requests: {}", up.h2_requests());
+        // 5 requests, 2 per connection: 3 connections.
+        proxy
+            .wait_stat(
+                "envoy_cluster_upstream_cx_total",
+                &[("envoy_cluster_name", "up")],
+                "== 3",
+                |v| v == 3.0,
+            )
+            .await?;
+        Ok(())
+    })
+    .await
+}

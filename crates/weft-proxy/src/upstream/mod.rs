@@ -288,6 +288,7 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
                         "transport_socket.typed_config",
                         &u,
                         protocol == Protocol::Http2,
+                        protocol == Protocol::Downstream,
                     )?)
                 }
                 None => None,

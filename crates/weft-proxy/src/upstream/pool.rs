@@ -126,6 +126,13 @@ struct Idle {
     uses: u32,
 }
 
+/// The multiplexed HTTP/2 connection to an endpoint, with what decides when to replace it.
+struct H2Conn {
+    sender: http2::SendRequest<Body>,
+    last_used: Instant,
+    streams: u32,
+}
+
 /// The connections to one endpoint.
 pub struct HostPool {
     pub addr: SocketAddr,
@@ -133,7 +140,7 @@ pub struct HostPool {
     /// The name TLS connections to this endpoint present (SNI or the endpoint's IP).
     tls_name: Option<rustls::pki_types::ServerName<'static>>,
     idle: Mutex<Vec<Idle>>,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    h2: tokio::sync::Mutex<Option<H2Conn>>,
 }
 
 impl std::fmt::Debug for HostPool {
@@ -254,7 +261,7 @@ impl HostPool {
     /// cluster's circuit breaker (`max_connections`), TLS origination and connection stats apply
     /// as for HTTP. Keep the guard for as long as the stream lives.
     pub async fn connect_stream(&self) -> Result<(Upstream, ConnGuard), UpstreamError> {
-        self.connect(self.slot()?).await
+        self.connect(self.slot()?, false).await
     }
 
     fn slot(&self) -> Result<Guard, UpstreamError> {
@@ -293,7 +300,9 @@ impl HostPool {
         self.settings.wake();
     }
 
-    async fn connect(&self, slot: Guard) -> Result<(Upstream, ConnGuard), UpstreamError> {
+    /// Connects (and originates TLS when the cluster says so; `h2` picks the HTTP/2 ALPN offer
+    /// of a cluster that follows the downstream protocol).
+    async fn connect(&self, slot: Guard, h2: bool) -> Result<(Upstream, ConnGuard), UpstreamError> {
         let s = &self.settings;
         s.stats.upstream_cx_total.inc();
         let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(self.addr)).await
@@ -317,7 +326,11 @@ impl HostPool {
         };
         let io = match (&s.tls, &self.tls_name) {
             (Some(t), Some(name)) => {
-                let c = tokio_rustls::TlsConnector::from(t.config.clone());
+                let cfg = match (&t.config_h2, h2) {
+                    (Some(c), true) => c.clone(),
+                    _ => t.config.clone(),
+                };
+                let c = tokio_rustls::TlsConnector::from(cfg);
                 let tls = tokio::time::timeout(s.connect_timeout, c.connect(name.clone(), tcp))
                     .await
                     .map_err(|_| UpstreamError::ConnectTimeout)?
@@ -330,7 +343,7 @@ impl HostPool {
     }
 
     async fn connect_h1(&self, slot: Guard) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let (io, guard) = self.connect(slot).await?;
+        let (io, guard) = self.connect(slot, false).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -344,12 +357,24 @@ impl HostPool {
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let mut slot = self.h2.lock().await;
-        if let Some(s) = slot.as_ref()
-            && !s.is_closed()
+        let s = &self.settings;
+        if let Some(c) = slot.as_mut()
+            && !c.sender.is_closed()
         {
-            return Ok(s.clone());
+            // The cluster's idle_timeout and max_requests_per_connection apply to HTTP/2 too:
+            // a connection past either is replaced (it closes once its last stream ends).
+            let idle_too_long = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() >= t);
+            let used_up =
+                s.max_requests_per_connection != 0 && c.streams >= s.max_requests_per_connection;
+            if !idle_too_long && !used_up {
+                c.streams += 1;
+                c.last_used = Instant::now();
+                return Ok(c.sender.clone());
+            }
         }
-        let (io, guard) = self.connect(self.slot()?).await?;
+        // Drop the old handle first: its connection ends when its streams are done.
+        *slot = None;
+        let (io, guard) = self.connect(self.slot()?, true).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -363,7 +388,11 @@ impl HostPool {
             let _guard = guard;
             let _ = conn.await;
         });
-        *slot = Some(sender.clone());
+        *slot = Some(H2Conn {
+            sender: sender.clone(),
+            last_used: Instant::now(),
+            streams: 1,
+        });
         Ok(sender)
     }
 }
