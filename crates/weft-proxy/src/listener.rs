@@ -603,12 +603,9 @@ pub async fn serve_http(
             .enable_connect_protocol();
         let c = b.serve_connection(io, svc);
         tokio::pin!(c);
-        tokio::select! {
-            _ = c.as_mut() => {}
-            _ = wait_drain(&mut drain) => {
-                c.as_mut().graceful_shutdown();
-                let _ = c.await;
-            }
+        if until_drained(c.as_mut(), &mut drain).await {
+            c.as_mut().graceful_shutdown();
+            let _ = c.await;
         }
     } else {
         let mut b = hyper::server::conn::http1::Builder::new();
@@ -619,15 +616,36 @@ pub async fn serve_http(
             .header_read_timeout(hcm.request_headers_timeout);
         let c = b.serve_connection(io, svc).with_upgrades();
         tokio::pin!(c);
-        tokio::select! {
-            _ = c.as_mut() => {}
-            _ = wait_drain(&mut drain) => {
-                c.as_mut().graceful_shutdown();
-                let _ = c.await;
-            }
+        if until_drained(c.as_mut(), &mut drain).await {
+            c.as_mut().graceful_shutdown();
+            let _ = c.await;
         }
     }
     hcm.stats.downstream_cx_active.dec();
+}
+
+/// Drives `conn` until it ends (false) or the listener drains (true). The drain signal is
+/// looked at only when its version moved (an atomic load), not on every wake-up of the
+/// connection: its waiter, registered on the first poll, stays registered and wakes this task.
+async fn until_drained<F: std::future::Future>(
+    mut conn: std::pin::Pin<&mut F>,
+    drain: &mut watch::Receiver<bool>,
+) -> bool {
+    let probe = drain.clone();
+    let mut drained = std::pin::pin!(wait_drain(drain));
+    let mut first = true;
+    std::future::poll_fn(|cx| {
+        if conn.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(false);
+        }
+        if (std::mem::take(&mut first) || probe.has_changed().unwrap_or(true))
+            && drained.as_mut().poll(cx).is_ready()
+        {
+            return std::task::Poll::Ready(true);
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 async fn wait_drain(drain: &mut watch::Receiver<bool>) {
