@@ -790,6 +790,42 @@ async fn route_timeout_cuts_a_response_body_still_streaming() -> Result<()> {
     .await
 }
 
+/// As in Envoy, the route timeout counts from when the request has been completely received:
+/// an upload that takes longer than the timeout, answered at once, is not a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_counts_from_the_end_of_the_request_body() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let port = free_port();
+        let yaml = route_bootstrap(
+            port,
+            "cluster: up\ntimeout: 0.5s",
+            &[cluster("up", &[up.addr], "")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        let mut s = connect(local(port)).await?;
+        s.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        // Six chunks 250 ms apart: the body takes 1.25 s, more than twice the timeout.
+        for i in 0..6 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            s.write_all(format!("2\r\nc{i}\r\n").as_bytes()).await?;
+        }
+        s.write_all(b"0\r\n\r\n").await?;
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .context("no response")??;
+        let text = String::from_utf8_lossy(&out);
+        ensure!(text.starts_with("HTTP/1.1 200"), "response: {text}");
+        ensure!(text.contains("c0c1c2c3c4c5"), "echoed body missing: {text}");
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_endpoints_is_503_uh() -> Result<()> {
     within(60, async {

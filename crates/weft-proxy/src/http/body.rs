@@ -180,6 +180,81 @@ impl Body for ReplayBody {
     }
 }
 
+/// When the downstream request was completely received: Envoy's route timeout counts from
+/// there. Set by [`MarkEnd`] as the request body ends (or at once for a request without one).
+#[derive(Debug)]
+pub struct RequestEnd {
+    start: std::time::Instant,
+    /// Nanoseconds after `start`, plus one; 0 while the request is still arriving.
+    at: std::sync::atomic::AtomicU64,
+}
+
+impl RequestEnd {
+    pub fn new(start: std::time::Instant) -> Arc<Self> {
+        Arc::new(RequestEnd {
+            start,
+            at: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+    /// Records that the request has been completely received, now.
+    pub fn mark(&self) {
+        let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        let _ = self.at.compare_exchange(
+            0,
+            ns + 1,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    /// Records that the request was complete when it started (it has no body).
+    pub fn mark_at_start(&self) {
+        self.at.store(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// When the request was completely received, once it has been.
+    pub fn at(&self) -> Option<std::time::Instant> {
+        match self.at.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.start + Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+/// A request body that records in a [`RequestEnd`] when it has been read to its end.
+pub struct MarkEnd {
+    inner: Source,
+    end: Arc<RequestEnd>,
+}
+
+impl MarkEnd {
+    pub fn new(inner: Source, end: Arc<RequestEnd>) -> Self {
+        MarkEnd { inner, end }
+    }
+}
+
+impl Body for MarkEnd {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => self.end.mark(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.end.mark(),
+            _ => {}
+        }
+        r
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Called once when a downstream response is finished (or abandoned): `bytes_sent` counts body
 /// bytes delivered, `completed` tells whether the stream reached its end.
 /// `cut` tells why the proxy reset a response body it was still sending.

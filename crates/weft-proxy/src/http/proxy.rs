@@ -5,7 +5,7 @@
 //! A request reads one config snapshot at its start and keeps it to the end. Everything that can
 //! be decided per config is decided when the config is compiled; this module only executes.
 
-use super::body::{Cut, Inner, OnDone, ReplayBody, ResponseBody};
+use super::body::{Cut, Inner, MarkEnd, OnDone, ReplayBody, RequestEnd, ResponseBody};
 use super::{Hcm, Routes, cors, fault, local_reply, mirror};
 use crate::access_log::LogRecord;
 use crate::flags::ResponseFlags;
@@ -981,10 +981,16 @@ async fn forward(
     } else {
         crate::upstream::hash::HashOutcome::default()
     };
+    // Envoy's route timeout counts from when the request has been completely received: the
+    // end of its body, marked as the body is read.
+    let request_end = RequestEnd::new(cx.ex.start);
     let primary = if no_body {
+        request_end.mark_at_start();
         None
     } else {
-        mirrored.or_else(|| body.take().map(boxed))
+        mirrored
+            .or_else(|| body.take().map(boxed))
+            .map(|b| boxed(MarkEnd::new(b, request_end.clone())))
     };
     let (mut replay, mut single): (Option<ReplayBody>, Option<Body>) = match (&policy, primary) {
         (_, None) => (None, None),
@@ -992,7 +998,10 @@ async fn forward(
         (None, Some(b)) => (None, Some(b)),
     };
 
-    let deadline = timeout.map(|t| cx.ex.start + t);
+    // The route's deadline as known at `now`: the request's end plus the timeout, or, while
+    // the request is still arriving, no earlier than `now` plus the timeout.
+    let route_deadline =
+        |now: Instant| -> Option<Instant> { timeout.map(|t| request_end.at().unwrap_or(now) + t) };
     let max_attempts = 1 + policy.as_ref().map_or(0, |p| p.num_retries);
     let mut tried: Vec<Arc<Host>> = Vec::new();
     let mut attempt_no = 0u32;
@@ -1052,62 +1061,78 @@ async fn forward(
         let sent_at = Instant::now();
         // The attempt waits for response headers until the soonest of the route's deadline,
         // the per-try timeout and the stream idle timeout (a tie goes to the earlier one).
-        let remaining = deadline.map(|d| d.saturating_duration_since(sent_at));
-        let per_try = policy.as_ref().and_then(|p| p.per_try_timeout);
-        let mut limit: Option<(Duration, Wait)> = None;
-        for c in [
-            remaining.map(|d| (d, Wait::Route)),
-            per_try.map(|d| (d, Wait::PerTry)),
-            hcm.stream_idle_timeout.map(|d| (d, Wait::Idle)),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if limit.is_none_or(|(l, _)| c.0 < l) {
-                limit = Some(c);
-            }
-        }
+        let per_try_at = policy
+            .as_ref()
+            .and_then(|p| p.per_try_timeout)
+            .map(|d| sent_at + d);
+        let idle_at = hcm.stream_idle_timeout.map(|d| sent_at + d);
         cx.ex.upstream_host = Some(host.addr);
         cluster.stats.upstream_rq_total.inc();
         cluster.stats.upstream_rq_active.inc();
         let active = host.track_request();
-        let fut = pool.send(req, h2, upgrade);
-        let result = match limit {
-            Some((l, kind)) => match tokio::time::timeout(l, fut).await {
-                Ok(r) => r.map(Attempt::Response).unwrap_or_else(Attempt::Failed),
-                Err(_) if kind == Wait::PerTry => {
-                    cluster.stats.upstream_rq_per_try_timeout.inc();
-                    Attempt::PerTryTimeout
+        let mut fut = std::pin::pin!(pool.send(req, h2, upgrade));
+        let mut now = sent_at;
+        let waited = loop {
+            let mut limit: Option<(Instant, Wait)> = None;
+            for c in [
+                route_deadline(now).map(|d| (d, Wait::Route)),
+                per_try_at.map(|d| (d, Wait::PerTry)),
+                idle_at.map(|d| (d, Wait::Idle)),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if limit.is_none_or(|(l, _)| c.0 < l) {
+                    limit = Some(c);
                 }
-                Err(_) => {
-                    drop(active);
-                    cluster.stats.upstream_rq_active.dec();
-                    if kind == Wait::Idle {
-                        // Envoy answers a stream that saw no activity for stream_idle_timeout
-                        // with 408 and flag SI; it is not an upstream timeout.
-                        return cx.local(
-                            StatusCode::REQUEST_TIMEOUT,
-                            ResponseFlags::SI,
-                            "stream_idle_timeout",
-                            "stream timeout".into(),
-                            &[],
-                        );
+            }
+            let Some((at, kind)) = limit else {
+                break Ok(fut.await);
+            };
+            tokio::select! {
+                biased;
+                r = &mut fut => break Ok(r),
+                () = tokio::time::sleep_until(at.into()) => {
+                    now = Instant::now();
+                    // The route deadline moves while the request body is still being sent
+                    // (it counts from the body's end): look again rather than fire early.
+                    if kind == Wait::Route && route_deadline(now).is_some_and(|d| d > now) {
+                        continue;
                     }
-                    cluster.stats.upstream_rq_timeout.inc();
-                    cluster.report(&host, Outcome::Timeout);
+                    break Err(kind);
+                }
+            }
+        };
+        let result = match waited {
+            Ok(r) => r.map(Attempt::Response).unwrap_or_else(Attempt::Failed),
+            Err(Wait::PerTry) => {
+                cluster.stats.upstream_rq_per_try_timeout.inc();
+                Attempt::PerTryTimeout
+            }
+            Err(kind) => {
+                drop(active);
+                cluster.stats.upstream_rq_active.dec();
+                if kind == Wait::Idle {
+                    // Envoy answers a stream that saw no activity for stream_idle_timeout with
+                    // 408 and flag SI; it is not an upstream timeout.
                     return cx.local(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        ResponseFlags::UT,
-                        "upstream_response_timeout",
-                        "upstream request timeout".into(),
+                        StatusCode::REQUEST_TIMEOUT,
+                        ResponseFlags::SI,
+                        "stream_idle_timeout",
+                        "stream timeout".into(),
                         &[],
                     );
                 }
-            },
-            None => fut
-                .await
-                .map(Attempt::Response)
-                .unwrap_or_else(Attempt::Failed),
+                cluster.stats.upstream_rq_timeout.inc();
+                cluster.report(&host, Outcome::Timeout);
+                return cx.local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ResponseFlags::UT,
+                    "upstream_response_timeout",
+                    "upstream request timeout".into(),
+                    &[],
+                );
+            }
         };
         drop(active);
         cluster.stats.upstream_rq_active.dec();
@@ -1172,8 +1197,9 @@ async fn forward(
         };
         cluster.stats.upstream_rq_retry.inc();
         let wait = backoff(p, attempt_no);
-        if let Some(d) = deadline
-            && Instant::now() + wait >= d
+        let now = Instant::now();
+        if let Some(d) = route_deadline(now)
+            && now + wait >= d
         {
             cluster.stats.upstream_rq_timeout.inc();
             return cx.local(
@@ -1233,7 +1259,10 @@ async fn forward(
                 rparts,
                 ResponseBody::new(Inner::Upstream(rbody), None)
                     .with_idle_timeout(hcm.stream_idle_timeout)
-                    .with_deadline(deadline.map(tokio::time::Instant::from_std)),
+                    .with_deadline(timeout.map(|t| {
+                        let end = request_end.at().unwrap_or_else(Instant::now);
+                        tokio::time::Instant::from_std(end + t)
+                    })),
             ))
         }
         Attempt::Failed(e) => {
