@@ -285,6 +285,17 @@ impl Ctx {
         self.finish(resp)
     }
 
+    /// 504 `UT`: the route's timeout passed before the upstream answered.
+    fn upstream_timeout(self) -> Response<ResponseBody> {
+        self.local(
+            StatusCode::GATEWAY_TIMEOUT,
+            ResponseFlags::UT,
+            "upstream_response_timeout",
+            "upstream request timeout".into(),
+            &[],
+        )
+    }
+
     /// A direct response or redirect (Envoy sends these as local replies too, so the local
     /// reply mapping applies when configured).
     fn direct(
@@ -1125,13 +1136,7 @@ async fn forward(
                 }
                 cluster.stats.upstream_rq_timeout.inc();
                 cluster.report(&host, Outcome::Timeout);
-                return cx.local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ResponseFlags::UT,
-                    "upstream_response_timeout",
-                    "upstream request timeout".into(),
-                    &[],
-                );
+                return cx.upstream_timeout();
             }
         };
         drop(active);
@@ -1202,13 +1207,7 @@ async fn forward(
             && now + wait >= d
         {
             cluster.stats.upstream_rq_timeout.inc();
-            return cx.local(
-                StatusCode::GATEWAY_TIMEOUT,
-                ResponseFlags::UT,
-                "upstream_response_timeout",
-                "upstream request timeout".into(),
-                &[],
-            );
+            return cx.upstream_timeout();
         }
         drop(last);
         tokio::time::sleep(wait).await;
