@@ -3,11 +3,13 @@
 //! `ReplayBody` streams a request body to the first upstream attempt while keeping a copy (up to
 //! a cap) so that a retry can send it again; once the body outgrows the cap, the request is no
 //! longer retryable — a body already streamed away is never re-sent incomplete.
+//! `MarkEnd` records when a request body has been read to its end (`RequestEnd`), the point
+//! from which Envoy's route timeout counts.
 //! `ResponseBody` is what goes back downstream: an upstream body or a local reply, and a hook
 //! that runs once when the exchange is over (stats, access log) with the byte count. It also
-//! enforces the connection manager's `stream_idle_timeout` on an upstream body: the timer is
-//! created only the first time the body has to wait, so a body that arrives with its headers
-//! (the common case) costs no timer at all.
+//! enforces the connection manager's `stream_idle_timeout` and the route's deadline on an
+//! upstream body: their timers are created only the first time the body has to wait, so a
+//! body that arrives with its headers (the common case) costs no timer at all.
 
 use crate::upstream::pool::{BoxError, UpstreamBody};
 use bytes::Bytes;
