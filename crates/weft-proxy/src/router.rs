@@ -167,7 +167,7 @@ pub struct RetryPolicy {
     pub base_interval: Duration,
     pub max_interval: Duration,
     /// Host picks per attempt while the picked host was already tried: 1 +
-    /// `host_selection_retry_max_attempts` (see `upstream::host::EndpointSet::pick_limited`).
+    /// `host_selection_retry_max_attempts` (see `upstream::host::LbContext::max_picks`).
     pub host_selection_max_attempts: u32,
 }
 

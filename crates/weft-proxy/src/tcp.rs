@@ -133,6 +133,7 @@ pub async fn proxy<S>(
                 let Some((host, pool)) = c.pick(&LbContext {
                     hash: None,
                     excluded: &tried,
+                    max_picks: None,
                 }) else {
                     flags.insert(ResponseFlags::UH);
                     break;

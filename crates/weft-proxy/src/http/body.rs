@@ -183,7 +183,7 @@ impl Body for ReplayBody {
 }
 
 /// When the downstream request was completely received: Envoy's route timeout counts from
-/// there. Set by [`MarkEnd`] as the request body ends (or at once for a request without one).
+/// there. Set by [`MarkEnd`] as the request body ends.
 #[derive(Debug)]
 pub struct RequestEnd {
     start: std::time::Instant,
@@ -207,10 +207,6 @@ impl RequestEnd {
             std::sync::atomic::Ordering::Relaxed,
             std::sync::atomic::Ordering::Relaxed,
         );
-    }
-    /// Records that the request was complete when it started (it has no body).
-    pub fn mark_at_start(&self) {
-        self.at.store(1, std::sync::atomic::Ordering::Relaxed);
     }
     /// When the request was completely received, once it has been.
     pub fn at(&self) -> Option<std::time::Instant> {

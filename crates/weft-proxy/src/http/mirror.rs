@@ -321,6 +321,7 @@ async fn send(
             .pick(&LbContext {
                 hash: None,
                 excluded: &[],
+                max_picks: None,
             })
             .ok_or_else(|| {
                 cluster.stats.upstream_cx_none_healthy.inc();

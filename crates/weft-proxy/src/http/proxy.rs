@@ -994,14 +994,23 @@ async fn forward(
     };
     // Envoy's route timeout counts from when the request has been completely received: the
     // end of its body, marked as the body is read.
-    let request_end = RequestEnd::new(cx.ex.start);
+    // Tracked only when it can differ from the start (there is a body) and matters (there is
+    // a route timeout): no allocation for the common bodyless request.
+    let request_end = (!no_body && timeout.is_some()).then(|| RequestEnd::new(cx.ex.start));
     let primary = if no_body {
-        request_end.mark_at_start();
         None
     } else {
-        mirrored
-            .or_else(|| body.take().map(boxed))
-            .map(|b| boxed(MarkEnd::new(b, request_end.clone())))
+        let b = mirrored.or_else(|| body.take().map(boxed));
+        match &request_end {
+            Some(end) => b.map(|b| boxed(MarkEnd::new(b, end.clone()))),
+            None => b,
+        }
+    };
+    let start = cx.ex.start;
+    // When the request was completely received, once it has been.
+    let request_end_at = || match &request_end {
+        None => Some(start),
+        Some(end) => end.at(),
     };
     let (mut replay, mut single): (Option<ReplayBody>, Option<Body>) = match (&policy, primary) {
         (_, None) => (None, None),
@@ -1012,8 +1021,14 @@ async fn forward(
     // The route's deadline as known at `now`: the request's end plus the timeout, or, while
     // the request is still arriving, no earlier than `now` plus the timeout.
     let route_deadline =
-        |now: Instant| -> Option<Instant> { timeout.map(|t| request_end.at().unwrap_or(now) + t) };
+        |now: Instant| -> Option<Instant> { timeout.map(|t| request_end_at().unwrap_or(now) + t) };
     let max_attempts = 1 + policy.as_ref().map_or(0, |p| p.num_retries);
+    // An explicit host_selection_retry_max_attempts bounds a retry's search for an untried
+    // host as in Envoy; otherwise an untried healthy host is always found if there is one.
+    let max_picks = policy
+        .as_deref()
+        .map(|p| p.host_selection_max_attempts)
+        .filter(|&n| n > 1);
     let mut tried: Vec<Arc<Host>> = Vec::new();
     let mut attempt_no = 0u32;
     let mut last: Attempt;
@@ -1025,15 +1040,11 @@ async fn forward(
         let lb_ctx = LbContext {
             hash: hash.hash,
             excluded: &tried,
+            max_picks,
         };
-        let picked = match (&dynamic, policy.as_deref()) {
-            (Some((h, p)), _) => Some((h.clone(), p.clone())),
-            // An explicit host_selection_retry_max_attempts bounds the search for an untried
-            // host as in Envoy; otherwise an untried healthy host is always found if any.
-            (None, Some(p)) if attempt_no > 1 && p.host_selection_max_attempts > 1 => {
-                cluster.pick_limited(&lb_ctx, p.host_selection_max_attempts)
-            }
-            (None, _) => cluster.pick(&lb_ctx),
+        let picked = match &dynamic {
+            Some((h, p)) => Some((h.clone(), p.clone())),
+            None => cluster.pick(&lb_ctx),
         };
         let Some((host, pool)) = picked else {
             cluster.stats.upstream_cx_none_healthy.inc();
@@ -1259,7 +1270,7 @@ async fn forward(
                 ResponseBody::new(Inner::Upstream(rbody), None)
                     .with_idle_timeout(hcm.stream_idle_timeout)
                     .with_deadline(timeout.map(|t| {
-                        let end = request_end.at().unwrap_or_else(Instant::now);
+                        let end = request_end_at().unwrap_or_else(Instant::now);
                         tokio::time::Instant::from_std(end + t)
                     })),
             ))
@@ -1438,6 +1449,7 @@ async fn connect_tunnel(
     let lb_ctx = LbContext {
         hash: None,
         excluded: &[],
+        max_picks: None,
     };
     let picked = match &cluster.dfp {
         None => cluster.pick(&lb_ctx),

@@ -20,8 +20,8 @@ use super::outlier::{OutlierState, health_epoch};
 
 /// Envoy's overprovisioning factor, in percent.
 const OVERPROVISIONING_PERCENT: u64 = 140;
-/// Random picks [`EndpointSet::pick`] makes before scanning for an untried host. (A retry
-/// policy's `host_selection_retry_max_attempts` goes through [`EndpointSet::pick_limited`].)
+/// Random picks [`EndpointSet::pick`] makes before scanning for an untried host, unless the
+/// retry policy's `host_selection_retry_max_attempts` sets [`LbContext::max_picks`].
 pub const HOST_SELECTION_MAX_ATTEMPTS: u32 = 5;
 
 /// Where a host runs.
@@ -117,6 +117,10 @@ pub struct LbContext<'a> {
     pub hash: Option<u64>,
     /// Hosts this request already tried (retry `previous_hosts` predicate).
     pub excluded: &'a [Arc<Host>],
+    /// Envoy's bounded search (`host_selection_retry_max_attempts`): at most this many picks
+    /// while the picked host was already tried, then the last one picked. None: weft's search,
+    /// which finds an untried healthy host whenever one exists.
+    pub max_picks: Option<u32>,
 }
 
 /// The hosts of one priority level and their load-balancing structure.
@@ -267,52 +271,21 @@ impl EndpointSet {
         }
     }
 
-    /// Envoy's host selection with the retry policy's `host_selection_retry_max_attempts`:
-    /// at most `picks` (at least 1) load-balancer picks while the picked host is in
-    /// `ctx.excluded`, then the last host picked, tried or not. Unlike [`pick`](Self::pick),
-    /// which always finds an untried healthy host when one exists, this bounds the search as
-    /// Envoy does; `None` only when the set is empty.
-    pub fn pick_limited(&self, ctx: &LbContext<'_>, picks: u32) -> Option<Arc<Host>> {
-        match self.inner.levels.len() {
-            0 => None,
-            1 => self.pick_limited_with(
-                ctx,
-                picks,
-                HealthView::Single {
-                    panic: self.single_panic(),
-                },
-            ),
-            _ => self.with_health(|h| self.pick_limited_with(ctx, picks, HealthView::Multi(h))),
-        }
-    }
-
-    fn pick_limited_with(
-        &self,
-        ctx: &LbContext<'_>,
-        picks: u32,
-        health: HealthView<'_>,
-    ) -> Option<Arc<Host>> {
-        let mut last = None;
-        for attempt in 0..picks.max(1) {
-            let (l, i) = self.pick_once(ctx.hash, attempt, health);
-            let host = self.inner.levels.get(l)?.hosts.get(i)?;
-            if !is_excluded(host, ctx.excluded) {
-                return Some(Arc::clone(host));
-            }
-            last = Some(host);
-        }
-        last.cloned()
-    }
-
     fn pick_with(&self, ctx: &LbContext<'_>, health: HealthView<'_>) -> Option<Arc<Host>> {
         let mut last: Option<(usize, usize)> = None;
-        for attempt in 0..HOST_SELECTION_MAX_ATTEMPTS {
+        let picks = ctx.max_picks.unwrap_or(HOST_SELECTION_MAX_ATTEMPTS).max(1);
+        for attempt in 0..picks {
             let (l, i) = self.pick_once(ctx.hash, attempt, health);
             let host = self.inner.levels.get(l)?.hosts.get(i)?;
             if !is_excluded(host, ctx.excluded) {
                 return Some(Arc::clone(host));
             }
             last = Some((l, i));
+        }
+        if ctx.max_picks.is_some() {
+            // Envoy: after the last re-pick, the host picked last is used, tried or not.
+            let (l, i) = last?;
+            return self.inner.levels.get(l)?.hosts.get(i).cloned();
         }
         // Every attempt hit a tried host: look for any other healthy one, then (if the
         // level is in panic) any other one of that level, else reuse a tried host.
@@ -525,6 +498,7 @@ mod tests {
                 .pick(&LbContext {
                     hash: ctx(k),
                     excluded: &[],
+                    max_picks: None,
                 })
                 .expect("host");
             *m.entry(h.addr).or_default() += 1;
@@ -593,6 +567,7 @@ mod tests {
                     .pick(&LbContext {
                         hash: Some(k),
                         excluded: &excluded,
+                        max_picks: None,
                     })
                     .unwrap();
                 assert_eq!(h.addr, hs[2].addr, "{policy:?}");
@@ -603,6 +578,7 @@ mod tests {
                 .pick(&LbContext {
                     hash: Some(1),
                     excluded: &excluded,
+                    max_picks: None,
                 })
                 .unwrap();
             assert_ne!(h.addr, hs[2].addr, "{policy:?}");
@@ -611,7 +587,8 @@ mod tests {
             assert!(
                 set.pick(&LbContext {
                     hash: None,
-                    excluded: &all
+                    excluded: &all,
+                    max_picks: None,
                 })
                 .is_some()
             );
@@ -623,32 +600,34 @@ mod tests {
         let hs: Vec<_> = (0..2).map(|i| host(i, 1, 0)).collect();
         let set = EndpointSet::new(hs.clone(), &cfg(LbPolicy::RoundRobin));
         let excluded = [hs[0].clone()];
-        let ctx = LbContext {
+        let ctx = |max_picks| LbContext {
             hash: None,
             excluded: &excluded,
+            max_picks: Some(max_picks),
         };
-        // One pick (host_selection_retry_max_attempts unset): round robin alternates, so
-        // about half the picks land on the tried host, which is then used anyway.
+        // One pick (host_selection_retry_max_attempts 0): round robin alternates, so about
+        // half the picks land on the tried host, which is then used anyway.
         let mut tried_again = 0;
         for _ in 0..100 {
-            if set.pick_limited(&ctx, 1).unwrap().addr == hs[0].addr {
+            if set.pick(&ctx(1)).unwrap().addr == hs[0].addr {
                 tried_again += 1;
             }
         }
         assert!((40..=60).contains(&tried_again), "{tried_again}");
         // Two picks: round robin never gives the tried host twice in a row.
         for _ in 0..100 {
-            assert_eq!(set.pick_limited(&ctx, 2).unwrap().addr, hs[1].addr);
+            assert_eq!(set.pick(&ctx(2)).unwrap().addr, hs[1].addr);
         }
         // Everything tried: the last pick is used.
         let all = [hs[0].clone(), hs[1].clone()];
         let ctx = LbContext {
             hash: None,
             excluded: &all,
+            max_picks: Some(5),
         };
-        assert!(set.pick_limited(&ctx, 5).is_some());
+        assert!(set.pick(&ctx).is_some());
         let empty = EndpointSet::new(Vec::new(), &cfg(LbPolicy::RoundRobin));
-        assert!(empty.pick_limited(&ctx, 5).is_none());
+        assert!(empty.pick(&ctx).is_none());
     }
 
     #[test]
@@ -758,6 +737,7 @@ mod tests {
             let ctx = LbContext {
                 hash: Some(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
                 excluded: &[],
+                max_picks: None,
             };
             assert_eq!(set.pick(&ctx).unwrap().addr, set.pick(&ctx).unwrap().addr);
         }

@@ -78,19 +78,6 @@ impl Cluster {
         Some((host, pool))
     }
 
-    /// `pick` for a retry under Envoy's `host_selection_retry_max_attempts`: at most `picks`
-    /// draws while the drawn host was already tried, then the last one drawn.
-    pub fn pick_limited(
-        &self,
-        ctx: &LbContext<'_>,
-        picks: u32,
-    ) -> Option<(Arc<Host>, Arc<HostPool>)> {
-        let eps = self.endpoints.load();
-        let host = eps.set.pick_limited(ctx, picks)?;
-        let pool = eps.pools.get(&host.addr)?.clone();
-        Some((host, pool))
-    }
-
     /// Reports one attempt's outcome to outlier detection and refreshes its stats.
     pub fn report(&self, host: &Host, outcome: outlier::Outcome) {
         if let Some(o) = &self.outlier {
