@@ -190,13 +190,11 @@ async fn http2_prior_knowledge_with_curl() -> Result<()> {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_alpn_negotiates_h2_and_http11() -> Result<()> {
-    within(60, async {
-        let web = EchoServer::start("web").await?;
-        let port = free_port();
-        let body = format!(
-            r#"
+/// A TLS listener (self-signed `cert.pem`/`key.pem` of the harness, ALPN h2 and http/1.1)
+/// whose connection manager serves `vhosts` and logs to the access log file.
+fn tls_listener_body(vhosts: &str) -> String {
+    format!(
+        r#"
             listener_filters:
             - name: envoy.filters.listener.tls_inspector
               typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }}
@@ -214,21 +212,96 @@ async fn tls_alpn_negotiates_h2_and_http11() -> Result<()> {
               filters:
 {}
             "#,
-            indent(
-                &hcm_filter("tls", &vhost_to("all", "\"*\"", "web"), FILE_ACCESS_LOG),
-                14
-            )
+        indent(&hcm_filter("tls", vhosts, FILE_ACCESS_LOG), 14)
+    )
+}
+
+/// A cluster that follows the downstream protocol over TLS offers ALPN `h2` on the connections
+/// that carry HTTP/2 and `http/1.1` on the others: the next hop (a weft TLS listener, which
+/// picks its codec from ALPN) sees each request in the protocol the client used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_protocol_tls_cluster_negotiates_each_protocol() -> Result<()> {
+    within(60, async {
+        let web = EchoServer::start("web").await?;
+        let back_port = free_port();
+        let back = Proxy::start(&bootstrap(
+            &[custom_listener(
+                "tls",
+                back_port,
+                &tls_listener_body(&vhost_to("all", "\"*\"", "web")),
+            )],
+            &[cluster("web", &[web.addr], "")],
+        ))
+        .await?;
+        let front_port = free_port();
+        let tls_upstream = r#"
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    use_downstream_protocol_config: { http_protocol_options: {}, http2_protocol_options: {} }
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+"#;
+        let _front = Proxy::start(&bootstrap(
+            &[http_listener("front", front_port, &vhost_to("all", "\"*\"", "back")).build()],
+            &[cluster("back", &[local(back_port)], tls_upstream)],
+        ))
+        .await?;
+        let r = Http::h2c().get(local(front_port), "/via-h2").await?;
+        ensure!(
+            r.status == 200 && r.upstream() == "web",
+            "h2 through the TLS hop: {r:?}"
         );
+        let r = Http::h1().get(local(front_port), "/via-h1").await?;
+        ensure!(
+            r.status == 200 && r.upstream() == "web",
+            "h1 through the TLS hop: {r:?}"
+        );
+        back.wait_access("the h2 request arrived as HTTP/2", |l| {
+            l.path == "/via-h2" && l.protocol == "HTTP/2"
+        })
+        .await?;
+        back.wait_access("the h1 request arrived as HTTP/1.1", |l| {
+            l.path == "/via-h1" && l.protocol == "HTTP/1.1"
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_negotiates_h2_and_http11() -> Result<()> {
+    within(60, async {
+        let web = EchoServer::start("web").await?;
+        let port = free_port();
+        let body = tls_listener_body(&vhost_to("all", "\"*\"", "web"));
         let yaml = bootstrap(
             &[custom_listener("tls", port, &body)],
             &[cluster("web", &[web.addr], "")],
         );
         let _proxy = Proxy::start(&yaml).await?;
         let url = format!("https://127.0.0.1:{port}/tls");
-        let h2 = curl(&["-k", "--http2", "-w", "\n%{http_version} %{http_code}", &url]).await?;
+        let h2 = curl(&[
+            "-k",
+            "--http2",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &url,
+        ])
+        .await?;
         ensure!(h2.ok(), "curl --http2 failed: {h2}");
         ensure!(h2.stdout == "web\n2 200", "ALPN h2 expected: {h2}");
-        let h1 = curl(&["-k", "--http1.1", "-w", "\n%{http_version} %{http_code}", &url]).await?;
+        let h1 = curl(&[
+            "-k",
+            "--http1.1",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &url,
+        ])
+        .await?;
         ensure!(h1.ok(), "curl --http1.1 failed: {h1}");
         ensure!(h1.stdout == "web\n1.1 200", "ALPN http/1.1 expected: {h1}");
         ensure!(web.requests() == 2);

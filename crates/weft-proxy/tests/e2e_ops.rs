@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
 // Live reload
@@ -476,6 +477,46 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() -> Result<()> {
         );
         let st = proxy.wait_exit(Duration::from_secs(15)).await?;
         ensure!(st.success(), "exit status after drain: {st}");
+        Ok(())
+    })
+    .await
+}
+
+/// SIGTERM closes idle keep-alive connections at once (graceful shutdown of each connection),
+/// so the proxy exits as soon as they are closed instead of waiting out the drain time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() -> Result<()> {
+    within(60, async {
+        let web = EchoServer::start("web").await?;
+        let port = free_port();
+        let proxy = Proxy::start_with(
+            &simple_http_bootstrap(port, &[web.addr]),
+            &["--concurrency", "1", "--drain-time-s", "20"],
+        )
+        .await?;
+        let mut s = connect(local(port)).await?;
+        s.write_all(b"GET /idle HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let head = read_until(&mut s, b"\r\n\r\n", Duration::from_secs(5)).await?;
+        ensure!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        // The connection is now idle and kept alive.
+        let t = Instant::now();
+        proxy.signal("TERM")?;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .context("the idle connection was not closed on SIGTERM")??;
+        let st = proxy.wait_exit(Duration::from_secs(10)).await?;
+        ensure!(st.success(), "exit status after drain: {st}");
+        ensure!(
+            t.elapsed() < Duration::from_secs(5),
+            "exit took {:?}: the idle connection held the drain",
+            t.elapsed()
+        );
         Ok(())
     })
     .await
