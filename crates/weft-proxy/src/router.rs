@@ -166,9 +166,10 @@ pub struct RetryPolicy {
     pub retriable_status_codes: Vec<u16>,
     pub base_interval: Duration,
     pub max_interval: Duration,
-    /// Host picks per attempt while the picked host was already tried: 1 +
-    /// `host_selection_retry_max_attempts` (see `upstream::host::LbContext::max_picks`).
-    pub host_selection_max_attempts: u32,
+    /// Envoy's bounded host selection for retries: 1 + `host_selection_retry_max_attempts`
+    /// picks (`upstream::host::LbContext::max_picks`); None when that is unset or 0, which
+    /// keeps weft's search for an untried healthy host.
+    pub max_picks: Option<u32>,
 }
 
 /// Conditions from `retry_on`, as bits.
@@ -1113,7 +1114,7 @@ fn retry_policy(ctx: &Ctx, f: &str, p: &rpb::RetryPolicy) -> Result<RetryPolicy,
         retriable_status_codes: codes,
         base_interval: base,
         max_interval: max.max(base),
-        host_selection_max_attempts: host_selection_picks(ctx, f, p)?,
+        max_picks: Some(host_selection_picks(ctx, f, p)?).filter(|&n| n > 1),
     })
 }
 
@@ -1666,12 +1667,12 @@ request_headers_to_add:
                 weft_xds::from_yaml(&format!("{{retry_on: 5xx{extra}}}"), "t").unwrap();
             retry_policy(&Ctx::new("route_config", "r"), "rp", &p)
         };
-        assert_eq!(policy("").unwrap().host_selection_max_attempts, 1);
+        assert_eq!(policy("").unwrap().max_picks, None);
         assert_eq!(
             policy(", host_selection_retry_max_attempts: 5")
                 .unwrap()
-                .host_selection_max_attempts,
-            6
+                .max_picks,
+            Some(6)
         );
         for bad in ["-1", "100"] {
             let e = policy(&format!(", host_selection_retry_max_attempts: {bad}")).unwrap_err();

@@ -1023,12 +1023,7 @@ async fn forward(
     let route_deadline =
         |now: Instant| -> Option<Instant> { timeout.map(|t| request_end_at().unwrap_or(now) + t) };
     let max_attempts = 1 + policy.as_ref().map_or(0, |p| p.num_retries);
-    // An explicit host_selection_retry_max_attempts bounds a retry's search for an untried
-    // host as in Envoy; otherwise an untried healthy host is always found if there is one.
-    let max_picks = policy
-        .as_deref()
-        .map(|p| p.host_selection_max_attempts)
-        .filter(|&n| n > 1);
+    let max_picks = policy.as_deref().and_then(|p| p.max_picks);
     let mut tried: Vec<Arc<Host>> = Vec::new();
     let mut attempt_no = 0u32;
     let mut last: Attempt;
