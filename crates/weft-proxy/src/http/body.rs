@@ -406,7 +406,7 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(r) => {
                     this.progressed = true;
-                    Poll::Ready(r.map(|r| r.map_err(BoxError::from)))
+                    Poll::Ready(r)
                 }
                 Poll::Pending => Poll::Pending,
             },

@@ -1228,20 +1228,19 @@ async fn forward(
             cx.ex.upstream_service_time = Some(service_time);
             if rparts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
                 // Splice the two upgraded connections.
-                let up = rparts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-                if let (Some(down), Some(up)) = (down_upgrade.take(), up) {
+                if let (Some(down), Some(up)) = (down_upgrade.take(), rbody.into_upgraded()) {
                     // An upgraded stream is still a stream: stream_idle_timeout ends it when
                     // no byte moves either way for that long.
                     let idle = hcm.stream_idle_timeout;
                     tokio::spawn(async move {
-                        if let (Ok(d), Ok(u)) = (down.await, up.await) {
+                        let _guard = up.guard;
+                        if let Ok(d) = down.await {
                             let mut d = hyper_util::rt::TokioIo::new(d);
-                            let mut u = hyper_util::rt::TokioIo::new(u);
+                            let mut u = up.io;
                             crate::tcp::splice(&mut d, &mut u, idle).await;
                         }
                     });
                 }
-                drop(rbody);
                 let mut resp = Response::from_parts(rparts, ResponseBody::full(Bytes::new()));
                 cx.ex.details = "via_upstream";
                 resp.headers_mut().insert(

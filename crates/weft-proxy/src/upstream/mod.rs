@@ -10,6 +10,7 @@
 
 pub mod circuit;
 pub mod dfp;
+pub mod h1;
 pub mod hash;
 pub mod host;
 pub mod lb;

@@ -4,23 +4,27 @@
 //!
 //! A pool hands out a connection for exactly one request; an HTTP/1 connection goes back to the
 //! idle list only when its response body has been read to the end, so a slow body never blocks
-//! another request. Failures are classified the way Envoy's response flags need them.
+//! another request. Idle HTTP/1 connections have no task of their own (see `h1`): one reaper
+//! task per endpoint is woken by the reactor when one of them is closed by the peer, and drops
+//! it, freeing its circuit-breaker slot as a connection task would. Failures are classified the
+//! way Envoy's response flags need them.
 
 use crate::flags::ResponseFlags;
 use crate::io::{MaybeTls, Upstream};
 use crate::stats::ClusterStats;
 use crate::upstream::circuit::{CircuitBreakers, Guard};
+use crate::upstream::h1::{H1Body, H1Conn, Upgraded};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -121,9 +125,18 @@ impl UpstreamError {
 }
 
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    conn: H1Conn,
     since: Instant,
     uses: u32,
+}
+
+/// The idle HTTP/1 connections of one endpoint and the reaper that watches them.
+#[derive(Default)]
+struct IdleList {
+    conns: Vec<Idle>,
+    /// Registered with every idle connection's read readiness; `None` until the reaper ran.
+    reaper: Option<Waker>,
+    reaper_spawned: bool,
 }
 
 /// The multiplexed HTTP/2 connection to an endpoint, with what decides when to replace it.
@@ -139,7 +152,7 @@ pub struct HostPool {
     settings: Arc<PoolSettings>,
     /// The name TLS connections to this endpoint present (SNI or the endpoint's IP).
     tls_name: Option<rustls::pki_types::ServerName<'static>>,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<IdleList>,
     h2: tokio::sync::Mutex<Option<H2Conn>>,
 }
 
@@ -172,7 +185,7 @@ impl HostPool {
             addr,
             tls_name,
             settings,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleList::default()),
             h2: tokio::sync::Mutex::new(None),
         })
     }
@@ -189,40 +202,32 @@ impl HostPool {
             let mut sender = self.h2_sender().await?;
             let resp = sender.send_request(req).await.map_err(classify)?;
             return Ok(resp.map(|b| UpstreamBody {
-                inner: b,
-                ret: None,
+                inner: Inner::H2(b),
             }));
         }
-        let (mut sender, uses) = if upgrade {
+        let (conn, uses) = if upgrade {
             (self.connect_h1(self.slot()?).await?, 0)
         } else {
             self.checkout_h1().await?
         };
-        if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
-            return Err(classify(e));
-        }
-        let resp = sender.send_request(req).await.map_err(classify)?;
+        let resp = conn.send(req).await?;
         let keep = !upgrade
             && (self.settings.max_requests_per_connection == 0
-                || uses + 1 < self.settings.max_requests_per_connection)
-            && !connection_close(resp.headers());
+                || uses + 1 < self.settings.max_requests_per_connection);
         let ret = keep.then(|| Return {
             pool: self.clone(),
-            sender,
             uses: uses + 1,
         });
-        Ok(resp.map(|b| {
-            let mut body = UpstreamBody { inner: b, ret };
-            if body.inner.is_end_stream() {
-                body.give_back();
-            }
+        Ok(resp.map(|body| {
+            let mut body = UpstreamBody {
+                inner: Inner::H1 { body, ret },
+            };
+            body.give_back_at_end();
             body
         }))
     }
 
-    async fn checkout_h1(
-        self: &Arc<Self>,
-    ) -> Result<(http1::SendRequest<Body>, u32), UpstreamError> {
+    async fn checkout_h1(self: &Arc<Self>) -> Result<(H1Conn, u32), UpstreamError> {
         // Fast path: an idle connection, or room for a new one.
         if let Some(found) = self.take_idle() {
             return Ok(found);
@@ -271,32 +276,48 @@ impl HostPool {
         })
     }
 
-    fn take_idle(&self) -> Option<(http1::SendRequest<Body>, u32)> {
+    #[cfg(test)]
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap().conns.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    fn take_idle(&self) -> Option<(H1Conn, u32)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(i) = idle.pop() {
+        while let Some(mut i) = idle.conns.pop() {
             let expired = self
                 .settings
                 .idle_timeout
                 .is_some_and(|t| i.since.elapsed() >= t);
-            if !expired && i.sender.is_ready() {
-                return Some((i.sender, i.uses));
+            // The reaper may not have run since the peer closed it: look once more.
+            if !expired && i.conn.poll_idle_alive(Waker::noop()) {
+                return Some((i.conn, i.uses));
             }
         }
         None
     }
 
-    fn give_back(&self, sender: http1::SendRequest<Body>, uses: u32) {
-        if sender.is_closed() {
+    fn give_back(self: &Arc<Self>, mut conn: H1Conn, uses: u32) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Registers the reaper's waker with the connection (the reaper registers it itself on
+        // its first run).
+        if !conn.poll_idle_alive(idle.reaper.as_ref().unwrap_or(Waker::noop())) {
             return;
         }
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Idle {
-                sender,
-                since: Instant::now(),
-                uses,
-            });
+        idle.conns.push(Idle {
+            conn,
+            since: Instant::now(),
+            uses,
+        });
+        if !idle.reaper_spawned {
+            idle.reaper_spawned = true;
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+        drop(idle);
         self.settings.wake();
     }
 
@@ -342,17 +363,9 @@ impl HostPool {
         Ok((io, guard))
     }
 
-    async fn connect_h1(&self, slot: Guard) -> Result<http1::SendRequest<Body>, UpstreamError> {
+    async fn connect_h1(&self, slot: Guard) -> Result<H1Conn, UpstreamError> {
         let (io, guard) = self.connect(slot, false).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-        tokio::spawn(async move {
-            let _guard = guard;
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        Ok(H1Conn::new(io, guard))
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
@@ -397,10 +410,37 @@ impl HostPool {
     }
 }
 
-fn connection_close(h: &http::HeaderMap) -> bool {
-    h.get(http::header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+impl Drop for HostPool {
+    fn drop(&mut self) {
+        // The reaper holds only a weak reference: woken, it finds the pool gone and ends.
+        let idle = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = idle.reaper.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Watches an endpoint's idle HTTP/1 connections: the reactor wakes it when one of them turns
+/// readable (closed by the peer, or bytes nobody asked for), and it drops those.
+async fn reap(pool: Weak<HostPool>) {
+    std::future::poll_fn(|cx| {
+        let Some(pool) = pool.upgrade() else {
+            return Poll::Ready(());
+        };
+        let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle
+            .reaper
+            .as_ref()
+            .is_none_or(|w| !w.will_wake(cx.waker()))
+        {
+            idle.reaper = Some(cx.waker().clone());
+        }
+        // Dropping a connection frees its breaker slot and wakes waiting requests.
+        idle.conns
+            .retain_mut(|i| i.conn.poll_idle_alive(cx.waker()));
+        Poll::Pending
+    })
+    .await
 }
 
 /// Maps a hyper client error to Envoy's failure classes.
@@ -443,23 +483,39 @@ impl Drop for Pending {
     }
 }
 
+/// Where an HTTP/1 connection goes back to once its response is read.
 struct Return {
     pool: Arc<HostPool>,
-    sender: http1::SendRequest<Body>,
     uses: u32,
 }
 
 /// A response body from upstream; on reaching its end it returns its HTTP/1 connection to the
 /// pool. Dropped early, the connection is closed instead (its state is unknown).
 pub struct UpstreamBody {
-    inner: Incoming,
-    ret: Option<Return>,
+    inner: Inner,
+}
+
+enum Inner {
+    H2(Incoming),
+    H1 { body: H1Body, ret: Option<Return> },
 }
 
 impl UpstreamBody {
-    fn give_back(&mut self) {
-        if let Some(r) = self.ret.take() {
-            r.pool.give_back(r.sender, r.uses);
+    fn give_back_at_end(&mut self) {
+        if let Inner::H1 { body, ret } = &mut self.inner
+            && body.is_end_stream()
+            && let Some(r) = ret.take()
+            && let Some(conn) = body.take_reusable()
+        {
+            r.pool.give_back(conn, r.uses);
+        }
+    }
+
+    /// The raw upstream connection after a `101 Switching Protocols` (HTTP/1 only).
+    pub fn into_upgraded(self) -> Option<Upgraded> {
+        match self.inner {
+            Inner::H1 { body, .. } => body.into_upgraded(),
+            Inner::H2(_) => None,
         }
     }
 }
@@ -472,25 +528,37 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.ret = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.inner {
+            Inner::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            Inner::H1 { body, ret } => {
+                let r = Pin::new(body).poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Err(_))) => *ret = None,
+                    Poll::Ready(_) => self.give_back_at_end(),
+                    Poll::Pending => {}
+                }
+                r.map(|f| f.map(|r| r.map_err(BoxError::from)))
+            }
         }
-        r
     }
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::H2(b) => b.is_end_stream(),
+            Inner::H1 { body, .. } => body.is_end_stream(),
+        }
     }
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::H2(b) => b.size_hint(),
+            Inner::H1 { body, .. } => body.size_hint(),
+        }
     }
 }

@@ -1,0 +1,1168 @@
+//! The HTTP/1.1 client side of pooled upstream connections, written for the proxy's hot path.
+//!
+//! hyper's client gives every connection a task of its own and talks to it through channels:
+//! each proxied request then costs several wake-ups between tasks (request in, response head
+//! out, body chunks out) and a dispatcher on each side. Here the exchange runs inside the task
+//! of the request that owns the connection: the request head and body are written, the response
+//! head is parsed with `httparse` out of the connection's own read buffer (reused from request
+//! to request), and the response body is decoded from that buffer as the downstream side polls
+//! it. An idle connection has no task; the pool's reaper watches it for the peer closing it.
+//!
+//! Framing follows RFC 9112: `content-length` or chunked request bodies (chunked when the length
+//! is not known, trailers carried), responses delimited by length, chunked coding (trailers
+//! returned as a trailers frame) or connection close; 1xx interim responses are skipped, `101`
+//! hands the raw connection over for an upgrade. A connection is reused only after a response
+//! read to its exact end, with the request fully sent and no `connection: close`.
+
+use crate::io::{Rewind, Upstream};
+use crate::upstream::pool::{Body, ConnGuard, UpstreamError};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use tokio::io::AsyncWrite;
+use tokio_util::io::poll_read_buf;
+
+/// Response headers parsed at most (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Largest response head accepted (Envoy's default `max_response_headers_kb`, 60 KiB).
+const MAX_HEAD: usize = 60 * 1024;
+/// Largest chunk-size line or trailer section accepted.
+const MAX_CHUNK_META: usize = 16 * 1024;
+/// Read-buffer space made available before each read.
+const READ_SPACE: usize = 16 * 1024;
+/// Request bytes gathered before they are written out.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// One HTTP/1.1 connection to an endpoint, idle or carrying one exchange.
+pub struct H1Conn {
+    io: Upstream,
+    /// Bytes read and not yet consumed; also the storage response heads and bodies are cut from.
+    rbuf: BytesMut,
+    /// Request bytes encoded and not yet written.
+    wbuf: Vec<u8>,
+    guard: ConnGuard,
+}
+
+impl std::fmt::Debug for H1Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H1Conn")
+    }
+}
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoder {
+    /// No body (or an empty one): nothing follows the head.
+    Empty,
+    /// `content-length`: exactly this many bytes still to send.
+    Length(u64),
+    Chunked,
+}
+
+/// The parts of a response head the exchange needs besides the `Response` itself.
+struct Head {
+    response: Response<()>,
+    decoder: Decoder,
+    keep_alive: bool,
+}
+
+/// How the response body is delimited, and how far it has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decoder {
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the peer closes the connection.
+    Eof,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+fn protocol(what: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Protocol(what.to_string())
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl H1Conn {
+    pub fn new(io: Upstream, guard: ConnGuard) -> Self {
+        Self {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+            guard,
+        }
+    }
+
+    /// Whether the connection is still open as far as can be told without waiting: the peer
+    /// has not closed it and sent nothing unasked. `waker` is woken when that changes (the
+    /// pool's reaper), or is a no-op waker for a one-off check.
+    pub fn poll_idle_alive(&mut self, waker: &Waker) -> bool {
+        let mut cx = Context::from_waker(waker);
+        if self.rbuf.capacity() - self.rbuf.len() < 64 {
+            self.rbuf.reserve(READ_SPACE);
+        }
+        // Pending is the only good answer: anything else is a close, an error or bytes that
+        // belong to no request.
+        poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.rbuf).is_pending()
+            && self.rbuf.is_empty()
+    }
+
+    /// Sends one request and waits for the response head. The connection travels inside the
+    /// returned body, which gives it back (see `H1Body::take_reusable`) once read to its end.
+    pub async fn send(mut self, req: Request<Body>) -> Result<Response<H1Body>, UpstreamError> {
+        let (parts, body) = req.into_parts();
+        let mut enc = self.encode_head(&parts, &body);
+        let mut body = (enc != Encoder::Empty).then_some(body);
+        let mut written = 0;
+        let mut flushed = false;
+        let head_req = parts.method == Method::HEAD;
+        let head = std::future::poll_fn(|cx| {
+            self.poll_exchange(
+                cx,
+                &mut body,
+                &mut enc,
+                &mut written,
+                &mut flushed,
+                head_req,
+            )
+        })
+        .await?;
+        // An early answer (the request not fully sent) leaves the connection mid-request.
+        let sent = body.is_none() && written == self.wbuf.len();
+        self.wbuf.clear();
+        let (parts, ()) = head.response.into_parts();
+        let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+        let mut body = H1Body {
+            decoder: if upgraded {
+                Decoder::Done
+            } else {
+                head.decoder
+            },
+            reusable: head.keep_alive && sent && !upgraded,
+            upgraded,
+            conn: Some(self),
+        };
+        body.settle();
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Writes the request line and headers into the write buffer and picks the body framing.
+    fn encode_head(&mut self, parts: &http::request::Parts, body: &Body) -> Encoder {
+        let w = &mut self.wbuf;
+        w.extend_from_slice(parts.method.as_str().as_bytes());
+        w.push(b' ');
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        w.extend_from_slice(pq.as_bytes());
+        w.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut length = None;
+        for (name, value) in &parts.headers {
+            if name == CONTENT_LENGTH {
+                // Written once below; a value that does not parse leaves the body's own size
+                // to decide.
+                if length.is_none() {
+                    length = std::str::from_utf8(value.as_bytes())
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok());
+                }
+                continue;
+            }
+            if name == TRANSFER_ENCODING {
+                // Framing is chosen here, never copied from the client.
+                continue;
+            }
+            w.extend_from_slice(name.as_str().as_bytes());
+            w.extend_from_slice(b": ");
+            w.extend_from_slice(value.as_bytes());
+            w.extend_from_slice(b"\r\n");
+        }
+        if let Some(n) = length {
+            write_length(w, n);
+        }
+        let enc = match length {
+            Some(0) => Encoder::Empty,
+            Some(n) => Encoder::Length(n),
+            None if body.is_end_stream() => {
+                // Servers expect a length on methods that carry a body, even an empty one.
+                if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                    w.extend_from_slice(b"content-length: 0\r\n");
+                }
+                Encoder::Empty
+            }
+            None => match body.size_hint().exact() {
+                Some(n) => {
+                    write_length(w, n);
+                    if n == 0 {
+                        Encoder::Empty
+                    } else {
+                        Encoder::Length(n)
+                    }
+                }
+                None => {
+                    w.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                    Encoder::Chunked
+                }
+            },
+        };
+        w.extend_from_slice(b"\r\n");
+        enc
+    }
+
+    /// Drives the exchange until the response head is in: gathers body frames, writes them,
+    /// and reads all along, so an answer that comes before the request is fully sent is seen.
+    fn poll_exchange(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut Option<Body>,
+        enc: &mut Encoder,
+        written: &mut usize,
+        flushed: &mut bool,
+        head_req: bool,
+    ) -> Poll<Result<Head, UpstreamError>> {
+        loop {
+            let mut progressed = false;
+            while let Some(b) = body.as_mut() {
+                if self.wbuf.len() - *written >= WRITE_BATCH {
+                    break;
+                }
+                match Pin::new(b).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Ok(frame))) => encode_frame(&mut self.wbuf, enc, frame)?,
+                    Poll::Ready(None) => {
+                        finish_body(&mut self.wbuf, enc)?;
+                        *body = None;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(UpstreamError::DownstreamBody(e.to_string())));
+                    }
+                }
+            }
+            while *written < self.wbuf.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[*written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(UpstreamError::ConnectionTermination));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        *written += n;
+                        *flushed = false;
+                        progressed = true;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if *written == self.wbuf.len() {
+                self.wbuf.clear();
+                *written = 0;
+                // TLS keeps records until flushed; a plain socket flushes for free.
+                if !*flushed {
+                    match Pin::new(&mut self.io).poll_flush(cx) {
+                        Poll::Ready(Ok(())) => *flushed = true,
+                        Poll::Ready(Err(_)) => {
+                            return Poll::Ready(Err(UpstreamError::ConnectionTermination));
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+            }
+            if let Poll::Ready(r) = self.poll_head(cx, head_req) {
+                return Poll::Ready(r);
+            }
+            if !progressed || body.is_none() {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Reads until a final response head (1xx other than 101 skipped) is parsed.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_req: bool,
+    ) -> Poll<Result<Head, UpstreamError>> {
+        loop {
+            if !self.rbuf.is_empty() {
+                match parse_head(&mut self.rbuf, head_req)? {
+                    // An interim answer (100 Continue, 103 Early Hints) is skipped; the final
+                    // head may already be buffered behind it.
+                    Some(h)
+                        if h.response.status().is_informational()
+                            && h.response.status() != StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        continue;
+                    }
+                    Some(h) => return Poll::Ready(Ok(h)),
+                    None if self.rbuf.len() >= MAX_HEAD => {
+                        return Poll::Ready(Err(protocol("response headers too large")));
+                    }
+                    None => {}
+                }
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(UpstreamError::ConnectionTermination));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Err(UpstreamError::ConnectionTermination));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(READ_SPACE);
+        }
+        poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+    }
+}
+
+fn write_length(w: &mut Vec<u8>, n: u64) {
+    w.extend_from_slice(b"content-length: ");
+    w.extend_from_slice(n.to_string().as_bytes());
+    w.extend_from_slice(b"\r\n");
+}
+
+fn encode_frame(
+    w: &mut Vec<u8>,
+    enc: &mut Encoder,
+    frame: Frame<Bytes>,
+) -> Result<(), UpstreamError> {
+    match frame.into_data() {
+        Ok(data) => {
+            if data.is_empty() {
+                return Ok(());
+            }
+            match enc {
+                Encoder::Length(left) => {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        return Err(UpstreamError::DownstreamBody(
+                            "request body longer than its content-length".into(),
+                        ));
+                    }
+                    *left -= n;
+                    w.extend_from_slice(&data);
+                }
+                Encoder::Chunked => {
+                    w.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    w.extend_from_slice(&data);
+                    w.extend_from_slice(b"\r\n");
+                }
+                Encoder::Empty => {
+                    return Err(UpstreamError::DownstreamBody(
+                        "request body longer than its content-length".into(),
+                    ));
+                }
+            }
+        }
+        Err(frame) => {
+            // Trailers travel only in chunked coding; with a length they have no place.
+            if let (Encoder::Chunked, Ok(trailers)) = (&*enc, frame.into_trailers()) {
+                w.extend_from_slice(b"0\r\n");
+                for (name, value) in &trailers {
+                    w.extend_from_slice(name.as_str().as_bytes());
+                    w.extend_from_slice(b": ");
+                    w.extend_from_slice(value.as_bytes());
+                    w.extend_from_slice(b"\r\n");
+                }
+                w.extend_from_slice(b"\r\n");
+                *enc = Encoder::Empty;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn finish_body(w: &mut Vec<u8>, enc: &mut Encoder) -> Result<(), UpstreamError> {
+    match *enc {
+        Encoder::Length(0) | Encoder::Empty => {}
+        Encoder::Length(_) => {
+            return Err(UpstreamError::DownstreamBody(
+                "request body shorter than its content-length".into(),
+            ));
+        }
+        Encoder::Chunked => w.extend_from_slice(b"0\r\n\r\n"),
+    }
+    *enc = Encoder::Empty;
+    Ok(())
+}
+
+/// Parses a response head off the front of `buf`; `None` while it is incomplete.
+fn parse_head(buf: &mut BytesMut, head_req: bool) -> Result<Option<Head>, UpstreamError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Complete(_)) => return Err(protocol("response headers too large")),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(protocol("too many response headers"));
+        }
+        Err(e) => return Err(protocol(format_args!("malformed response head: {e}"))),
+    };
+    let code = res.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| protocol("invalid status code"))?;
+    let http10 = res.version == Some(0);
+    // Where each header sits in the head, so values can share its storage once it is cut off.
+    let base = buf.as_ptr() as usize;
+    let count = res.headers.len();
+    // Name and value offsets: [name start, name end, value start, value end].
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+        let (name, value) = (h.name.as_bytes(), h.value);
+        let n0 = name.as_ptr() as usize - base;
+        let v0 = value.as_ptr() as usize - base;
+        *span = [
+            n0 as u32,
+            (n0 + name.len()) as u32,
+            v0 as u32,
+            (v0 + value.len()) as u32,
+        ];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| protocol("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(protocol("conflicting content-length values"));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+            // Only the last coding says whether the message is chunked.
+            chunked = value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    // Values share the head's storage once it is cut off the buffer (a reference count each).
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &[n0, n1, v0, v1] in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
+            .map_err(|_| protocol("invalid response header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
+            .map_err(|_| protocol("invalid response header value"))?;
+        headers.append(name, value);
+    }
+    // RFC 9112 §6.3, in order.
+    let no_body = head_req
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut reusable_framing = true;
+    let decoder = if no_body {
+        Decoder::Done
+    } else if te {
+        // With both, transfer-encoding wins and the connection must not be reused.
+        reusable_framing = length.is_none();
+        if chunked {
+            Decoder::Chunked(Chunk::Size)
+        } else {
+            reusable_framing = false;
+            Decoder::Eof
+        }
+    } else if let Some(n) = length {
+        if n == 0 {
+            Decoder::Done
+        } else {
+            Decoder::Length(n)
+        }
+    } else {
+        reusable_framing = false;
+        Decoder::Eof
+    };
+    let persistent = if http10 { keep_alive && !close } else { !close };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *response.headers_mut() = headers;
+    Ok(Some(Head {
+        response,
+        decoder,
+        keep_alive: persistent && reusable_framing,
+    }))
+}
+
+/// A response body read straight off its connection. Once read to its end, the connection is
+/// ready to go back to the pool (`take_reusable`); dropped early, it is closed.
+pub struct H1Body {
+    conn: Option<H1Conn>,
+    decoder: Decoder,
+    reusable: bool,
+    upgraded: bool,
+}
+
+impl std::fmt::Debug for H1Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Body")
+            .field("decoder", &self.decoder)
+            .finish()
+    }
+}
+
+/// The raw connection after a `101 Switching Protocols`, bytes already read replayed first.
+pub struct Upgraded {
+    pub io: Rewind<Upstream>,
+    pub guard: ConnGuard,
+}
+
+impl H1Body {
+    /// After the body's end: the connection, if it can carry another request.
+    pub fn take_reusable(&mut self) -> Option<H1Conn> {
+        if self.decoder != Decoder::Done || !self.reusable {
+            return None;
+        }
+        self.conn.take()
+    }
+
+    /// The connection of a `101` response, for the caller to splice.
+    pub fn into_upgraded(mut self) -> Option<Upgraded> {
+        if !self.upgraded {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        Some(Upgraded {
+            io: Rewind::new(conn.rbuf.freeze(), conn.io),
+            guard: conn.guard,
+        })
+    }
+
+    /// At the end, a connection that cannot be reused is closed at once rather than when the
+    /// body is dropped; leftover bytes after a response make it unusable too.
+    fn settle(&mut self) {
+        if self.decoder == Decoder::Done
+            && !self.upgraded
+            && (!self.reusable || self.conn.as_ref().is_some_and(|c| !c.rbuf.is_empty()))
+        {
+            self.reusable = false;
+            self.conn = None;
+        }
+    }
+
+    /// The next frame from what is buffered: `Ok(None)` when more bytes are needed.
+    fn decode(&mut self) -> io::Result<Option<Option<Frame<Bytes>>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Some(None));
+        };
+        let buf = &mut conn.rbuf;
+        loop {
+            match &mut self.decoder {
+                Decoder::Done => return Ok(Some(None)),
+                Decoder::Length(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = (*left).min(buf.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        self.decoder = Decoder::Done;
+                    }
+                    return Ok(Some(Some(Frame::data(buf.split_to(n as usize).freeze()))));
+                }
+                Decoder::Eof => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Some(Frame::data(buf.split().freeze()))));
+                }
+                Decoder::Chunked(state) => match *state {
+                    Chunk::Size => match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            buf.advance(used);
+                            *state = if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            };
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_META => {
+                            return Ok(None);
+                        }
+                        _ => return Err(invalid("invalid chunk size")),
+                    },
+                    Chunk::Data(left) => {
+                        if buf.is_empty() {
+                            return Ok(None);
+                        }
+                        let n = left.min(buf.len() as u64);
+                        *state = if n == left {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left - n)
+                        };
+                        return Ok(Some(Some(Frame::data(buf.split_to(n as usize).freeze()))));
+                    }
+                    Chunk::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(None);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(invalid("chunk data not followed by CRLF"));
+                        }
+                        buf.advance(2);
+                        *state = Chunk::Size;
+                    }
+                    Chunk::Trailers => {
+                        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                        match httparse::parse_headers(buf, &mut slots) {
+                            Ok(httparse::Status::Complete((used, fields))) => {
+                                let mut trailers = HeaderMap::new();
+                                for f in fields {
+                                    let name = HeaderName::from_bytes(f.name.as_bytes())
+                                        .map_err(|_| invalid("invalid trailer name"))?;
+                                    let value = HeaderValue::from_bytes(f.value)
+                                        .map_err(|_| invalid("invalid trailer value"))?;
+                                    trailers.append(name, value);
+                                }
+                                buf.advance(used);
+                                self.decoder = Decoder::Done;
+                                if trailers.is_empty() {
+                                    return Ok(Some(None));
+                                }
+                                return Ok(Some(Some(Frame::trailers(trailers))));
+                            }
+                            Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_META => {
+                                return Ok(None);
+                            }
+                            _ => return Err(invalid("invalid chunked trailer section")),
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl HttpBody for H1Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            match this.decode() {
+                Ok(Some(frame)) => {
+                    this.settle();
+                    return Poll::Ready(frame.map(Ok));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                Poll::Ready(Ok(_)) if this.decoder == Decoder::Eof => {
+                    this.decoder = Decoder::Done;
+                    this.reusable = false;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(_)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection before the end of the response body",
+                    ))));
+                }
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder == Decoder::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The codec against scripted upstreams on loopback: what goes on the wire, how responses
+    //! are delimited, and when a connection is reused, kept or closed.
+    use super::*;
+    use crate::upstream::circuit::CircuitBreakers;
+    use crate::upstream::pool::{HostPool, PoolSettings, UpstreamBody};
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    /// An upstream that answers each request on a connection with the next canned response
+    /// and reports every request's raw bytes; it closes the connection at once after an answer
+    /// followed by `None` (or by nothing).
+    struct Script {
+        addr: std::net::SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        requests: mpsc::UnboundedReceiver<Vec<u8>>,
+    }
+
+    async fn script(answers: Vec<Option<&'static [u8]>>) -> Script {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (tx, requests) = mpsc::unbounded_channel();
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut answers = answers.into_iter().peekable();
+            while let Ok((mut s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                while let Some(req) = read_request(&mut s).await {
+                    let _ = tx.send(req);
+                    let Some(Some(a)) = answers.next() else {
+                        break;
+                    };
+                    if s.write_all(a).await.is_err() || answers.peek().is_none_or(Option::is_none) {
+                        answers.next();
+                        break;
+                    }
+                }
+            }
+        });
+        Script {
+            addr,
+            accepted,
+            requests,
+        }
+    }
+
+    /// Reads one request: the head, then a body by content-length or up to the chunked end.
+    async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                let done = if head.contains("transfer-encoding: chunked") {
+                    buf.ends_with(b"\r\n\r\n") && buf[end + 4..].windows(3).any(|w| w == b"0\r\n")
+                } else {
+                    buf.len() >= end + 4 + len
+                };
+                if done {
+                    return Some(buf);
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+                .await
+                .ok()?
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&b[..n]);
+        }
+    }
+
+    fn pool(addr: std::net::SocketAddr) -> Arc<HostPool> {
+        let stats = crate::stats::Stats::new().cluster("test");
+        HostPool::new(
+            addr,
+            Arc::new(PoolSettings {
+                cluster: Arc::from("test"),
+                connect_timeout: Duration::from_secs(1),
+                tls: None,
+                idle_timeout: None,
+                max_requests_per_connection: 0,
+                circuit: Arc::new(CircuitBreakers::default()),
+                stats,
+                freed: tokio::sync::Notify::new(),
+                waiters: AtomicUsize::new(0),
+            }),
+        )
+    }
+
+    fn get(method: Method, body: Body) -> Request<Body> {
+        let mut r = Request::new(body);
+        *r.method_mut() = method;
+        *r.uri_mut() = "/p?q=1".parse().unwrap();
+        r.headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_static("svc"));
+        r
+    }
+
+    fn empty() -> Body {
+        full(Bytes::new())
+    }
+
+    fn full(b: impl Into<Bytes>) -> Body {
+        http_body_util::Full::new(b.into())
+            .map_err(|e| match e {})
+            .boxed_unsync()
+    }
+
+    /// A body of unknown length: frames from a channel, then optional trailers.
+    fn streamed(chunks: &[&'static str], trailers: Option<HeaderMap>) -> Body {
+        let mut frames: Vec<Result<Frame<Bytes>, crate::upstream::pool::BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        if let Some(t) = trailers {
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    async fn collect(b: UpstreamBody) -> Result<(Bytes, Option<HeaderMap>), String> {
+        let c = b.collect().await.map_err(|e| e.to_string())?;
+        let t = c.trailers().cloned();
+        Ok((c.to_bytes(), t))
+    }
+
+    #[tokio::test]
+    async fn chunked_response_with_trailers_and_connection_reuse() {
+        let mut s = script(vec![
+            Some(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: done\r\n\r\n"),
+            Some(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        ])
+        .await;
+        let p = pool(s.addr);
+        let r = p
+            .send(get(Method::GET, empty()), false, false)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-a"], "1");
+        let (body, trailers) = collect(r.into_body()).await.unwrap();
+        assert_eq!(body, "hello world");
+        assert_eq!(trailers.unwrap()["x-t"], "done");
+        let raw = s.requests.recv().await.unwrap();
+        assert_eq!(raw, b"GET /p?q=1 HTTP/1.1\r\nhost: svc\r\n\r\n");
+        let r = p
+            .send(get(Method::GET, empty()), false, false)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(
+            s.accepted.load(Ordering::SeqCst),
+            1,
+            "the connection was reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped_and_head_responses_have_no_body() {
+        let s = script(vec![
+            Some(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes"),
+        ])
+        .await;
+        let p = pool(s.addr);
+        let r = p
+            .send(get(Method::GET, empty()), false, false)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(!r.headers().contains_key("link"));
+        assert_eq!(collect(r.into_body()).await.unwrap().0, "ok");
+        let r = p
+            .send(get(Method::HEAD, empty()), false, false)
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["content-length"], "5");
+        assert!(r.body().is_end_stream());
+        assert_eq!(collect(r.into_body()).await.unwrap().0, "");
+        // The HEAD answer carried no body: the next response is read from its first byte.
+        let r = p
+            .send(get(Method::GET, empty()), false, false)
+            .await
+            .unwrap();
+        assert_eq!(collect(r.into_body()).await.unwrap().0, "yes");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn close_delimited_and_connection_close_responses_are_not_reused() {
+        let s = script(vec![
+            Some(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\na"),
+            None,
+        ])
+        .await;
+        let p = pool(s.addr);
+        let r = p
+            .send(get(Method::GET, empty()), false, false)
+            .await
+            .unwrap();
+        assert_eq!(collect(r.into_body()).await.unwrap().0, "a");
+        // No length at all: the body runs to the close.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut c, _) = l.accept().await.unwrap();
+                read_request(&mut c).await.unwrap();
+                c.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil").await.unwrap();
+                c.write_all(b" the end").await.unwrap();
+            }
+        });
+        let p2 = pool(addr);
+        for _ in 0..2 {
+            let r = p2
+                .send(get(Method::GET, empty()), false, false)
+                .await
+                .unwrap();
+            assert_eq!(collect(r.into_body()).await.unwrap().0, "until the end");
+        }
+        assert_eq!(p2.idle_count(), 0);
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(p.idle_count(), 0, "connection: close is honoured");
+    }
+
+    #[tokio::test]
+    async fn request_framing_length_chunked_and_trailers() {
+        let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let mut s = script(vec![Some(ok), Some(ok), Some(ok), Some(ok)]).await;
+        let p = pool(s.addr);
+        p.send(get(Method::POST, full("abc")), false, false)
+            .await
+            .unwrap();
+        let raw = s.requests.recv().await.unwrap();
+        assert!(raw.ends_with(b"content-length: 3\r\n\r\nabc"), "{raw:?}");
+        // The client's own transfer-encoding is never copied; the framing is chosen here.
+        let mut req = get(Method::POST, streamed(&["ab", "cde"], None));
+        req.headers_mut()
+            .insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        p.send(req, false, false).await.unwrap();
+        let raw = String::from_utf8(s.requests.recv().await.unwrap()).unwrap();
+        assert!(
+            raw.ends_with("transfer-encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
+            "{raw}"
+        );
+        assert!(!raw.contains("gzip"), "{raw}");
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        p.send(get(Method::PUT, streamed(&["x"], Some(t))), false, false)
+            .await
+            .unwrap();
+        let raw = String::from_utf8(s.requests.recv().await.unwrap()).unwrap();
+        assert!(
+            raw.ends_with("1\r\nx\r\n0\r\ngrpc-status: 0\r\n\r\n"),
+            "{raw}"
+        );
+        // An empty POST still says its length.
+        p.send(get(Method::POST, empty()), false, false)
+            .await
+            .unwrap();
+        let raw = String::from_utf8(s.requests.recv().await.unwrap()).unwrap();
+        assert!(raw.ends_with("content-length: 0\r\n\r\n"), "{raw}");
+        assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_responses_are_protocol_errors() {
+        let big: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n",
+                "a".repeat(MAX_HEAD + 10)
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        for (answer, want) in [
+            (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab"[..],
+                "conflicting content-length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                "invalid content-length",
+            ),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", "malformed response head"),
+            (b"NOT HTTP\r\n\r\n", "malformed response head"),
+            (big, "too large"),
+        ] {
+            let s = script(vec![Some(answer)]).await;
+            let Err(e) = pool(s.addr)
+                .send(get(Method::GET, empty()), false, false)
+                .await
+            else {
+                panic!("{want}: the response was accepted");
+            };
+            assert!(
+                matches!(&e, UpstreamError::Protocol(m) if m.contains(want)),
+                "{want}: {e:?}"
+            );
+            assert_eq!(e.flag(), crate::flags::ResponseFlags::UPE);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_the_connection_is_dropped() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let s = script(vec![Some(answer), None]).await;
+            let p = pool(s.addr);
+            let r = p
+                .send(get(Method::GET, empty()), false, false)
+                .await
+                .unwrap();
+            assert!(collect(r.into_body()).await.is_err());
+            assert_eq!(p.idle_count(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn early_answer_while_the_body_is_still_streaming() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = c.read(&mut b).await;
+            c.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            // Keep reading so the proxy's writes do not fail first.
+            while c.read(&mut b).await.is_ok_and(|n| n > 0) {}
+        });
+        // A body that never ends.
+        let (_keep, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::upstream::pool::BoxError>>(1);
+        let body = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync();
+        let p = pool(addr);
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            p.send(get(Method::POST, body), false, false),
+        )
+        .await
+        .expect("the early answer is seen while the body is pending")
+        .unwrap();
+        assert_eq!(r.status(), 413);
+        collect(r.into_body()).await.unwrap();
+        assert_eq!(p.idle_count(), 0, "a connection mid-request is not reused");
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test]
+    async fn upgrade_hands_over_the_connection_with_buffered_bytes() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            read_request(&mut c).await.unwrap();
+            c.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nfirst")
+                .await
+                .unwrap();
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).await.unwrap();
+            c.write_all(&b).await.unwrap();
+        });
+        let p = pool(addr);
+        let r = p
+            .send(get(Method::GET, empty()), false, true)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 101);
+        let mut up = r.into_body().into_upgraded().expect("an upgraded stream");
+        let mut b = [0u8; 5];
+        up.io.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"first");
+        up.io.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        up.io.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closed_by_the_peer_frees_its_slot() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            read_request(&mut c).await.unwrap();
+            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let _ = close_rx.await;
+        });
+        let p = pool(addr);
+        let r = p
+            .send(get(Method::GET, empty()), false, false)
+            .await
+            .unwrap();
+        collect(r.into_body()).await.unwrap();
+        assert_eq!(p.idle_count(), 1);
+        let gauge = || p.settings().stats.upstream_cx_active.get();
+        assert_eq!(gauge(), 1);
+        // The upstream closes its end; no request follows: the reaper alone must notice.
+        drop(close_tx);
+        let t0 = std::time::Instant::now();
+        while p.idle_count() > 0 && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            p.idle_count(),
+            0,
+            "the reaper dropped the closed connection"
+        );
+        assert_eq!(gauge(), 0);
+        assert_eq!(p.settings().circuit.connections(), 0);
+    }
+}
