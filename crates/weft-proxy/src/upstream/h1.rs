@@ -64,6 +64,15 @@ enum Encoder {
     Chunked,
 }
 
+/// A request on its way out: its body (None once it ended), framing, and how much of the write
+/// buffer is already written.
+struct Sending {
+    body: Option<Body>,
+    enc: Encoder,
+    written: usize,
+    flushed: bool,
+}
+
 /// The parts of a response head the exchange needs besides the `Response` itself.
 struct Head {
     response: Response<()>,
@@ -122,28 +131,23 @@ impl H1Conn {
     }
 
     /// Sends one request and waits for the response head. The connection travels inside the
-    /// returned body, which gives it back (see `H1Body::take_reusable`) once read to its end.
+    /// returned body, which gives it back (see `H1Body::take_reusable`) once read to its end;
+    /// a request body still being sent when the head arrives goes on being sent as the
+    /// response body is read (a server may answer before it has read the whole request).
     pub async fn send(mut self, req: Request<Body>) -> Result<Response<H1Body>, UpstreamError> {
         let (parts, body) = req.into_parts();
-        let mut enc = self.encode_head(&parts, &body);
-        let mut body = (enc != Encoder::Empty).then_some(body);
-        let mut written = 0;
-        let mut flushed = false;
+        let enc = self.encode_head(&parts, &body);
+        let mut sending = Some(Sending {
+            body: (enc != Encoder::Empty).then_some(body),
+            enc,
+            written: 0,
+            flushed: false,
+        });
+        let mut cut = false;
         let head_req = parts.method == Method::HEAD;
-        let head = std::future::poll_fn(|cx| {
-            self.poll_exchange(
-                cx,
-                &mut body,
-                &mut enc,
-                &mut written,
-                &mut flushed,
-                head_req,
-            )
-        })
-        .await?;
-        // An early answer (the request not fully sent) leaves the connection mid-request.
-        let sent = body.is_none() && written == self.wbuf.len();
-        self.wbuf.clear();
+        let head =
+            std::future::poll_fn(|cx| self.poll_exchange(cx, &mut sending, &mut cut, head_req))
+                .await?;
         let (parts, ()) = head.response.into_parts();
         let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         let mut body = H1Body {
@@ -152,8 +156,9 @@ impl H1Conn {
             } else {
                 head.decoder
             },
-            reusable: head.keep_alive && sent && !upgraded,
+            reusable: head.keep_alive && !cut && !upgraded,
             upgraded,
+            sending: sending.map(Box::new),
             conn: Some(self),
         };
         body.settle();
@@ -221,66 +226,89 @@ impl H1Conn {
         enc
     }
 
-    /// Drives the exchange until the response head is in: gathers body frames, writes them,
+    /// Drives the exchange until the response head is in: sends what it can of the request
     /// and reads all along, so an answer that comes before the request is fully sent is seen.
+    /// A failed write stops the sending (`cut`) but not the reading: the peer may have
+    /// answered and closed.
     fn poll_exchange(
         &mut self,
         cx: &mut Context<'_>,
-        body: &mut Option<Body>,
-        enc: &mut Encoder,
-        written: &mut usize,
-        flushed: &mut bool,
+        sending: &mut Option<Sending>,
+        cut: &mut bool,
         head_req: bool,
     ) -> Poll<Result<Head, UpstreamError>> {
+        if let Some(s) = sending.as_mut() {
+            match self.poll_send(cx, s) {
+                Poll::Ready(Ok(())) => *sending = None,
+                Poll::Ready(Err(e @ UpstreamError::DownstreamBody(_))) => {
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Err(_)) => {
+                    *sending = None;
+                    *cut = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        self.poll_head(cx, head_req)
+    }
+
+    /// Moves the request forward: gathers body frames into the write buffer (so a body that is
+    /// already there leaves with the head), writes and flushes. Ready once all of it is out.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        s: &mut Sending,
+    ) -> Poll<Result<(), UpstreamError>> {
         loop {
             let mut progressed = false;
-            while let Some(b) = body.as_mut() {
-                if self.wbuf.len() - *written >= WRITE_BATCH {
+            while let Some(b) = s.body.as_mut() {
+                if self.wbuf.len() - s.written >= WRITE_BATCH {
                     break;
                 }
                 match Pin::new(b).poll_frame(cx) {
                     Poll::Pending => break,
-                    Poll::Ready(Some(Ok(frame))) => encode_frame(&mut self.wbuf, enc, frame)?,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        encode_frame(&mut self.wbuf, &mut s.enc, frame)?
+                    }
                     Poll::Ready(None) => {
-                        finish_body(&mut self.wbuf, enc)?;
-                        *body = None;
+                        finish_body(&mut self.wbuf, &mut s.enc)?;
+                        s.body = None;
                     }
                     Poll::Ready(Some(Err(e))) => {
                         return Poll::Ready(Err(UpstreamError::DownstreamBody(e.to_string())));
                     }
                 }
             }
-            while *written < self.wbuf.len() {
-                match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[*written..]) {
+            while s.written < self.wbuf.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[s.written..]) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         return Poll::Ready(Err(UpstreamError::ConnectionTermination));
                     }
                     Poll::Ready(Ok(n)) => {
-                        *written += n;
-                        *flushed = false;
+                        s.written += n;
+                        s.flushed = false;
                         progressed = true;
                     }
-                    Poll::Pending => break,
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            if *written == self.wbuf.len() {
-                self.wbuf.clear();
-                *written = 0;
-                // TLS keeps records until flushed; a plain socket flushes for free.
-                if !*flushed {
-                    match Pin::new(&mut self.io).poll_flush(cx) {
-                        Poll::Ready(Ok(())) => *flushed = true,
-                        Poll::Ready(Err(_)) => {
-                            return Poll::Ready(Err(UpstreamError::ConnectionTermination));
-                        }
-                        Poll::Pending => {}
+            self.wbuf.clear();
+            s.written = 0;
+            // TLS keeps records until flushed; a plain socket flushes for free.
+            if !s.flushed {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => s.flushed = true,
+                    Poll::Ready(Err(_)) => {
+                        return Poll::Ready(Err(UpstreamError::ConnectionTermination));
                     }
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            if let Poll::Ready(r) = self.poll_head(cx, head_req) {
-                return Poll::Ready(r);
+            if s.body.is_none() {
+                return Poll::Ready(Ok(()));
             }
-            if !progressed || body.is_none() {
+            if !progressed {
                 return Poll::Pending;
             }
         }
@@ -524,6 +552,8 @@ pub struct H1Body {
     decoder: Decoder,
     reusable: bool,
     upgraded: bool,
+    /// The rest of a request the server answered before receiving all of it.
+    sending: Option<Box<Sending>>,
 }
 
 impl std::fmt::Debug for H1Body {
@@ -543,7 +573,7 @@ pub struct Upgraded {
 impl H1Body {
     /// After the body's end: the connection, if it can carry another request.
     pub fn take_reusable(&mut self) -> Option<H1Conn> {
-        if self.decoder != Decoder::Done || !self.reusable {
+        if self.decoder != Decoder::Done || !self.reusable || self.sending.is_some() {
             return None;
         }
         self.conn.take()
@@ -562,15 +592,44 @@ impl H1Body {
     }
 
     /// At the end, a connection that cannot be reused is closed at once rather than when the
-    /// body is dropped; leftover bytes after a response make it unusable too.
+    /// body is dropped: so is one whose request was not fully sent (what is left of the
+    /// request body is dropped, as Envoy resets the upstream request), or that holds bytes
+    /// after the response.
     fn settle(&mut self) {
         if self.decoder == Decoder::Done
             && !self.upgraded
-            && (!self.reusable || self.conn.as_ref().is_some_and(|c| !c.rbuf.is_empty()))
+            && (!self.reusable
+                || self.sending.is_some()
+                || self.conn.as_ref().is_some_and(|c| !c.rbuf.is_empty()))
         {
             self.reusable = false;
+            self.sending = None;
             self.conn = None;
         }
+    }
+
+    /// Sends more of a request the server answered early. A client-side body error ends the
+    /// response too; a failed write only stops the sending.
+    fn poll_send_rest(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        let (Some(conn), Some(s)) = (self.conn.as_mut(), self.sending.as_mut()) else {
+            return Ok(());
+        };
+        match conn.poll_send(cx, s) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) => self.sending = None,
+            Poll::Ready(Err(UpstreamError::DownstreamBody(e))) => {
+                self.conn = None;
+                self.sending = None;
+                return Err(io::Error::other(format!(
+                    "downstream request body error: {e}"
+                )));
+            }
+            Poll::Ready(Err(_)) => {
+                self.sending = None;
+                self.reusable = false;
+            }
+        }
+        Ok(())
     }
 
     /// The next frame from what is buffered: `Ok(None)` when more bytes are needed.
@@ -676,6 +735,11 @@ impl HttpBody for H1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
+        if this.sending.is_some()
+            && let Err(e) = this.poll_send_rest(cx)
+        {
+            return Poll::Ready(Some(Err(e)));
+        }
         loop {
             match this.decode() {
                 Ok(Some(frame)) => {
@@ -1091,6 +1155,83 @@ mod tests {
         assert_eq!(r.status(), 413);
         collect(r.into_body()).await.unwrap();
         assert_eq!(p.idle_count(), 0, "a connection mid-request is not reused");
+    }
+
+    #[tokio::test]
+    async fn request_body_keeps_streaming_after_the_response_head() {
+        // An echo upstream: answers at once, then returns each request chunk as it arrives.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut buf = Vec::new();
+            let mut b = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut b).await.unwrap();
+                buf.extend_from_slice(&b[..n]);
+            }
+            c.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            // Chunked request body in, chunked response body out, chunk for chunk.
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let mut pending = buf.split_off(end);
+            loop {
+                if pending.ends_with(b"0\r\n\r\n") && pending.len() == 5 {
+                    c.write_all(b"0\r\n\r\n").await.unwrap();
+                    // Stay open: the connection should go back to the pool.
+                    let _ = c.read(&mut b).await;
+                    break;
+                }
+                if let Some(p) = pending.windows(2).position(|w| w == b"\r\n") {
+                    let size =
+                        usize::from_str_radix(std::str::from_utf8(&pending[..p]).unwrap(), 16)
+                            .unwrap();
+                    if size > 0 && pending.len() >= p + 2 + size + 2 {
+                        let chunk: Vec<u8> = pending.drain(..p + 2 + size + 2).collect();
+                        c.write_all(&chunk).await.unwrap();
+                        continue;
+                    }
+                }
+                let n = c.read(&mut b).await.unwrap();
+                assert!(n > 0, "the request body ended early");
+                pending.extend_from_slice(&b[..n]);
+            }
+        });
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::upstream::pool::BoxError>>(1);
+        let body = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync();
+        let p = pool(addr);
+        let step = Duration::from_secs(5);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"one"))))
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(step, p.send(get(Method::POST, body), false, false))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut body = r.into_body();
+        for word in ["one", "two", "three"] {
+            if word != "one" {
+                tx.send(Ok(Frame::data(Bytes::from(word)))).await.unwrap();
+            }
+            let f = tokio::time::timeout(step, body.frame())
+                .await
+                .expect("the echo of the last chunk")
+                .unwrap()
+                .unwrap();
+            assert_eq!(f.into_data().unwrap(), word);
+        }
+        drop(tx);
+        let rest = tokio::time::timeout(step, body.collect())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rest.to_bytes().is_empty());
+        assert_eq!(
+            p.idle_count(),
+            1,
+            "request and response both complete: reusable"
+        );
     }
 
     fn tokio_stream_from<T: Send + 'static>(
