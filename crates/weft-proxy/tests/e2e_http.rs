@@ -310,6 +310,107 @@ async fn tls_alpn_negotiates_h2_and_http11() -> Result<()> {
     .await
 }
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1) end at the proxy in both directions: the fixed ones
+/// and those the `Connection` header names; end-to-end headers pass. The upstream is raw TCP so
+/// that it can send exactly the header block under test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_stripped_both_ways() -> Result<()> {
+    within(60, async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let up = l.local_addr()?;
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut c, _)) = l.accept().await {
+                let seen_tx = seen_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            let _ = seen_tx.send(String::from_utf8_lossy(&head).to_lowercase());
+                            let answer = "HTTP/1.1 200 OK\r\n\
+                                Connection: keep-alive, X-Hop-Resp\r\n\
+                                X-Hop-Resp: secret\r\n\
+                                Keep-Alive: timeout=5\r\n\
+                                Proxy-Connection: keep-alive\r\n\
+                                X-End-Resp: kept\r\n\
+                                Content-Length: 2\r\n\r\nok";
+                            if c.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match c.read(&mut b).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+                            _ => return,
+                        }
+                    }
+                });
+            }
+        });
+        let port = free_port();
+        let proxy = Proxy::start(&simple_http_bootstrap(port, &[up])).await?;
+        let url = format!("http://{}/hop", local(port));
+        for _ in 0..2 {
+            // Twice: the second exchange rides the pooled upstream connection.
+            let out = curl(&[
+                "-si",
+                "-H",
+                "Connection: keep-alive, X-Hop-Req",
+                "-H",
+                "X-Hop-Req: secret",
+                "-H",
+                "Keep-Alive: 300",
+                "-H",
+                "Proxy-Connection: keep-alive",
+                "-H",
+                "X-End-Req: kept",
+                &url,
+            ])
+            .await?;
+            ensure!(out.ok(), "curl failed: {out}");
+            let resp = out.stdout.to_lowercase();
+            ensure!(resp.starts_with("http/1.1 200"), "{out}");
+            ensure!(
+                resp.contains("x-end-resp: kept"),
+                "end-to-end header lost: {out}"
+            );
+            ensure!(resp.ends_with("ok"), "{out}");
+            for hop in ["x-hop-resp", "keep-alive:", "proxy-connection"] {
+                ensure!(
+                    !resp.contains(hop),
+                    "response hop-by-hop `{hop}` passed: {out}"
+                );
+            }
+            let req = seen_rx
+                .recv()
+                .await
+                .context("the upstream saw no request")?;
+            ensure!(
+                req.contains("x-end-req: kept"),
+                "end-to-end header lost: {req}"
+            );
+            for hop in [
+                "x-hop-req",
+                "keep-alive:",
+                "proxy-connection",
+                "connection:",
+            ] {
+                ensure!(
+                    !req.contains(hop),
+                    "request hop-by-hop `{hop}` passed: {req}"
+                );
+            }
+        }
+        proxy
+            .wait_access_count("two 200s", 2, |l| l.code == 200 && l.path == "/hop")
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Load with h2load
 // ---------------------------------------------------------------------------------------------

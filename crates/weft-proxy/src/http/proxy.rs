@@ -1027,7 +1027,8 @@ async fn forward(
     let mut tried: Vec<Arc<Host>> = Vec::new();
     let mut attempt_no = 0u32;
     let mut last: Attempt;
-    let upstream_start;
+    // Response-head time of the attempt whose answer is returned (the last one).
+    let mut upstream_time = Duration::ZERO;
     // The body of the next attempt: the first from the replay buffer, retries taken when decided.
     let mut next_body: Option<Body> = replay.as_ref().and_then(|r| r.replay()).map(boxed);
     loop {
@@ -1163,29 +1164,26 @@ async fn forward(
         }
         if let Attempt::Response(r) = &result {
             cluster.stats.record_status(r.status().as_u16());
-            cluster.stats.upstream_rq_time.record(sent_at.elapsed());
+            upstream_time = sent_at.elapsed();
+            cluster.stats.upstream_rq_time.record(upstream_time);
         }
         tried.push(host);
         last = result;
         let Some(p) = policy.as_deref() else {
-            upstream_start = sent_at;
             break;
         };
         if !retriable(p, &last) {
             if attempt_no > 1 {
                 cluster.stats.upstream_rq_retry_success.inc();
             }
-            upstream_start = sent_at;
             break;
         }
         if attempt_no >= max_attempts {
             cluster.stats.upstream_rq_retry_limit_exceeded.inc();
             cx.ex.flags.insert(ResponseFlags::URX);
-            upstream_start = sent_at;
             break;
         }
         if (replay.is_none() && !no_body) || upgrade {
-            upstream_start = sent_at;
             break;
         }
         // Take the replay now, while the last answer can still be returned: the previous
@@ -1193,17 +1191,13 @@ async fn forward(
         if let Some(r) = replay.as_ref() {
             match r.replay() {
                 Some(b) => next_body = Some(boxed(b)),
-                None => {
-                    upstream_start = sent_at;
-                    break;
-                }
+                None => break,
             }
         }
         // Like Envoy, the retry breaker counts retries waiting to be sent (in backoff).
         let Some(retry_slot) = cluster.pool.circuit.try_retry() else {
             cluster.stats.upstream_rq_retry_overflow.inc();
             cx.ex.flags.insert(ResponseFlags::UO);
-            upstream_start = sent_at;
             break;
         };
         cluster.stats.upstream_rq_retry.inc();
@@ -1224,7 +1218,7 @@ async fn forward(
     match last {
         Attempt::Response(resp) => {
             let (mut rparts, rbody) = resp.into_parts();
-            let service_time = upstream_start.elapsed();
+            let service_time = upstream_time;
             cx.ex.upstream_service_time = Some(service_time);
             if rparts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
                 // Splice the two upgraded connections.

@@ -450,24 +450,21 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> Result<Option<Head>, Upstre
     let http10 = res.version == Some(0);
     // Where each header sits in the head, so values can share its storage once it is cut off.
     let base = buf.as_ptr() as usize;
-    let count = res.headers.len();
-    // Name and value offsets: [name start, name end, value start, value end].
+    // Name and value offsets of the headers kept: [name start, name end, value start, value end].
     let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let mut count = 0;
+    // The connection's own headers are consumed here, as the proxy strips them anyway (RFC
+    // 9110 §7.6.1) — except on a 101, whose Upgrade/Connection the client needs, and a
+    // Connection that names other headers, left for the proxy to act on.
+    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
     let mut close = false;
     let mut keep_alive = false;
-    for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+    for h in res.headers.iter() {
         let (name, value) = (h.name.as_bytes(), h.value);
-        let n0 = name.as_ptr() as usize - base;
-        let v0 = value.as_ptr() as usize - base;
-        *span = [
-            n0 as u32,
-            (n0 + name.len()) as u32,
-            v0 as u32,
-            (v0 + value.len()) as u32,
-        ];
+        let mut keep = true;
         if name.eq_ignore_ascii_case(b"content-length") {
             let n = std::str::from_utf8(value)
                 .ok()
@@ -479,17 +476,41 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> Result<Option<Head>, Upstre
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te = true;
+            keep = upgrade;
             // Only the last coding says whether the message is chunked.
             chunked = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
+            let mut names_others = false;
             for t in value.split(|&b| b == b',') {
                 let t = t.trim_ascii();
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                let (c, k) = (
+                    t.eq_ignore_ascii_case(b"close"),
+                    t.eq_ignore_ascii_case(b"keep-alive"),
+                );
+                close |= c;
+                keep_alive |= k;
+                names_others |= !c && !k && !t.is_empty();
             }
+            keep = upgrade || names_others;
+        } else if name.eq_ignore_ascii_case(b"keep-alive")
+            || name.eq_ignore_ascii_case(b"proxy-connection")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            keep = upgrade;
+        }
+        if keep {
+            let n0 = name.as_ptr() as usize - base;
+            let v0 = value.as_ptr() as usize - base;
+            spans[count] = [
+                n0 as u32,
+                (n0 + name.len()) as u32,
+                v0 as u32,
+                (v0 + value.len()) as u32,
+            ];
+            count += 1;
         }
     }
     // Values share the head's storage once it is cut off the buffer (a reference count each).
@@ -1069,6 +1090,44 @@ mod tests {
         let raw = String::from_utf8(s.requests.recv().await.unwrap()).unwrap();
         assert!(raw.ends_with("content-length: 0\r\n\r\n"), "{raw}");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn connection_headers_are_consumed_unless_needed() {
+        let parse = |raw: &str| {
+            let mut b = BytesMut::from(raw);
+            let h = parse_head(&mut b, false).unwrap().unwrap();
+            (h.response.headers().clone(), h.keep_alive, h.decoder)
+        };
+        let (h, keep, dec) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Proxy-Connection: x\r\nX-End: 1\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-end") && h.contains_key("content-length"));
+        assert!(keep);
+        assert_eq!(dec, Decoder::Done);
+        // A Connection naming another header stays, for the proxy to remove what it names.
+        let (h, keep, _) = parse(
+            "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(h["connection"], "close, X-Hop");
+        assert!(h.contains_key("x-hop") && !h.contains_key("transfer-encoding"));
+        assert!(!keep);
+        // A 101 keeps what the client needs to complete the upgrade.
+        let (h, _, _) = parse(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "Upgrade");
+        // HTTP/1.0 persists only when asked to.
+        let (_, keep, dec) = parse("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n");
+        assert!(!keep);
+        assert_eq!(dec, Decoder::Length(1));
+        let (_, keep, _) =
+            parse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n");
+        assert!(keep);
     }
 
     #[tokio::test]

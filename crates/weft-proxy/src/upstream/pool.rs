@@ -126,7 +126,8 @@ impl UpstreamError {
 
 struct Idle {
     conn: H1Conn,
-    since: Instant,
+    /// When it went idle; read only with an `idle_timeout` (no clock read otherwise).
+    since: Option<Instant>,
     uses: u32,
 }
 
@@ -292,7 +293,8 @@ impl HostPool {
             let expired = self
                 .settings
                 .idle_timeout
-                .is_some_and(|t| i.since.elapsed() >= t);
+                .zip(i.since)
+                .is_some_and(|(t, since)| since.elapsed() >= t);
             // The reaper may not have run since the peer closed it: look once more.
             if !expired && i.conn.poll_idle_alive(Waker::noop()) {
                 return Some((i.conn, i.uses));
@@ -310,7 +312,7 @@ impl HostPool {
         }
         idle.conns.push(Idle {
             conn,
-            since: Instant::now(),
+            since: self.settings.idle_timeout.map(|_| Instant::now()),
             uses,
         });
         if !idle.reaper_spawned {
