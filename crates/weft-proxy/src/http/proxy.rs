@@ -792,7 +792,7 @@ async fn forward(
                 &[],
             );
         }
-        return connect_tunnel(cx, parts, cluster, &authority).await;
+        return Box::pin(connect_tunnel(cx, parts, cluster, &authority)).await;
     }
     let upgrade = is_upgrade(&parts);
     if upgrade {
@@ -931,14 +931,14 @@ async fn forward(
             path_and_query: pq,
             timeout: ra.timeout,
         };
-        mirrored = match mirror_request(
+        mirrored = match Box::pin(mirror_request(
             ra,
             snapshot,
             cluster.retry_buffer_limit,
             &shadow,
             &mut body,
             no_body,
-        )
+        ))
         .await
         {
             Ok(b) => b,
@@ -957,7 +957,8 @@ async fn forward(
     // A dynamic forward proxy cluster connects where the request says.
     let dynamic = match &cluster.dfp {
         None => None,
-        Some(cache) => match cache.resolve(&authority, 80).await {
+        // Boxed, as every path off the common one: it would grow each request's future.
+        Some(cache) => match Box::pin(cache.resolve(&authority, 80)).await {
             Ok(found) => Some(found),
             Err(e) => return dns_failure(cx, &cluster, &authority, &e),
         },

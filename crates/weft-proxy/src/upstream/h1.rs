@@ -137,6 +137,9 @@ impl H1Conn {
     pub async fn send(mut self, req: Request<Body>) -> Result<Response<H1Body>, UpstreamError> {
         let (parts, body) = req.into_parts();
         let enc = self.encode_head(&parts, &body);
+        let head_req = parts.method == Method::HEAD;
+        // Not kept across the wait: the request head is on the wire.
+        drop(parts);
         let mut sending = Some(Sending {
             body: (enc != Encoder::Empty).then_some(body),
             enc,
@@ -144,7 +147,6 @@ impl H1Conn {
             flushed: false,
         });
         let mut cut = false;
-        let head_req = parts.method == Method::HEAD;
         let head =
             std::future::poll_fn(|cx| self.poll_exchange(cx, &mut sending, &mut cut, head_req))
                 .await?;

@@ -206,10 +206,15 @@ impl HostPool {
                 inner: Inner::H2(b),
             }));
         }
+        // Anything beyond taking an idle connection is boxed: connecting (with TLS) would
+        // otherwise make every request's future, and what is copied per request, kilobytes
+        // larger.
         let (conn, uses) = if upgrade {
-            (self.connect_h1(self.slot()?).await?, 0)
+            (Box::pin(self.connect_h1(self.slot()?)).await?, 0)
+        } else if let Some(found) = self.take_idle() {
+            found
         } else {
-            self.checkout_h1().await?
+            Box::pin(self.checkout_h1()).await?
         };
         let resp = conn.send(req).await?;
         let keep = !upgrade
@@ -228,11 +233,9 @@ impl HostPool {
         }))
     }
 
+    /// A connection when none was idle: a new one if the breaker allows, else wait as a pending
+    /// request.
     async fn checkout_h1(self: &Arc<Self>) -> Result<(H1Conn, u32), UpstreamError> {
-        // Fast path: an idle connection, or room for a new one.
-        if let Some(found) = self.take_idle() {
-            return Ok(found);
-        }
         if let Some(slot) = self.settings.circuit.try_connection() {
             return Ok((self.connect_h1(slot).await?, 0));
         }
@@ -389,14 +392,15 @@ impl HostPool {
         }
         // Drop the old handle first: its connection ends when its streams are done.
         *slot = None;
-        let (io, guard) = self.connect(self.slot()?, true).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let (io, guard) = Box::pin(self.connect(self.slot()?, true)).await?;
+        let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .adaptive_window(false)
             .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(io))
+            .handshake(TokioIo::new(io));
+        let (sender, conn) = Box::pin(handshake)
             .await
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         tokio::spawn(async move {
