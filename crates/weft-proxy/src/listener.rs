@@ -611,6 +611,10 @@ pub async fn serve_http(
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .keep_alive(true)
+            // One send of head and body gathered in hyper's buffer instead of a writev of both:
+            // measured ~1.3k fewer instructions per request (user and kernel) on small
+            // responses; the copy it adds is noise next to the kernel's own.
+            .writev(false)
             .max_buf_size((hcm.max_request_headers_kb as usize * 1024).max(8192))
             // None unless configured: hyper would otherwise arm a timer for every request.
             .header_read_timeout(hcm.request_headers_timeout);
