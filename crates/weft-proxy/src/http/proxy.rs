@@ -352,7 +352,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
-    let hcm = conn.hcm.clone();
+    let hcm = &conn.hcm;
     hcm.stats.downstream_rq_total.inc();
     hcm.stats.downstream_rq_active.inc();
     let (mut parts, body) = req.into_parts();
@@ -407,10 +407,10 @@ pub async fn handle(
     // (RFC 9112 §6.1), and HTTP/2 rejects Transfer-Encoding outright.
 
     let snapshot = conn.shared.snapshot();
-    let table: Arc<RouteTable> = match &hcm.routes {
-        Routes::Static(t) => t.clone(),
+    let table: &Arc<RouteTable> = match &hcm.routes {
+        Routes::Static(t) => t,
         Routes::Rds(name) => match snapshot.routes.get(name) {
-            Some(t) => t.clone(),
+            Some(t) => t,
             None => {
                 return Ok(cx.local(
                     StatusCode::NOT_FOUND,
@@ -465,7 +465,7 @@ pub async fn handle(
     // HTTP filters before the router, in the chain's order: CORS, fault injection.
     let mut faulted = false;
     if hcm.cors_first {
-        cx = match cors_filter(cx, &hcm, route, &parts) {
+        cx = match cors_filter(cx, hcm, route, &parts) {
             Ok(cx) => cx,
             Err(preflight) => return Ok(*preflight),
         };
@@ -492,7 +492,7 @@ pub async fn handle(
         }
     }
     if !hcm.cors_first {
-        cx = match cors_filter(cx, &hcm, route, &parts) {
+        cx = match cors_filter(cx, hcm, route, &parts) {
             Ok(cx) => cx,
             Err(preflight) => return Ok(*preflight),
         };
@@ -500,7 +500,7 @@ pub async fn handle(
 
     match &route.action {
         Action::Direct { status, body } => Ok(cx.direct(*status, body.clone(), |h| {
-            apply_response_mutations(h, &table, vh, route, None)
+            apply_response_mutations(h, table, vh, route, None)
         })),
         Action::Redirect(rd) => {
             let path = path_and_query.split('?').next().unwrap_or("");
@@ -510,11 +510,11 @@ pub async fn handle(
                 if let Ok(v) = HeaderValue::from_str(&loc) {
                     h.insert(header::LOCATION, v);
                 }
-                apply_response_mutations(h, &table, vh, route, None)
+                apply_response_mutations(h, table, vh, route, None)
             }))
         }
         Action::Forward(ra) => Ok(forward(
-            cx, parts, body, &table, vh, route, ra, &snapshot, authority, faulted,
+            cx, parts, body, table, vh, route, ra, &snapshot, authority, faulted,
         )
         .await),
     }
@@ -863,8 +863,7 @@ async fn forward(
             parts.headers.insert(X_FORWARDED_FOR.clone(), v);
         }
     }
-    // A Uri clone is a reference count: no copy of the path on the common path.
-    let orig_uri = parts.uri.clone();
+    let orig_uri = &parts.uri;
     let orig_pq = orig_uri.path_and_query().map_or("/", |p| p.as_str());
     let mut new_pq: Option<String> = None;
     let orig_path = orig_pq.split('?').next().unwrap_or("");
@@ -969,7 +968,7 @@ async fn forward(
         Protocol::Http1 => false,
         Protocol::Downstream => parts.version == Version::HTTP_2,
     };
-    let uri: Uri = if h2 {
+    let mut uri: Uri = if h2 {
         let auth = up_authority
             .as_ref()
             .and_then(|a| a.to_str().ok())
@@ -1062,7 +1061,12 @@ async fn forward(
         };
         let mut req = Request::new(attempt_body);
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri.clone();
+        // Without a retry policy there is one attempt: the URI and headers move into it.
+        *req.uri_mut() = if policy.is_some() {
+            uri.clone()
+        } else {
+            std::mem::take(&mut uri)
+        };
         *req.version_mut() = if h2 {
             Version::HTTP_2
         } else {
