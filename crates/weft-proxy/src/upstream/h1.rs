@@ -948,6 +948,11 @@ mod tests {
         http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
     }
 
+    /// One request through the pool; the response head must arrive.
+    async fn ask(p: &Arc<HostPool>, method: Method, body: Body) -> Response<UpstreamBody> {
+        p.send(get(method, body), false, false).await.unwrap()
+    }
+
     async fn collect(b: UpstreamBody) -> Result<(Bytes, Option<HeaderMap>), String> {
         let c = b.collect().await.map_err(|e| e.to_string())?;
         let t = c.trailers().cloned();
@@ -962,10 +967,7 @@ mod tests {
         ])
         .await;
         let p = pool(s.addr);
-        let r = p
-            .send(get(Method::GET, empty()), false, false)
-            .await
-            .unwrap();
+        let r = ask(&p, Method::GET, empty()).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-a"], "1");
         let (body, trailers) = collect(r.into_body()).await.unwrap();
@@ -973,10 +975,7 @@ mod tests {
         assert_eq!(trailers.unwrap()["x-t"], "done");
         let raw = s.requests.recv().await.unwrap();
         assert_eq!(raw, b"GET /p?q=1 HTTP/1.1\r\nhost: svc\r\n\r\n");
-        let r = p
-            .send(get(Method::GET, empty()), false, false)
-            .await
-            .unwrap();
+        let r = ask(&p, Method::GET, empty()).await;
         assert_eq!(r.status(), 204);
         assert_eq!(
             s.accepted.load(Ordering::SeqCst),
@@ -994,25 +993,16 @@ mod tests {
         ])
         .await;
         let p = pool(s.addr);
-        let r = p
-            .send(get(Method::GET, empty()), false, false)
-            .await
-            .unwrap();
+        let r = ask(&p, Method::GET, empty()).await;
         assert_eq!(r.status(), 200);
         assert!(!r.headers().contains_key("link"));
         assert_eq!(collect(r.into_body()).await.unwrap().0, "ok");
-        let r = p
-            .send(get(Method::HEAD, empty()), false, false)
-            .await
-            .unwrap();
+        let r = ask(&p, Method::HEAD, empty()).await;
         assert_eq!(r.headers()["content-length"], "5");
         assert!(r.body().is_end_stream());
         assert_eq!(collect(r.into_body()).await.unwrap().0, "");
         // The HEAD answer carried no body: the next response is read from its first byte.
-        let r = p
-            .send(get(Method::GET, empty()), false, false)
-            .await
-            .unwrap();
+        let r = ask(&p, Method::GET, empty()).await;
         assert_eq!(collect(r.into_body()).await.unwrap().0, "yes");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
     }
@@ -1025,10 +1015,7 @@ mod tests {
         ])
         .await;
         let p = pool(s.addr);
-        let r = p
-            .send(get(Method::GET, empty()), false, false)
-            .await
-            .unwrap();
+        let r = ask(&p, Method::GET, empty()).await;
         assert_eq!(collect(r.into_body()).await.unwrap().0, "a");
         // No length at all: the body runs to the close.
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1043,10 +1030,7 @@ mod tests {
         });
         let p2 = pool(addr);
         for _ in 0..2 {
-            let r = p2
-                .send(get(Method::GET, empty()), false, false)
-                .await
-                .unwrap();
+            let r = ask(&p2, Method::GET, empty()).await;
             assert_eq!(collect(r.into_body()).await.unwrap().0, "until the end");
         }
         assert_eq!(p2.idle_count(), 0);
@@ -1059,9 +1043,7 @@ mod tests {
         let ok: &'static [u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         let mut s = script(vec![Some(ok), Some(ok), Some(ok), Some(ok)]).await;
         let p = pool(s.addr);
-        p.send(get(Method::POST, full("abc")), false, false)
-            .await
-            .unwrap();
+        ask(&p, Method::POST, full("abc")).await;
         let raw = s.requests.recv().await.unwrap();
         assert!(raw.ends_with(b"content-length: 3\r\n\r\nabc"), "{raw:?}");
         // The client's own transfer-encoding is never copied; the framing is chosen here.
@@ -1077,18 +1059,14 @@ mod tests {
         assert!(!raw.contains("gzip"), "{raw}");
         let mut t = HeaderMap::new();
         t.insert("grpc-status", HeaderValue::from_static("0"));
-        p.send(get(Method::PUT, streamed(&["x"], Some(t))), false, false)
-            .await
-            .unwrap();
+        ask(&p, Method::PUT, streamed(&["x"], Some(t))).await;
         let raw = String::from_utf8(s.requests.recv().await.unwrap()).unwrap();
         assert!(
             raw.ends_with("1\r\nx\r\n0\r\ngrpc-status: 0\r\n\r\n"),
             "{raw}"
         );
         // An empty POST still says its length.
-        p.send(get(Method::POST, empty()), false, false)
-            .await
-            .unwrap();
+        ask(&p, Method::POST, empty()).await;
         let raw = String::from_utf8(s.requests.recv().await.unwrap()).unwrap();
         assert!(raw.ends_with("content-length: 0\r\n\r\n"), "{raw}");
         assert_eq!(s.accepted.load(Ordering::SeqCst), 1);
@@ -1179,10 +1157,7 @@ mod tests {
         ] {
             let s = script(vec![Some(answer), None]).await;
             let p = pool(s.addr);
-            let r = p
-                .send(get(Method::GET, empty()), false, false)
-                .await
-                .unwrap();
+            let r = ask(&p, Method::GET, empty()).await;
             assert!(collect(r.into_body()).await.is_err());
             assert_eq!(p.idle_count(), 0);
         }
@@ -1345,10 +1320,7 @@ mod tests {
             let _ = close_rx.await;
         });
         let p = pool(addr);
-        let r = p
-            .send(get(Method::GET, empty()), false, false)
-            .await
-            .unwrap();
+        let r = ask(&p, Method::GET, empty()).await;
         collect(r.into_body()).await.unwrap();
         assert_eq!(p.idle_count(), 1);
         let gauge = || p.settings().stats.upstream_cx_active.get();
