@@ -138,7 +138,7 @@ impl H1Conn {
         let (parts, body) = req.into_parts();
         let enc = self.encode_head(&parts, &body);
         let head_req = parts.method == Method::HEAD;
-        // Not kept across the wait: the request head is on the wire.
+        // Not needed past this point: the head is encoded.
         drop(parts);
         let mut sending = Some(Sending {
             body: (enc != Encoder::Empty).then_some(body),
