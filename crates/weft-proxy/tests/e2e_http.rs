@@ -411,6 +411,52 @@ async fn hop_by_hop_headers_are_stripped_both_ways() -> Result<()> {
     .await
 }
 
+/// An upstream that fails after its response headers: the client's body is cut, and the
+/// access log says the upstream did it (`UC` for a close mid-body, `UPE` for broken chunked
+/// framing), never `DC` (the client did nothing wrong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failing_mid_body_is_logged_as_the_upstreams_fault() -> Result<()> {
+    within(60, async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let up = l.local_addr()?;
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut b).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&b[..n]),
+                            _ => return,
+                        }
+                    }
+                    let answer: &[u8] = if buf.starts_with(b"GET /short") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"
+                    };
+                    let _ = c.write_all(answer).await;
+                    // Then the connection closes.
+                });
+            }
+        });
+        let port = free_port();
+        let proxy = Proxy::start(&simple_http_bootstrap(port, &[up])).await?;
+        for (path, flag) in [("/short", "UC"), ("/badchunk", "UPE")] {
+            let out = curl(&[&format!("http://{}{path}", local(port))]).await?;
+            ensure!(!out.ok(), "{path}: a cut body must fail the client: {out}");
+            proxy
+                .wait_access(&format!("{path} 200 {flag}"), |l| {
+                    l.path == path && l.code == 200 && l.has_flag(flag) && !l.has_flag("DC")
+                })
+                .await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Load with h2load
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@
 //! upstream body: their timers are created only the first time the body has to wait, so a
 //! body that arrives with its headers (the common case) costs no timer at all.
 
-use crate::upstream::pool::{BoxError, UpstreamBody};
+use crate::upstream::pool::{BoxError, UpstreamBody, UpstreamError};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
@@ -266,13 +266,16 @@ pub trait OnDone: Send + 'static {
     );
 }
 
-/// Why a response body was reset by the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a response body ended before its end.
+#[derive(Debug)]
 pub enum Cut {
     /// Nothing arrived from upstream for `stream_idle_timeout`.
     StreamIdle,
     /// The route's timeout passed before the upstream response was complete.
     RouteTimeout,
+    /// The upstream side failed mid-body (closed, reset, broke framing) — or the downstream
+    /// request body it was still being sent failed.
+    Upstream(UpstreamError),
 }
 
 /// The error a response body ends with when the route's timeout passed mid-body.
@@ -404,9 +407,14 @@ impl Body for ResponseBody {
                     this.finish_with(None, false, Some(Cut::RouteTimeout));
                     return Poll::Ready(Some(Err(Box::new(RouteTimeout))));
                 }
+                Poll::Ready(Some(Err(e))) => {
+                    let msg = e.to_string();
+                    this.finish_with(None, false, Some(Cut::Upstream(e)));
+                    return Poll::Ready(Some(Err(msg.into())));
+                }
                 Poll::Ready(r) => {
                     this.progressed = true;
-                    Poll::Ready(r)
+                    Poll::Ready(r.map(|f| f.map_err(BoxError::from)))
                 }
                 Poll::Pending => Poll::Pending,
             },

@@ -98,9 +98,33 @@ impl OnDone for Exchange {
                     c.stats.upstream_rq_timeout.inc();
                 }
             }
+            Some(Cut::Upstream(ref e)) => {
+                // Envoy's wording: the reset came after the response had started.
+                self.flags.insert(e.flag());
+                self.details = match e {
+                    UpstreamError::DownstreamBody(_) => "downstream_remote_disconnect",
+                    UpstreamError::Protocol(_) => {
+                        "upstream_reset_after_response_started{protocol_error}"
+                    }
+                    UpstreamError::RemoteReset | UpstreamError::RefusedStream => {
+                        "upstream_reset_after_response_started{remote_reset}"
+                    }
+                    _ => "upstream_reset_after_response_started{connection_termination}",
+                };
+                tracing::debug!(
+                    cluster = self.cluster.as_ref().map_or("", |c| &*c.name),
+                    upstream = ?self.upstream_host,
+                    "response body cut short: {}",
+                    e.reset_reason()
+                );
+            }
             None => {}
         }
-        self.record(bytes_sent, trailers, completed);
+        // Unfinished and not cut by the proxy or the upstream: the downstream went away.
+        if !completed && cut.is_none() && self.status != 0 {
+            self.flags.insert(ResponseFlags::DC);
+        }
+        self.record(bytes_sent, trailers);
     }
 }
 
@@ -111,13 +135,13 @@ impl Drop for Exchange {
         if !self.recorded {
             self.flags.insert(ResponseFlags::DC);
             self.details = "downstream_remote_disconnect";
-            self.record(0, None, false);
+            self.record(0, None);
         }
     }
 }
 
 impl Exchange {
-    fn record(&mut self, bytes_sent: u64, trailers: Option<&HeaderMap>, completed: bool) {
+    fn record(&mut self, bytes_sent: u64, trailers: Option<&HeaderMap>) {
         self.recorded = true;
         let e = &*self;
         let duration = e.start.elapsed();
@@ -125,10 +149,7 @@ impl Exchange {
         hs.downstream_rq_active.dec();
         hs.record_status(e.status);
         hs.downstream_rq_time.record(duration);
-        let mut flags = e.flags;
-        if !completed && e.status != 0 {
-            flags.insert(ResponseFlags::DC);
-        }
+        let flags = e.flags;
         if e.conn.hcm.access_logs.is_empty() {
             return;
         }

@@ -102,8 +102,9 @@ fn protocol(what: impl std::fmt::Display) -> UpstreamError {
     UpstreamError::Protocol(what.to_string())
 }
 
-fn invalid(what: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
+/// A response body the codec cannot read: the upstream broke HTTP/1 framing.
+fn invalid(what: &'static str) -> UpstreamError {
+    UpstreamError::Protocol(format!("response body: {what}"))
 }
 
 impl H1Conn {
@@ -633,19 +634,17 @@ impl H1Body {
 
     /// Sends more of a request the server answered early. A client-side body error ends the
     /// response too; a failed write only stops the sending.
-    fn poll_send_rest(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+    fn poll_send_rest(&mut self, cx: &mut Context<'_>) -> Result<(), UpstreamError> {
         let (Some(conn), Some(s)) = (self.conn.as_mut(), self.sending.as_mut()) else {
             return Ok(());
         };
         match conn.poll_send(cx, s) {
             Poll::Pending => {}
             Poll::Ready(Ok(())) => self.sending = None,
-            Poll::Ready(Err(UpstreamError::DownstreamBody(e))) => {
+            Poll::Ready(Err(e @ UpstreamError::DownstreamBody(_))) => {
                 self.conn = None;
                 self.sending = None;
-                return Err(io::Error::other(format!(
-                    "downstream request body error: {e}"
-                )));
+                return Err(e);
             }
             Poll::Ready(Err(_)) => {
                 self.sending = None;
@@ -656,7 +655,7 @@ impl H1Body {
     }
 
     /// The next frame from what is buffered: `Ok(None)` when more bytes are needed.
-    fn decode(&mut self) -> io::Result<Option<Option<Frame<Bytes>>>> {
+    fn decode(&mut self) -> Result<Option<Option<Frame<Bytes>>>, UpstreamError> {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(Some(None));
         };
@@ -751,12 +750,12 @@ impl H1Body {
 
 impl HttpBody for H1Body {
     type Data = Bytes;
-    type Error = io::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = &mut *self;
         if this.sending.is_some()
             && let Err(e) = this.poll_send_rest(cx)
@@ -787,16 +786,10 @@ impl HttpBody for H1Body {
                     this.conn = None;
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Ok(_)) => {
+                // Closed (or failed) before the body's end.
+                Poll::Ready(Ok(_) | Err(_)) => {
                     this.conn = None;
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "upstream closed the connection before the end of the response body",
-                    ))));
-                }
-                Poll::Ready(Err(e)) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
+                    return Poll::Ready(Some(Err(UpstreamError::ConnectionTermination)));
                 }
             }
         }

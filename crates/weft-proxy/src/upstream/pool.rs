@@ -532,18 +532,20 @@ impl std::fmt::Debug for UpstreamBody {
     }
 }
 
+/// Errors say what broke, as before response headers: the response flag and reset reason of
+/// a body cut short come from them.
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = UpstreamError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match &mut self.inner {
             Inner::H2(b) => Pin::new(b)
                 .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+                .map(|f| f.map(|r| r.map_err(classify))),
             Inner::H1 { body, ret } => {
                 let r = Pin::new(body).poll_frame(cx);
                 match &r {
@@ -551,7 +553,7 @@ impl HttpBody for UpstreamBody {
                     Poll::Ready(_) => self.give_back_at_end(),
                     Poll::Pending => {}
                 }
-                r.map(|f| f.map(|r| r.map_err(BoxError::from)))
+                r
             }
         }
     }
