@@ -16,8 +16,28 @@ use crate::config::{ConfigError, Ctx, decode_any, opt_duration};
 use crate::router::{RouteTable, route_table};
 use crate::stats::{HttpStats, Stats};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hpb;
+use http::HeaderName;
+use http::header;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// The headers that belong to one connection of a response (RFC 9110 §7.6.1, plus the legacy
+/// ones): never forwarded. The proxy strips them from responses; the HTTP/1 client drops them
+/// as it parses.
+pub(crate) static RESPONSE_HOP_BY_HOP: [&HeaderName; 5] = [
+    &header::CONNECTION,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+];
+
+pub(crate) fn is_response_hop_by_hop(n: &HeaderName) -> bool {
+    RESPONSE_HOP_BY_HOP.contains(&n)
+}
 
 /// Which codecs a connection manager accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

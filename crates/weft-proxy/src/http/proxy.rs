@@ -6,7 +6,7 @@
 //! be decided per config is decided when the config is compiled; this module only executes.
 
 use super::body::{Cut, Inner, MarkEnd, OnDone, ReplayBody, RequestEnd, ResponseBody};
-use super::{Hcm, Routes, cors, fault, local_reply, mirror};
+use super::{Hcm, KEEP_ALIVE, PROXY_CONNECTION, Routes, cors, fault, local_reply, mirror};
 use crate::access_log::LogRecord;
 use crate::flags::ResponseFlags;
 use crate::router::{
@@ -49,8 +49,6 @@ static X_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Everything recorded about one exchange, handed to stats and access logs at its end.
 struct Exchange {
@@ -606,14 +604,10 @@ fn apply_response_mutations(
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    n == header::CONNECTION
-        || n == header::TRANSFER_ENCODING
-        || n == header::UPGRADE
+    super::is_response_hop_by_hop(n)
         || n == header::TE
         || n == header::EXPECT
         || n == header::PROXY_AUTHORIZATION
-        || n == KEEP_ALIVE
-        || n == PROXY_CONNECTION
 }
 
 /// Removes hop-by-hop headers and those the `Connection` header names. One pass finds whether
@@ -1353,15 +1347,13 @@ async fn forward(
 }
 
 fn strip_response_hop_by_hop(h: &mut HeaderMap) {
-    if !h.keys().any(is_hop_by_hop) {
+    if !h.keys().any(super::is_response_hop_by_hop) {
         return;
     }
     remove_connection_listed(h, false);
-    h.remove(header::CONNECTION);
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(header::TRANSFER_ENCODING);
-    h.remove(header::UPGRADE);
+    for n in super::RESPONSE_HOP_BY_HOP {
+        h.remove(n);
+    }
 }
 
 /// The upstream request as the primary will send it, for mirrors.

@@ -14,10 +14,11 @@
 //! hands the raw connection over for an upgrade. A connection is reused only after a response
 //! read to its exact end, with the request fully sent and no `connection: close`.
 
+use crate::http::is_response_hop_by_hop;
 use crate::io::{Rewind, Upstream};
 use crate::upstream::pool::{Body, ConnGuard, UpstreamError};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::io;
@@ -182,9 +183,7 @@ impl H1Conn {
                 // Written once below; a value that does not parse leaves the body's own size
                 // to decide.
                 if length.is_none() {
-                    length = std::str::from_utf8(value.as_bytes())
-                        .ok()
-                        .and_then(|s| s.trim().parse::<u64>().ok());
+                    length = parse_length(value.as_bytes());
                 }
                 continue;
             }
@@ -363,9 +362,13 @@ impl H1Conn {
 }
 
 fn write_length(w: &mut Vec<u8>, n: u64) {
-    w.extend_from_slice(b"content-length: ");
-    w.extend_from_slice(n.to_string().as_bytes());
-    w.extend_from_slice(b"\r\n");
+    use std::io::Write;
+    // Writing into a Vec cannot fail; no String per request.
+    let _ = write!(w, "content-length: {n}\r\n");
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.trim().parse().ok()
 }
 
 fn encode_frame(
@@ -390,7 +393,7 @@ fn encode_frame(
                     w.extend_from_slice(&data);
                 }
                 Encoder::Chunked => {
-                    w.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    let _ = std::io::Write::write_fmt(w, format_args!("{:x}\r\n", data.len()));
                     w.extend_from_slice(&data);
                     w.extend_from_slice(b"\r\n");
                 }
@@ -453,40 +456,40 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> Result<Option<Head>, Upstre
     let http10 = res.version == Some(0);
     // Where each header sits in the head, so values can share its storage once it is cut off.
     let base = buf.as_ptr() as usize;
-    // Name and value offsets of the headers kept: [name start, name end, value start, value end].
+    // Name and value offsets: [name start, name end, value start, value end].
     let mut spans = [[0u32; 4]; MAX_HEADERS];
-    let mut count = 0;
-    // The connection's own headers are consumed here, as the proxy strips them anyway (RFC
-    // 9110 §7.6.1) — except on a 101, whose Upgrade/Connection the client needs, and a
-    // Connection that names other headers, left for the proxy to act on.
-    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS;
+    let count = res.headers.len();
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
     let mut close = false;
     let mut keep_alive = false;
-    for h in res.headers.iter() {
+    // A Connection naming other headers stays, for the proxy to remove what it names.
+    let mut names_others = false;
+    for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
         let (name, value) = (h.name.as_bytes(), h.value);
-        let mut keep = true;
+        let n0 = name.as_ptr() as usize - base;
+        let v0 = value.as_ptr() as usize - base;
+        *span = [
+            n0 as u32,
+            (n0 + name.len()) as u32,
+            v0 as u32,
+            (v0 + value.len()) as u32,
+        ];
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| protocol("invalid content-length"))?;
+            let n = parse_length(value).ok_or_else(|| protocol("invalid content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(protocol("conflicting content-length values"));
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te = true;
-            keep = upgrade;
             // Only the last coding says whether the message is chunked.
             chunked = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            let mut names_others = false;
             for t in value.split(|&b| b == b',') {
                 let t = t.trim_ascii();
                 let (c, k) = (
@@ -497,31 +500,25 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> Result<Option<Head>, Upstre
                 keep_alive |= k;
                 names_others |= !c && !k && !t.is_empty();
             }
-            keep = upgrade || names_others;
-        } else if name.eq_ignore_ascii_case(b"keep-alive")
-            || name.eq_ignore_ascii_case(b"proxy-connection")
-            || name.eq_ignore_ascii_case(b"upgrade")
-        {
-            keep = upgrade;
-        }
-        if keep {
-            let n0 = name.as_ptr() as usize - base;
-            let v0 = value.as_ptr() as usize - base;
-            spans[count] = [
-                n0 as u32,
-                (n0 + name.len()) as u32,
-                v0 as u32,
-                (v0 + value.len()) as u32,
-            ];
-            count += 1;
         }
     }
+    // The connection's own headers (the proxy's one list of them) end here rather than
+    // become entries the proxy strips next — except on a 101, whose Upgrade/Connection the
+    // client needs.
+    let consume = |n: &HeaderName| {
+        status != StatusCode::SWITCHING_PROTOCOLS
+            && is_response_hop_by_hop(n)
+            && !(names_others && n == CONNECTION)
+    };
     // Values share the head's storage once it is cut off the buffer (a reference count each).
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &[n0, n1, v0, v1] in &spans[..count] {
         let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
             .map_err(|_| protocol("invalid response header name"))?;
+        if consume(&name) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(v0 as usize..v1 as usize))
             .map_err(|_| protocol("invalid response header value"))?;
         headers.append(name, value);
