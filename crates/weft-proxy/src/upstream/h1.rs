@@ -1297,6 +1297,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_reaper_ends_with_its_endpoint() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            read_request(&mut c).await.unwrap();
+            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            // Keeps the socket (and this task) whatever the proxy side does.
+            std::future::pending::<()>().await;
+        });
+        let p = pool(addr);
+        collect(ask(&p, Method::GET, empty()).await.into_body())
+            .await
+            .unwrap();
+        assert_eq!(p.idle_count(), 1, "the connection is idle: its reaper runs");
+        let metrics = tokio::runtime::Handle::current().metrics();
+        tokio::task::yield_now().await;
+        let before = metrics.num_alive_tasks();
+        // An endpoint removed by an EDS update drops its pool: no task may stay behind.
+        drop(p);
+        let t0 = std::time::Instant::now();
+        while metrics.num_alive_tasks() >= before && t0.elapsed() < Duration::from_secs(5) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(metrics.num_alive_tasks(), before - 1);
+    }
+
+    #[tokio::test]
     async fn an_idle_connection_closed_by_the_peer_frees_its_slot() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
