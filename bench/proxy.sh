@@ -6,10 +6,14 @@
 #
 # Usage: bench/proxy.sh [--quick] [--rounds N] [--record] [--no-weft] [--no-build] [--keep]
 #   --quick     one round of 3 s runs (smoke test; numbers are not worth recording)
-#   --rounds N  measure every path N times, interleaved, and report medians (default 3)
+#   --rounds N  measure every path's latency N times, interleaved, and report medians
+#               (default 3)
+#   --tp-rounds N  rounds of the max-throughput phase (default 10)
 #   --record    append the table, date and machine to bench/RESULTS.md
 #   --no-weft   measure only direct, nginx and HAProxy (harness check)
-#   --no-build  use the existing target/release/weft-proxy instead of building it
+#   --no-build  use the existing weft-proxy binary instead of building it
+#   --no-pgo    measure the plain release build (target/release) instead of the one
+#               scripts/build-release makes with profile-guided optimisation (target/pgo)
 #   --keep      keep the temp dir (configs, logs, raw oha/wrk output) and print its path
 #   --wait-quiet  before measuring, wait (up to 5 min) for 5 s in which other processes use
 #               less than 0.25 vCPU: the machine is shared with compiles
@@ -19,9 +23,9 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 TOOLS="$BENCH_DIR/.tools"
 OHA="$TOOLS/bin/oha"
-WEFT_BIN="$REPO/target/release/weft-proxy"
+WEFT_BIN="$REPO/target/pgo/release/weft-proxy"
 
-QUICK=0 RECORD=0 WEFT=1 BUILD=1 KEEP=0 WAIT_QUIET=0 ROUNDS=
+QUICK=0 RECORD=0 WEFT=1 BUILD=1 PGO=1 KEEP=0 WAIT_QUIET=0 ROUNDS= TP_ROUNDS=
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     arg=${args[i]}
@@ -35,13 +39,22 @@ for ((i = 0; i < ${#args[@]}; i++)); do
                 exit 2
             }
             ;;
+        --tp-rounds)
+            i=$((i + 1))
+            TP_ROUNDS=${args[i]:-}
+            [[ "$TP_ROUNDS" =~ ^[1-9][0-9]*$ ]] || {
+                echo "proxy.sh: --tp-rounds needs a positive number" >&2
+                exit 2
+            }
+            ;;
         --record) RECORD=1 ;;
         --no-weft) WEFT=0 ;;
         --no-build) BUILD=0 ;;
+        --no-pgo) PGO=0 ;;
         --keep) KEEP=1 ;;
         --wait-quiet) WAIT_QUIET=1 ;;
         -h | --help)
-            sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -55,8 +68,10 @@ DUR=8       # seconds per measured run
 WARMUP=2    # seconds of closed-loop warm-up per path and round
 CONNS=64    # connections for oha and wrk
 RATES=(1000 10000)
-if ((QUICK)); then DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1}; fi
+TP_DUR=3    # seconds per wrk run in the max-throughput phase
+if ((QUICK)); then DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1} TP_DUR=2 TP_ROUNDS=${TP_ROUNDS:-2}; fi
 ROUNDS=${ROUNDS:-3}
+TP_ROUNDS=${TP_ROUNDS:-10}
 
 PROXY_CORE=0 # proxies under test
 LOAD_CORE=1  # load generator and upstream
@@ -100,9 +115,18 @@ setup_tools() {
 
 build_weft() {
     ((WEFT)) || return 0
+    # what is deployed is the PGO build (scripts/build-release), so that is what is measured
+    ((PGO)) || WEFT_BIN="$REPO/target/release/weft-proxy"
     if ((BUILD)); then
-        log "cargo build --release -p weft-proxy"
-        if ! (cd "$REPO" && cargo build --release -p weft-proxy >&2); then
+        local ok=1
+        if ((PGO)); then
+            log "scripts/build-release (release build with profile-guided optimisation)"
+            "$REPO/scripts/build-release" >&2 || ok=0
+        else
+            log "cargo build --release -p weft-proxy"
+            (cd "$REPO" && cargo build --release -p weft-proxy >&2) || ok=0
+        fi
+        if ((!ok)); then
             log "WARNING: weft-proxy does not build; measuring peers only"
             WEFT=0
             return 0
@@ -381,7 +405,13 @@ measure() {
         fi
         w0=$(now)
         pin "$LOAD_CORE" "$OHA" -q "$rate" --latency-correction --no-tui -z "${DUR}s" \
-            -c "$CONNS" --output-format json "$url" >"$d/oha_$rate.json" 2>"$d/oha_$rate.err" || true
+            -c "$CONNS" --output-format json "$url" >"$d/oha_$rate.json" 2>"$d/oha_$rate.err" &
+        local oha_pid=$!
+        if ((rate == 1000)) && ((${#pids[@]})); then
+            sleep "$(python3 -c "print($DUR / 2)")"
+            echo "rss_load_kb=$(status_kb VmRSS "${pids[@]}")" >>"$d/proc.txt"
+        fi
+        wait "$oha_pid" || true
         w1=$(now)
         [[ -n "$perf_pid" ]] && { wait "$perf_pid" || true; }
         if ((${#pids[@]})); then
@@ -393,14 +423,6 @@ measure() {
         fi
     done
 
-    log "$path: wrk max throughput for ${DUR}s"
-    pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$url" >"$d/wrk.txt" 2>&1 &
-    local wrk_pid=$!
-    if ((${#pids[@]})); then
-        sleep "$(python3 -c "print($DUR / 2)")"
-        echo "rss_load_kb=$(status_kb VmRSS "${pids[@]}")" >>"$d/proc.txt"
-    fi
-    wait "$wrk_pid" || true
     local b1 s1 c1 fw1
     b1=$(busy_ticks) s1=$(cpu_ticks "${PID[@]}") fw1=$(now)
     child_ticks
@@ -491,11 +513,14 @@ fi
     echo "connections=$CONNS"
     echo "quick=$QUICK"
     echo "rounds=$ROUNDS"
+    echo "tp_rounds=$TP_ROUNDS"
+    echo "tp_duration_s=$TP_DUR"
     echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*version: //')"
     echo "haproxy=$("$HAPROXY" -v | awk 'NR == 1 {print $3}')"
     echo "oha=$("$OHA" --version | awk '{print $2}')"
     echo "wrk=$(wrk -v 2>&1 | awk 'NR == 1 {print $2}')"
     echo "weft_rev=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo none)"
+    echo "weft_build=$( ((PGO)) && echo "release + PGO (scripts/build-release)" || echo "release")"
 } >"$R/meta.txt"
 
 # wait_quiet — up to 5 min for a 5 s window in which the machine, less this bench's idle
@@ -518,23 +543,59 @@ wait_quiet() {
 }
 ((WAIT_QUIET)) && wait_quiet
 
-# measure_path NAME — one path, one round, on freshly started proxies
+url_of() { # PATH — the URL the load generator sends to
+    case "$1" in
+        direct) echo "http://127.0.0.1:$UP/" ;;
+        weft1) echo "http://127.0.0.1:$W1/" ;;
+        weft2) echo "http://127.0.0.1:$W2A/" ;;
+        nginx) echo "http://127.0.0.1:$NGX/" ;;
+        haproxy) echo "http://127.0.0.1:$HAP/" ;;
+    esac
+}
+
+# measure_path NAME — one path's latency, CPU and memory for one round, on freshly started
+# proxies
 measure_path() {
     up_path "$1" || die "$1 did not start in round $ROUND"
     case "$1" in
-        direct) measure direct "http://127.0.0.1:$UP/" 0 ;;
-        weft1) measure weft1 "http://127.0.0.1:$W1/" 1 weft1 ;;
-        weft2) measure weft2 "http://127.0.0.1:$W2A/" 2 weft2a weft2b ;;
-        nginx) measure nginx "http://127.0.0.1:$NGX/" 1 nginx ;;
-        haproxy) measure haproxy "http://127.0.0.1:$HAP/" 1 haproxy ;;
+        direct) measure direct "$(url_of direct)" 0 ;;
+        weft1) measure weft1 "$(url_of weft1)" 1 weft1 ;;
+        weft2) measure weft2 "$(url_of weft2)" 2 weft2a weft2b ;;
+        nginx) measure nginx "$(url_of nginx)" 1 nginx ;;
+        haproxy) measure haproxy "$(url_of haproxy)" 1 haproxy ;;
     esac
     down_path "$1"
+}
+
+# throughput — max rps (wrk, closed loop) of every path. The VM this runs on changes speed by
+# up to 2x from one ten-second stretch to the next, which a few long runs far apart in time
+# cannot tell from a difference between proxies. So every path's proxies are up at once (an
+# idle proxy takes no CPU) and wrk switches between the paths every few seconds, rotating their
+# order each round: the report compares paths within a round (median of the per-round ratios).
+throughput() {
+    local d="$R/throughput" path r k n=${#PATHS[@]}
+    mkdir -p "$d"
+    for path in "${PATHS[@]}"; do
+        up_path "$path" || die "$path did not start for the throughput phase"
+    done
+    for path in "${PATHS[@]}"; do
+        pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "$(url_of "$path")" >/dev/null
+    done
+    log "max throughput: ${#PATHS[@]} paths x $TP_ROUNDS rounds of ${TP_DUR}s"
+    for ((r = 1; r <= TP_ROUNDS; r++)); do
+        for ((k = 0; k < n; k++)); do
+            path=${PATHS[(k + r - 1) % n]}
+            pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${TP_DUR}s" "$(url_of "$path")" \
+                >"$d/${path}_$r.txt" 2>&1 || true
+        done
+    done
+    for path in "${PATHS[@]}"; do down_path "$path"; done
 }
 
 PATHS=(direct)
 ((WEFT)) && PATHS+=(weft1 weft2)
 PATHS+=(nginx haproxy)
-est=$((ROUNDS * ${#PATHS[@]} * (WARMUP + (${#RATES[@]} + 1) * DUR)))
+est=$((ROUNDS * ${#PATHS[@]} * (WARMUP + ${#RATES[@]} * DUR) + TP_ROUNDS * ${#PATHS[@]} * TP_DUR))
 log "measuring ${#PATHS[@]} paths x $ROUNDS rounds, about ${est}s"
 # Rounds interleave the paths and rotate their order, so that a slow minute on this shared
 # machine lands on every path alike instead of on whichever ran then; the report takes the
@@ -545,6 +606,7 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
         measure_path "${PATHS[(k + ROUND - 1) % n]}"
     done
 done
+throughput
 
 report_args=("$R")
 ((RECORD)) && report_args+=(--record "$BENCH_DIR/RESULTS.md")

@@ -5,14 +5,17 @@ Reads RESULTS_DIR written by proxy.sh:
   meta.txt                       key=value: date, machine, tool versions, run length, rounds
   round<N>/<path>/oha_<rate>.json  oha --json at a constant rate (latency-corrected)
   round<N>/<path>/perf_<rate>.txt  perf stat -x, of the path's processes during that oha run
-  round<N>/<path>/wrk.txt        wrk --latency, closed loop (max throughput)
   round<N>/<path>/proc.txt       key=value: hops, CPU ticks and wall time around each oha run,
-                                 VmRSS idle / under load, VmHWM (summed over the path's processes)
+                                 VmRSS idle / at 1k rps, VmHWM (summed over the path's processes)
+  throughput/<path>_<N>.txt      wrk, closed loop, throughput round N (all paths up at once,
+                                 wrk switching between them)
 for <path> in direct, weft1, weft2, nginx, haproxy (weft* may be missing). A results dir without
 round<N>/ subdirectories is read as a single round.
 
 Each round's values are computed against the same round's direct baseline; the table shows the
-median over rounds, and the spread of the headline rows follows it.
+median over rounds, and the spread of the headline rows follows it. Max rps is the median over
+the throughput rounds, and its ratios are the medians of the per-round ratios (paths measured
+seconds apart, so a change in the machine's speed cancels out).
 Prints the table to stdout; with --record FILE also appends it, with date and machine, to FILE.
 It only reads and formats: it never starts or measures anything.
 """
@@ -145,19 +148,29 @@ def load_round(d: Path) -> dict[str, dict]:
             "hops": int(num(proc.get("hops")) or 0),
             "oha": {r: parse_oha(p / f"oha_{r}.json", r) for r in RATES},
             "perf": {r: parse_perf(p / f"perf_{r}.txt") for r in RATES},
-            "wrk": parse_wrk(p / "wrk.txt"),
         }
     return paths
 
 
-def load(results: Path) -> tuple[dict[str, str], list[dict[str, dict]]]:
+def load_throughput(d: Path) -> dict[str, list[dict | None]]:
+    """Per path, its wrk result in each throughput round (None where a run gave nothing)."""
+    found: dict[str, dict[int, dict | None]] = {}
+    for f in d.glob("*_*.txt"):
+        path, _, n = f.stem.rpartition("_")
+        if n.isdigit():
+            found.setdefault(path, {})[int(n)] = parse_wrk(f)
+    n_rounds = max((max(v) for v in found.values()), default=0)
+    return {path: [v.get(i) for i in range(1, n_rounds + 1)] for path, v in found.items()}
+
+
+def load(results: Path):
     meta = read_kv(results / "meta.txt")
     dirs = sorted(
         (d for d in results.glob("round*") if d.is_dir() and d.name[5:].isdigit()),
         key=lambda d: int(d.name[5:]),
     )
     rounds = [load_round(d) for d in dirs] if dirs else [load_round(results)]
-    return meta, [r for r in rounds if r]
+    return meta, [r for r in rounds if r], load_throughput(results / "throughput")
 
 
 def metrics(meta: dict[str, str], paths: dict[str, dict]) -> list[tuple[str, str, dict]]:
@@ -182,10 +195,6 @@ def metrics(meta: dict[str, str], paths: dict[str, dict]) -> list[tuple[str, str
                 elif base is not None and base.get(key) is not None and p["hops"]:
                     vals[path] = (run[key] - base[key]) / p["hops"]
             rows.append((f"added {name} @ {rate // 1000}k rps", "latency", vals))
-
-    rows.append(("max rps (wrk -c64)", "rps", {
-        path: p["wrk"]["rps"] for path, p in paths.items() if p["wrk"] is not None
-    }))
 
     for rate in RATES:
         vals = {}
@@ -217,8 +226,8 @@ def metrics(meta: dict[str, str], paths: dict[str, dict]) -> list[tuple[str, str
 
     for label, key in (
         ("RSS idle (MiB, VmRSS)", "rss_idle_kb"),
-        ("RSS under load (MiB, VmRSS)", "rss_load_kb"),
-        ("RSS peak (MiB, VmHWM)", "hwm_kb"),
+        ("RSS at 1k rps (MiB, VmRSS)", "rss_load_kb"),
+        ("RSS peak up to 10k rps (MiB, VmHWM)", "hwm_kb"),
     ):
         vals = {}
         for path, p in paths.items():
@@ -273,8 +282,32 @@ def ratio(a: object, b: object) -> str:
     return f"{a / b:.2f}×"
 
 
-def combine(meta: dict[str, str], rounds: list[dict[str, dict]]):
-    """Per row: (label, kind, median per path, values per path over the rounds)."""
+MAX_RPS = "max rps (wrk -c64)"
+PEERS = ("nginx", "haproxy")
+
+
+def throughput_row(tp: dict[str, list[dict | None]]):
+    """The max-rps row: median per path, and weft's ratio to each peer as the median of the
+    per-round ratios."""
+    series = {
+        path: [r["rps"] if r is not None and not r["bad"] else None for r in runs]
+        for path, runs in tp.items()
+    }
+    med: dict[str, object] = {}
+    for path, vs in series.items():
+        nums = [v for v in vs if v]
+        med[path] = statistics.median(nums) if nums else None
+    ratios: dict[str, object] = {}
+    weft = series.get("weft1", [])
+    for peer in PEERS:
+        pairs = [w / p for w, p in zip(weft, series.get(peer, [])) if w and p]
+        ratios[peer] = statistics.median(pairs) if pairs else None
+    return (MAX_RPS, "rps", med, series, ratios)
+
+
+def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None):
+    """Per row: (label, kind, median per path, values per path over the rounds, and — for
+    max rps only — weft's paired ratio to each peer, else None)."""
     per_round = [metrics(meta, paths) for paths in rounds]
     labels: list[tuple[str, str]] = []
     for rows in per_round:
@@ -293,43 +326,56 @@ def combine(meta: dict[str, str], rounds: list[dict[str, dict]]):
         for path, vs in series.items():
             nums = [v for v in vs if isinstance(v, float | int)]
             med[path] = statistics.median(nums) if nums else "unstable"
-        out.append((label, kind, med, series))
+        out.append((label, kind, med, series, None))
+    if tp:
+        # after the latency rows, like the old per-round wrk row
+        at = next((i for i, row in enumerate(out) if not row[0].startswith("added")), len(out))
+        out.insert(at, throughput_row(tp))
     return out
 
 
 def table(combined) -> str:
-    present = {path for _, _, med, _ in combined for path in med}
+    present = {path for _, _, med, _, _ in combined for path in med}
     cols = [(k, title) for k, title in COLUMNS if k in present]
     head = ["metric"] + [t for _, t in cols] + ["weft/nginx", "weft/HAProxy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, kind, vals, _ in combined:
+    for label, kind, vals, _, paired in combined:
         cells = [label] + [fmt(kind, vals.get(k)) for k, _ in cols]
         w = vals.get("weft1")
         if kind == "other":
             cells += [NA, NA]
+        elif paired is not None:
+            cells += [f"{r:.2f}×" if isinstance(r, float) else NA for r in map(paired.get, PEERS)]
         else:
             cells += [ratio(w, vals.get("nginx")), ratio(w, vals.get("haproxy"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-SPREAD_ROWS = ("added p50 @ 1k rps", "added p99 @ 1k rps", "max rps (wrk -c64)")
+SPREAD_ROWS = ("added p50 @ 1k rps", "added p99 @ 1k rps", MAX_RPS)
 
 
 def spread(combined, n: int) -> str:
     """The headline rows round by round, so a reader sees how much runs vary."""
-    if n < 2:
-        return ""
     out = []
-    for label, kind, _, series in combined:
-        if label not in SPREAD_ROWS:
+    for label, kind, _, series, paired in combined:
+        if label not in SPREAD_ROWS or (n < 2 and paired is None):
             continue
         cells = []
         for key, title in COLUMNS:
             if key in series and key != "direct":
                 cells.append(f"{title} " + " / ".join(fmt(kind, v) for v in series[key]))
+        if paired is not None:
+            w = series.get("weft1", [])
+            for peer, title in (("nginx", "nginx"), ("haproxy", "HAProxy")):
+                rs = [a / b for a, b in zip(w, series.get(peer, [])) if a and b]
+                if rs:
+                    cells.append(f"weft/{title} " + " / ".join(f"{r:.2f}" for r in rs))
+            label += f" ({len(w)} throughput rounds)"
         out.append(f"- {label}: " + "; ".join(cells))
-    return f"Round by round ({n} rounds, in order):\n" + "\n".join(out)
+    if not out:
+        return ""
+    return f"Round by round ({n} latency rounds, in order):\n" + "\n".join(out)
 
 
 # other load above this (vCPU, of 2) while a path ran is worth a warning
@@ -353,24 +399,37 @@ def health(paths: dict[str, dict], clk: float) -> list[str]:
                     f"{path} @ {rate} rps: achieved {got} rps, {run['bad']} failed"
                     + (f" ({errs})" if errs else "")
                 )
-        if p["wrk"] is None:
-            out.append(f"{path}: no wrk result")
-        elif p["wrk"]["bad"]:
-            out.append(f"{path}: wrk saw {p['wrk']['bad']} errors / non-2xx")
     return out
 
 
-def render(meta: dict[str, str], rounds: list[dict[str, dict]]) -> str:
-    combined = combine(meta, rounds)
+def throughput_health(tp: dict[str, list[dict | None]]) -> list[str]:
+    out = []
+    for path, runs in tp.items():
+        for i, r in enumerate(runs, 1):
+            if r is None:
+                out.append(f"throughput round {i} {path}: no wrk result")
+            elif r["bad"]:
+                out.append(f"throughput round {i} {path}: wrk saw {r['bad']} errors / non-2xx")
+    return out
+
+
+def render(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None) -> str:
+    combined = combine(meta, rounds, tp)
     parts = [table(combined), ""]
     parts.append(
         "Median of {n} interleaved round(s). Latency: oha constant rate, latency-corrected, "
         "-c {c}, {d} s per run; 'added' = path minus direct at the same percentile in the same "
-        "round, divided by hops. Ratios: weft 1 hop / peer (below 1× is better, except max "
+        "round, divided by hops. Max rps: wrk -c {c}, {td} s runs, all paths up at once and "
+        "wrk switching between them, {tn} rounds in rotating order; its ratios are medians of "
+        "the per-round ratios. Ratios: weft 1 hop / peer (below 1× is better, except max "
         "rps). Instructions and cycles: perf stat of the proxy processes during the 10k rps "
         "run, per request and hop. Proxies pinned to core 0, load generator and upstream "
         "(nginx, 1 KiB body) to core 1; 1 worker/thread each.".format(
-            n=len(rounds), c=meta.get("connections", "?"), d=meta.get("duration_s", "?")
+            n=len(rounds),
+            c=meta.get("connections", "?"),
+            d=meta.get("duration_s", "?"),
+            td=meta.get("tp_duration_s", "?"),
+            tn=meta.get("tp_rounds", "?"),
         )
     )
     if not any("weft1" in r for r in rounds):
@@ -384,6 +443,7 @@ def render(meta: dict[str, str], rounds: list[dict[str, dict]]) -> str:
     problems = []
     for i, paths in enumerate(rounds, 1):
         problems += [f"round {i} {p}" for p in health(paths, clk)]
+    problems += throughput_health(tp or {})
     if problems:
         parts.append("Runs that were not clean: " + "; ".join(problems) + ".")
     return "\n".join(parts)
@@ -395,6 +455,7 @@ def machine(meta: dict[str, str]) -> str:
         f"; load average before the run {meta.get('loadavg', '?')}; nginx {meta.get('nginx', '?')}"
         f", HAProxy {meta.get('haproxy', '?')}, oha {meta.get('oha', '?')}"
         f", wrk {meta.get('wrk', '?')}; weft rev {meta.get('weft_rev', '?')}"
+        f", build {meta.get('weft_build', 'release')}"
     )
 
 
@@ -403,11 +464,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("results", type=Path, help="results dir written by bench/proxy.sh")
     ap.add_argument("--record", type=Path, help="append the table to this markdown file")
     args = ap.parse_args(argv)
-    meta, rounds = load(args.results)
+    meta, rounds, tp = load(args.results)
     if not rounds or any("direct" not in r for r in rounds):
         print(f"report.py: no direct baseline in {args.results}", file=sys.stderr)
         return 1
-    body = render(meta, rounds)
+    body = render(meta, rounds, tp)
     print(body)
     if args.record:
         entry = f"\n## {meta.get('date', '?')}\n\nMachine: {machine(meta)}.\n\n{body}\n"
