@@ -133,7 +133,7 @@ build_weft() {
         fi
     fi
     if [[ ! -x "$WEFT_BIN" ]]; then
-        log "WARNING: $WEFT_BIN missing; measuring peers only"
+        log "WARNING: $WEFT_BIN missing (build it with scripts/build-release, or pass --no-pgo); measuring peers only"
         WEFT=0
     fi
 }
