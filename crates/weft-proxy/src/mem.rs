@@ -45,14 +45,6 @@ mod early {
     }
 }
 
-/// Whether the allocator runs with lazily committed arenas (see `early`).
-pub fn arenas_commit_lazily() -> bool {
-    #[allow(unsafe_code)]
-    // SAFETY: mi_option_get reads an integer from mimalloc's option table.
-    let v = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_EAGER_COMMIT) };
-    v == 0
-}
-
 /// Releases memory held only because a config was just loaded.
 pub fn release_after_load() {
     trim_heap();
@@ -110,7 +102,13 @@ mod tests {
     /// The option must be in force before the first allocation: only the loader's pre-init
     /// call can do that, and this test binary is linked like the proxy.
     #[test]
+    #[allow(unsafe_code)]
     fn arenas_commit_lazily_from_the_start() {
-        assert!(super::arenas_commit_lazily());
+        // SAFETY: mi_option_get reads an integer from mimalloc's option table.
+        let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_ARENA_EAGER_COMMIT) };
+        assert_eq!(
+            v, 0,
+            "mimalloc's default (2: eager on Linux) is still in force"
+        );
     }
 }

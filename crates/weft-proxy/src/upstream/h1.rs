@@ -858,6 +858,24 @@ mod tests {
         }
     }
 
+    /// An upstream for one connection: reads one request, writes `answer`, then hands the socket
+    /// to `then` (which decides what the peer does next: echo, hold it open, close on a signal).
+    async fn answer_once<F, Fut>(answer: &'static [u8], then: F) -> std::net::SocketAddr
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            read_request(&mut c).await.unwrap();
+            c.write_all(answer).await.unwrap();
+            then(c).await;
+        });
+        addr
+    }
+
     /// Reads one request: the head, then a body by content-length or up to the chunked end.
     async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
         let mut buf = Vec::new();
@@ -1268,18 +1286,15 @@ mod tests {
 
     #[tokio::test]
     async fn upgrade_hands_over_the_connection_with_buffered_bytes() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut c, _) = l.accept().await.unwrap();
-            read_request(&mut c).await.unwrap();
-            c.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nfirst")
-                .await
-                .unwrap();
-            let mut b = [0u8; 4];
-            c.read_exact(&mut b).await.unwrap();
-            c.write_all(&b).await.unwrap();
-        });
+        let addr = answer_once(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nfirst",
+            |mut c| async move {
+                let mut b = [0u8; 4];
+                c.read_exact(&mut b).await.unwrap();
+                c.write_all(&b).await.unwrap();
+            },
+        )
+        .await;
         let p = pool(addr);
         let r = p
             .send(get(Method::GET, empty()), false, true)
@@ -1298,17 +1313,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_reaper_ends_with_its_endpoint() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut c, _) = l.accept().await.unwrap();
-            read_request(&mut c).await.unwrap();
-            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-                .await
-                .unwrap();
-            // Keeps the socket (and this task) whatever the proxy side does.
-            std::future::pending::<()>().await;
-        });
+        // Keeps the socket (and its task) whatever the proxy side does.
+        let addr = answer_once(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            |c| async move {
+                std::future::pending::<()>().await;
+                drop(c);
+            },
+        )
+        .await;
         let p = pool(addr);
         collect(ask(&p, Method::GET, empty()).await.into_body())
             .await
@@ -1328,17 +1341,15 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_closed_by_the_peer_frees_its_slot() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
         let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let (mut c, _) = l.accept().await.unwrap();
-            read_request(&mut c).await.unwrap();
-            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await
-                .unwrap();
-            let _ = close_rx.await;
-        });
+        let addr = answer_once(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            |c| async move {
+                let _ = close_rx.await;
+                drop(c);
+            },
+        )
+        .await;
         let p = pool(addr);
         let r = ask(&p, Method::GET, empty()).await;
         collect(r.into_body()).await.unwrap();
