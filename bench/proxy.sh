@@ -186,16 +186,7 @@ stop() {
 }
 
 free_ports() { # N -> N distinct free loopback ports, one per line
-    python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-for s in socks:
-    print(s.getsockname()[1])
-EOF
+    "$REPO/scripts/free-ports" "$1"
 }
 
 # check_http NAME URL — wait up to 10 s for a 200 with a 1024-byte body; 0 if so

@@ -286,9 +286,12 @@ MAX_RPS = "max rps (wrk -c64)"
 PEERS = ("nginx", "haproxy")
 
 
+PEER_TITLES = {"nginx": "nginx", "haproxy": "HAProxy"}
+
+
 def throughput_row(tp: dict[str, list[dict | None]]):
-    """The max-rps row: median per path, and weft's ratio to each peer as the median of the
-    per-round ratios."""
+    """The max-rps row: median per path, and weft's ratio to each peer in every round (the
+    table shows their median)."""
     series = {
         path: [r["rps"] if r is not None and not r["bad"] else None for r in runs]
         for path, runs in tp.items()
@@ -297,17 +300,16 @@ def throughput_row(tp: dict[str, list[dict | None]]):
     for path, vs in series.items():
         nums = [v for v in vs if v]
         med[path] = statistics.median(nums) if nums else None
-    ratios: dict[str, object] = {}
     weft = series.get("weft1", [])
-    for peer in PEERS:
-        pairs = [w / p for w, p in zip(weft, series.get(peer, [])) if w and p]
-        ratios[peer] = statistics.median(pairs) if pairs else None
-    return (MAX_RPS, "rps", med, series, ratios)
+    paired = {
+        peer: [w / p for w, p in zip(weft, series.get(peer, [])) if w and p] for peer in PEERS
+    }
+    return (MAX_RPS, "rps", med, series, paired)
 
 
 def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None):
     """Per row: (label, kind, median per path, values per path over the rounds, and — for
-    max rps only — weft's paired ratio to each peer, else None)."""
+    max rps only — weft's per-round ratios to each peer, else None)."""
     per_round = [metrics(meta, paths) for paths in rounds]
     labels: list[tuple[str, str]] = []
     for rows in per_round:
@@ -345,7 +347,7 @@ def table(combined) -> str:
         if kind == "other":
             cells += [NA, NA]
         elif paired is not None:
-            cells += [f"{r:.2f}×" if isinstance(r, float) else NA for r in map(paired.get, PEERS)]
+            cells += [f"{statistics.median(rs):.2f}×" if rs else NA for rs in map(paired.get, PEERS)]
         else:
             cells += [ratio(w, vals.get("nginx")), ratio(w, vals.get("haproxy"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -366,12 +368,10 @@ def spread(combined, n: int) -> str:
             if key in series and key != "direct":
                 cells.append(f"{title} " + " / ".join(fmt(kind, v) for v in series[key]))
         if paired is not None:
-            w = series.get("weft1", [])
-            for peer, title in (("nginx", "nginx"), ("haproxy", "HAProxy")):
-                rs = [a / b for a, b in zip(w, series.get(peer, [])) if a and b]
+            for peer, rs in paired.items():
                 if rs:
-                    cells.append(f"weft/{title} " + " / ".join(f"{r:.2f}" for r in rs))
-            label += f" ({len(w)} throughput rounds)"
+                    cells.append(f"weft/{PEER_TITLES[peer]} " + " / ".join(f"{r:.2f}" for r in rs))
+            label += f" ({max(map(len, series.values()), default=0)} throughput rounds)"
         out.append(f"- {label}: " + "; ".join(cells))
     if not out:
         return ""
