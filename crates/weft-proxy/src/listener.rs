@@ -518,6 +518,7 @@ async fn connection(
                 remote,
                 sni,
                 tls: chain.tls.is_some(),
+                head_timer: Default::default(),
             });
             serve_http(down, h2, conn, drain).await;
             Ok(())
@@ -573,6 +574,7 @@ async fn serve_http_auto(
         remote,
         sni: None,
         tls: false,
+        head_timer: Default::default(),
     });
     serve_http(io, h2, conn, drain).await;
     Ok(())

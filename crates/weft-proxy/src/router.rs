@@ -119,11 +119,12 @@ pub struct WeightedTarget {
 }
 
 impl ClusterChoice {
-    /// Picks the cluster for one request. `random` is a uniformly random u64.
+    /// Picks the cluster for one request. `random` yields a uniformly random u64; it is only
+    /// called for a weighted choice.
     pub fn pick<'a>(
         &'a self,
         headers: &HeaderMap,
-        random: u64,
+        random: impl FnOnce() -> u64,
     ) -> Option<(std::borrow::Cow<'a, str>, Option<&'a WeightedTarget>)> {
         match self {
             ClusterChoice::Single(n) => Some((n.as_str().into(), None)),
@@ -132,7 +133,7 @@ impl ClusterChoice {
                 .and_then(|v| v.to_str().ok())
                 .map(|v| (v.to_string().into(), None)),
             ClusterChoice::Weighted { clusters, total } => {
-                let mut point = random % total;
+                let mut point = random() % total;
                 for c in clusters {
                     if point < c.weight {
                         return Some((c.name.as_str().into(), Some(c)));
@@ -1516,7 +1517,7 @@ virtual_hosts:
         let mut counts = HashMap::new();
         for i in 0..100u64 {
             *counts
-                .entry(a.clusters.pick(&h, i).unwrap().0.into_owned())
+                .entry(a.clusters.pick(&h, || i).unwrap().0.into_owned())
                 .or_insert(0) += 1;
         }
         assert_eq!(counts["a"], 70);

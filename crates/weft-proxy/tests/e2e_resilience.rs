@@ -656,6 +656,63 @@ async fn route_timeout_is_504_ut() -> Result<()> {
     .await
 }
 
+/// The head-wait timer is kept on the downstream connection between its requests and moved to
+/// each new deadline: every request on one kept-alive connection still gets its own full route
+/// timeout, whether the request before it finished in time or timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_holds_for_each_request_of_a_kept_alive_connection() -> Result<()> {
+    /// One request on `s`; the status and how long the whole response took.
+    async fn exchange(s: &mut tokio::net::TcpStream, path: &str) -> Result<(u16, Duration)> {
+        let start = Instant::now();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await?;
+        let got = read_until(s, b"\r\n\r\n", Duration::from_secs(10)).await?;
+        let end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no head")?
+            + 4;
+        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+        let len: usize = head
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .context("no content-length")?
+            .trim()
+            .parse()?;
+        read_n(s, len - (got.len() - end), Duration::from_secs(10)).await?;
+        Ok((status_of(&head).context("no status")?, start.elapsed()))
+    }
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let port = free_port();
+        let yaml = route_bootstrap(
+            port,
+            "cluster: up\ntimeout: 0.4s",
+            &[cluster("up", &[up.addr], "")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        let mut s = connect(local(port)).await?;
+        for round in 0..2 {
+            // A fast request first leaves the timer armed for a deadline the next one passes.
+            let (status, _) = exchange(&mut s, "/fast").await?;
+            ensure!(status == 200, "round {round}: fast request {status}");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let (status, took) = exchange(&mut s, "/delay/3000").await?;
+            ensure!(status == 504, "round {round}: slow request {status}");
+            ensure!(
+                took >= Duration::from_millis(350) && took < Duration::from_secs(2),
+                "round {round}: timeout 400 ms fired after {took:?}"
+            );
+            // Slower than the deadline before it, within its own: not cut.
+            let (status, _) = exchange(&mut s, "/delay/250").await?;
+            ensure!(status == 200, "round {round}: 250 ms request {status}");
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// The connection manager's `stream_idle_timeout`: a stream with no activity for that long is
 /// answered 408 with flag SI before response headers, and reset (logged with SI) once they were
 /// sent; a stream that keeps making progress is never cut, however long it lasts in total.

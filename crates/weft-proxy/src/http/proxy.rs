@@ -25,6 +25,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,6 +38,32 @@ pub struct Conn {
     pub remote: SocketAddr,
     pub sni: Option<Arc<str>>,
     pub tls: bool,
+    /// The head-wait timer of the connection's last request, kept for the next one. A timer
+    /// still registered is moved to a later deadline with one atomic, where a new one takes the
+    /// timer driver's lock twice (to register, to cancel), in the response's path. HTTP/1
+    /// requests take turns; an HTTP/2 stream that finds it taken makes its own.
+    pub head_timer: std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
+}
+
+impl Conn {
+    /// A timer set for `at`: the connection's kept one when free, else a new one.
+    fn take_timer(&self, at: Instant) -> Pin<Box<tokio::time::Sleep>> {
+        let at = tokio::time::Instant::from_std(at);
+        match self.head_timer.try_lock().ok().and_then(|mut t| t.take()) {
+            Some(mut t) => {
+                t.as_mut().reset(at);
+                t
+            }
+            None => Box::pin(tokio::time::sleep_until(at)),
+        }
+    }
+
+    /// Keeps `timer` for the connection's next request.
+    fn keep_timer(&self, timer: Pin<Box<tokio::time::Sleep>>) {
+        if let Ok(mut t) = self.head_timer.try_lock() {
+            t.get_or_insert(timer);
+        }
+    }
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -533,7 +560,7 @@ pub async fn handle(
             }))
         }
         Action::Forward(ra) => Ok(forward(
-            cx, parts, body, table, vh, route, ra, &snapshot, authority, faulted,
+            cx, parts, body, table, vh, route, ra, &snapshot, hcm, authority, faulted,
         )
         .await),
     }
@@ -772,10 +799,11 @@ async fn forward(
     route: &Route,
     ra: &RouteAction,
     snapshot: &crate::runtime::Snapshot,
+    hcm: &Hcm,
     authority: String,
     faulted: bool,
 ) -> Response<ResponseBody> {
-    let Some((cluster_name, weighted)) = ra.clusters.pick(&parts.headers, rand::random()) else {
+    let Some((cluster_name, weighted)) = ra.clusters.pick(&parts.headers, rand::random) else {
         return cx.local(
             StatusCode::SERVICE_UNAVAILABLE,
             ResponseFlags::NC,
@@ -784,7 +812,7 @@ async fn forward(
             &[],
         );
     };
-    let Some(cluster) = snapshot.clusters.get(cluster_name.as_ref()).cloned() else {
+    let Some(cluster) = snapshot.clusters.get(cluster_name.as_ref()) else {
         return cx.local(
             StatusCode::SERVICE_UNAVAILABLE,
             ResponseFlags::NC,
@@ -794,7 +822,6 @@ async fn forward(
         );
     };
     cx.ex.cluster = Some(cluster.clone());
-    let hcm = cx.ex.conn.hcm.clone();
 
     // CONNECT: terminate the tunnel here and splice bytes to the chosen endpoint.
     if parts.method == Method::CONNECT {
@@ -807,7 +834,7 @@ async fn forward(
                 &[],
             );
         }
-        return Box::pin(connect_tunnel(cx, parts, cluster, &authority)).await;
+        return Box::pin(connect_tunnel(cx, parts, cluster.clone(), &authority)).await;
     }
     let upgrade = is_upgrade(&parts);
     if upgrade {
@@ -974,7 +1001,7 @@ async fn forward(
         // Boxed, as every path off the common one: it would grow each request's future.
         Some(cache) => match Box::pin(cache.resolve(&authority, 80)).await {
             Ok(found) => Some(found),
-            Err(e) => return dns_failure(cx, &cluster, &authority, &e),
+            Err(e) => return dns_failure(cx, cluster, &authority, &e),
         },
     };
 
@@ -1110,6 +1137,7 @@ async fn forward(
         let active = host.track_request();
         let mut fut = std::pin::pin!(pool.send(req, h2, upgrade));
         let mut now = sent_at;
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let waited = loop {
             let mut limit: Option<(Instant, Wait)> = None;
             for c in [
@@ -1127,10 +1155,17 @@ async fn forward(
             let Some((at, kind)) = limit else {
                 break Ok(fut.await);
             };
+            let sleep = match &mut timer {
+                Some(t) => {
+                    t.as_mut().reset(at.into());
+                    t
+                }
+                None => timer.insert(cx.ex.conn.take_timer(at)),
+            };
             tokio::select! {
                 biased;
                 r = &mut fut => break Ok(r),
-                () = tokio::time::sleep_until(at.into()) => {
+                () = sleep.as_mut() => {
                     now = Instant::now();
                     // The route deadline moves while the request body is still being sent
                     // (it counts from the body's end): look again rather than fire early.
@@ -1141,6 +1176,9 @@ async fn forward(
                 }
             }
         };
+        if let Some(t) = timer {
+            cx.ex.conn.keep_timer(t);
+        }
         let result = match waited {
             Ok(r) => r.map(Attempt::Response).unwrap_or_else(Attempt::Failed),
             Err(Wait::PerTry) => {
@@ -1187,11 +1225,12 @@ async fn forward(
             upstream_time = sent_at.elapsed();
             cluster.stats.upstream_rq_time.record(upstream_time);
         }
-        tried.push(host);
         last = result;
         let Some(p) = policy.as_deref() else {
             break;
         };
+        // Hosts already tried matter only to a retry.
+        tried.push(host);
         if !retriable(p, &last) {
             if attempt_no > 1 {
                 cluster.stats.upstream_rq_retry_success.inc();

@@ -140,8 +140,9 @@ impl H1Conn {
         let (parts, body) = req.into_parts();
         let enc = self.encode_head(&parts, &body);
         let head_req = parts.method == Method::HEAD;
-        // Not needed past this point: the head is encoded.
-        drop(parts);
+        // Not needed past this point (the head is encoded), but dropped only after the first
+        // poll, which writes the head: freeing the headers is not worth delaying the request.
+        let mut req_parts = Some(parts);
         let mut sending = Some(Sending {
             body: (enc != Encoder::Empty).then_some(body),
             enc,
@@ -149,9 +150,12 @@ impl H1Conn {
             flushed: false,
         });
         let mut cut = false;
-        let head =
-            std::future::poll_fn(|cx| self.poll_exchange(cx, &mut sending, &mut cut, head_req))
-                .await?;
+        let head = std::future::poll_fn(|cx| {
+            let r = self.poll_exchange(cx, &mut sending, &mut cut, head_req);
+            drop(req_parts.take());
+            r
+        })
+        .await?;
         let (parts, ()) = head.response.into_parts();
         let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
         let mut body = H1Body {
