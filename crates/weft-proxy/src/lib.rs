@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod after_write;
 pub mod config;
 pub mod flags;
 pub mod http;

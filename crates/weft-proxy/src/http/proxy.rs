@@ -149,7 +149,15 @@ impl OnDone for Exchange {
         if !completed && cut.is_none() && self.status != 0 {
             self.flags.insert(ResponseFlags::DC);
         }
-        self.record(bytes_sent, trailers);
+        let duration = self.record_stats();
+        if self.conn.hcm.access_logs.is_empty() {
+            return;
+        }
+        // The line is formatted once the response's last bytes are written (see after_write).
+        let trailers = trailers.cloned();
+        crate::after_write::after_write(move || {
+            self.write_logs(duration, bytes_sent, trailers.as_ref());
+        });
     }
 }
 
@@ -160,20 +168,27 @@ impl Drop for Exchange {
         if !self.recorded {
             self.flags.insert(ResponseFlags::DC);
             self.details = "downstream_remote_disconnect";
-            self.record(0, None);
+            let duration = self.record_stats();
+            self.write_logs(duration, 0, None);
         }
     }
 }
 
 impl Exchange {
-    fn record(&mut self, bytes_sent: u64, trailers: Option<&HeaderMap>) {
+    /// Counts the exchange in the connection manager's stats; its duration.
+    fn record_stats(&mut self) -> Duration {
         self.recorded = true;
-        let e = &*self;
-        let duration = e.start.elapsed();
-        let hs = &e.conn.hcm.stats;
+        let duration = self.start.elapsed();
+        let hs = &self.conn.hcm.stats;
         hs.downstream_rq_active.dec();
-        hs.record_status(e.status);
+        hs.record_status(self.status);
         hs.downstream_rq_time.record(duration);
+        duration
+    }
+
+    /// Writes the exchange's line to each access log.
+    fn write_logs(&self, duration: Duration, bytes_sent: u64, trailers: Option<&HeaderMap>) {
+        let e = self;
         let flags = e.flags;
         if e.conn.hcm.access_logs.is_empty() {
             return;
