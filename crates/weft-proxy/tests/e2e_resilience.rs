@@ -30,16 +30,20 @@ fn route_bootstrap(port: u16, route_fields: &str, clusters: &[String]) -> String
     bootstrap(&[http_listener("main", port, &vhosts).build()], clusters)
 }
 
-async fn retry_proxy(retry_policy: &str) -> Result<(EchoServer, Proxy, SocketAddr)> {
+/// An echo upstream `up` behind a proxy whose one route has `route_fields`; the proxy's address.
+async fn echo_proxy(route_fields: &str) -> Result<(EchoServer, Proxy, SocketAddr)> {
     let up = EchoServer::start("up").await?;
     let port = free_port();
-    let yaml = route_bootstrap(
-        port,
-        &format!("cluster: up\ntimeout: 10s\nretry_policy: {retry_policy}"),
-        &[cluster("up", &[up.addr], "")],
-    );
+    let yaml = route_bootstrap(port, route_fields, &[cluster("up", &[up.addr], "")]);
     let proxy = Proxy::start(&yaml).await?;
     Ok((up, proxy, local(port)))
+}
+
+async fn retry_proxy(retry_policy: &str) -> Result<(EchoServer, Proxy, SocketAddr)> {
+    echo_proxy(&format!(
+        "cluster: up\ntimeout: 10s\nretry_policy: {retry_policy}"
+    ))
+    .await
 }
 
 /// Sends one request and checks status and the upstream request count it caused.
@@ -622,16 +626,9 @@ async fn outlier_detection_ejects_and_returns() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_is_504_ut() -> Result<()> {
     within(60, async {
-        let up = EchoServer::start("up").await?;
-        let port = free_port();
-        let yaml = route_bootstrap(
-            port,
-            "cluster: up\ntimeout: 0.3s",
-            &[cluster("up", &[up.addr], "")],
-        );
-        let proxy = Proxy::start(&yaml).await?;
+        let (_up, proxy, addr) = echo_proxy("cluster: up\ntimeout: 0.3s").await?;
         let start = Instant::now();
-        let r = Http::h1().get(local(port), "/delay/3000").await?;
+        let r = Http::h1().get(addr, "/delay/3000").await?;
         let took = start.elapsed();
         ensure!(r.status == 504, "status {}", r.status);
         ensure!(
@@ -649,7 +646,7 @@ async fn route_timeout_is_504_ut() -> Result<()> {
             })
             .await?;
         // A fast request on the same route is unaffected.
-        let r = Http::h1().get(local(port), "/fast").await?;
+        let r = Http::h1().get(addr, "/fast").await?;
         ensure!(r.status == 200);
         Ok(())
     })
@@ -684,15 +681,8 @@ async fn route_timeout_holds_for_each_request_of_a_kept_alive_connection() -> Re
         Ok((status_of(&head).context("no status")?, start.elapsed()))
     }
     within(60, async {
-        let up = EchoServer::start("up").await?;
-        let port = free_port();
-        let yaml = route_bootstrap(
-            port,
-            "cluster: up\ntimeout: 0.4s",
-            &[cluster("up", &[up.addr], "")],
-        );
-        let _proxy = Proxy::start(&yaml).await?;
-        let mut s = connect(local(port)).await?;
+        let (_up, _proxy, addr) = echo_proxy("cluster: up\ntimeout: 0.4s").await?;
+        let mut s = connect(addr).await?;
         for round in 0..2 {
             // A fast request first leaves the timer armed for a deadline the next one passes.
             let (status, _) = exchange(&mut s, "/fast").await?;
@@ -854,15 +844,8 @@ async fn route_timeout_cuts_a_response_body_still_streaming() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_counts_from_the_end_of_the_request_body() -> Result<()> {
     within(60, async {
-        let up = EchoServer::start("up").await?;
-        let port = free_port();
-        let yaml = route_bootstrap(
-            port,
-            "cluster: up\ntimeout: 0.5s",
-            &[cluster("up", &[up.addr], "")],
-        );
-        let _proxy = Proxy::start(&yaml).await?;
-        let mut s = connect(local(port)).await?;
+        let (_up, _proxy, addr) = echo_proxy("cluster: up\ntimeout: 0.5s").await?;
+        let mut s = connect(addr).await?;
         s.write_all(
             b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         )
