@@ -1522,6 +1522,23 @@ impl Sink {
     }
 }
 
+/// Blocks until every line queued to any open sink is written and flushed, or `timeout` passes
+/// for a sink: called before the process exits, whose writer threads would otherwise die with
+/// lines still queued.
+pub fn flush_all(timeout: Duration) {
+    let open: Vec<Arc<SinkShared>> = SINKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for shared in open {
+        if !(Sink { shared }.flush(timeout)) {
+            tracing::warn!("access log: lines still queued at exit were not all written");
+        }
+    }
+}
+
 fn writer_loop(rx: Receiver<Msg>, writer: Box<dyn io::Write + Send>, pool: Pool, label: String) {
     let mut w = io::BufWriter::with_capacity(64 * 1024, writer);
     let mut spent: Vec<Vec<u8>> = Vec::with_capacity(256);

@@ -111,6 +111,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             let _ = stop_rx.await;
         }));
         proxy.run(Duration::from_secs(opts.drain_time_s)).await?;
+        // The last requests' access-log lines are on their writer threads' queues.
+        let _ = tokio::task::spawn_blocking(|| access_log::flush_all(Duration::from_secs(2))).await;
         let _ = stop_tx.send(());
         let _ = xds_stop.send(());
         let _ = xds_task.await;

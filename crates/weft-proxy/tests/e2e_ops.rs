@@ -477,6 +477,16 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() -> Result<()> {
         );
         let st = proxy.wait_exit(Duration::from_secs(15)).await?;
         ensure!(st.success(), "exit status after drain: {st}");
+        // Its access-log line was written before the process exited.
+        ensure!(
+            proxy
+                .access_log_lines()
+                .iter()
+                .filter_map(|l| AccessLine::parse(l))
+                .any(|l| l.path == "/delay/1500" && l.code == 200),
+            "no access-log line for the drained request: {:?}",
+            proxy.access_log_lines()
+        );
         Ok(())
     })
     .await
