@@ -109,6 +109,12 @@ setup_tools() {
     if command -v perf >/dev/null && perf stat -x, -e instructions:u true >/dev/null 2>&1; then
         PERF=1
     fi
+    # the same with syscall tracepoints, for the phase profile (root or perf_event_paranoid -1)
+    PHASES=0
+    if ((PERF)) && perf record -q -o /dev/null -e cycles:u -e syscalls:sys_exit_epoll_wait \
+        true >/dev/null 2>&1; then
+        PHASES=1
+    fi
     NGINX=$(command -v nginx)
     HAPROXY=$(command -v haproxy)
 }
@@ -583,6 +589,32 @@ throughput() {
     for path in "${PATHS[@]}"; do down_path "$path"; done
 }
 
+# phases — where each proxy spends its user-space cycles at 1k rps: between a wake-up (epoll
+# returning) and the write it leads to, which a request waits for, or after that write. perf
+# samples user cycles and records the syscalls; report.py puts each sample, per thread, in the
+# phase it fell in. Its own runs: sampling slows the proxy, so latency is not measured here.
+phases() {
+    local d="$R/phases" path pids
+    mkdir -p "$d"
+    for path in "$@"; do
+        up_path "$path" || die "$path did not start for the phase profile"
+        pids=$(tree "${PID[$path]}" | paste -sd,)
+        pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "$(url_of "$path")" >/dev/null
+        log "$path: phase profile at 1000 rps for ${DUR}s"
+        perf record -q -o "$d/$path.data" -c 10007 -e cycles:u \
+            -e syscalls:sys_exit_epoll_wait,syscalls:sys_exit_epoll_pwait \
+            -e syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_write \
+            -p "$pids" -- sleep "$DUR" >/dev/null 2>&1 &
+        local perf_pid=$!
+        pin "$LOAD_CORE" "$OHA" -q 1000 --no-tui -z "${DUR}s" -c "$CONNS" "$(url_of "$path")" \
+            >/dev/null 2>&1 || true
+        wait "$perf_pid" || true
+        perf script -i "$d/$path.data" -F tid,event >"$d/$path.txt" 2>/dev/null || true
+        rm -f "$d/$path.data"
+        down_path "$path"
+    done
+}
+
 PATHS=(direct)
 ((WEFT)) && PATHS+=(weft1 weft2)
 PATHS+=(nginx haproxy)
@@ -598,6 +630,11 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     done
 done
 throughput
+if ((PHASES)); then
+    phase_paths=(nginx haproxy)
+    ((WEFT)) && phase_paths=(weft1 "${phase_paths[@]}")
+    phases "${phase_paths[@]}"
+fi
 
 report_args=("$R")
 ((RECORD)) && report_args+=(--record "$BENCH_DIR/RESULTS.md")

@@ -9,6 +9,9 @@ Reads RESULTS_DIR written by proxy.sh:
                                  VmRSS idle / at 1k rps, VmHWM (summed over the path's processes)
   throughput/<path>_<N>.txt      wrk, closed loop, throughput round N (all paths up at once,
                                  wrk switching between them)
+  phases/<path>.txt              perf script -F tid,event of the path's processes at 1k rps:
+                                 user-cycle samples and the epoll_wait returns and write-type
+                                 syscalls around them (the phase profile; optional)
 for <path> in direct, weft1, weft2, nginx, haproxy (weft* may be missing). A results dir without
 round<N>/ subdirectories is read as a single round.
 
@@ -163,6 +166,43 @@ def load_throughput(d: Path) -> dict[str, list[dict | None]]:
     return {path: [v.get(i) for i in range(1, n_rounds + 1)] for path, v in found.items()}
 
 
+WAKES = ("syscalls:sys_exit_epoll_wait", "syscalls:sys_exit_epoll_pwait")
+WRITES = ("syscalls:sys_enter_sendto", "syscalls:sys_enter_writev", "syscalls:sys_enter_write")
+BEFORE_WRITE = "user cycles spent before the write @ 1k rps"
+
+
+def parse_phases(path: Path) -> float | None:
+    """The share of user-cycle samples that fell, in their thread, between epoll returning and
+    the next write-type syscall: the work a request waits for. None without samples."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    state: dict[str, str] = {}
+    before = after = 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2:
+            continue
+        tid, event = fields[0], fields[1].rstrip(":")
+        if event in WAKES:
+            state[tid] = "before"
+        elif event in WRITES:
+            state[tid] = "after"
+        elif event.startswith("cycles"):
+            phase = state.get(tid)
+            if phase == "before":
+                before += 1
+            elif phase == "after":
+                after += 1
+    return before / (before + after) if before + after else None
+
+
+def load_phases(d: Path) -> dict[str, float]:
+    found = {f.stem: parse_phases(f) for f in d.glob("*.txt")}
+    return {path: v for path, v in found.items() if v is not None}
+
+
 def load(results: Path):
     meta = read_kv(results / "meta.txt")
     dirs = sorted(
@@ -170,7 +210,12 @@ def load(results: Path):
         key=lambda d: int(d.name[5:]),
     )
     rounds = [load_round(d) for d in dirs] if dirs else [load_round(results)]
-    return meta, [r for r in rounds if r], load_throughput(results / "throughput")
+    return (
+        meta,
+        [r for r in rounds if r],
+        load_throughput(results / "throughput"),
+        load_phases(results / "phases"),
+    )
 
 
 def metrics(meta: dict[str, str], paths: dict[str, dict]) -> list[tuple[str, str, dict]]:
@@ -271,6 +316,8 @@ def fmt(kind: str, v: object) -> str:
         return f"{v:.2f}"
     if kind == "count":
         return f"{v / 1000:.1f}k"
+    if kind == "share":
+        return f"{v * 100:.0f}%"
     return str(v)
 
 
@@ -307,7 +354,7 @@ def throughput_row(tp: dict[str, list[dict | None]]):
     return (MAX_RPS, "rps", med, series, paired)
 
 
-def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None):
+def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None):
     """Per row: (label, kind, median per path, values per path over the rounds, and — for
     max rps only — weft's per-round ratios to each peer, else None)."""
     per_round = [metrics(meta, paths) for paths in rounds]
@@ -333,6 +380,10 @@ def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None):
         # after the latency rows, like the old per-round wrk row
         at = next((i for i, row in enumerate(out) if not row[0].startswith("added")), len(out))
         out.insert(at, throughput_row(tp))
+    if ph:
+        # after the per-request counts, measured once after the rounds
+        at = next((i for i, row in enumerate(out) if row[0].startswith("RSS")), len(out))
+        out.insert(at, (BEFORE_WRITE, "share", dict(ph), {p: [v] for p, v in ph.items()}, None))
     return out
 
 
@@ -413,8 +464,8 @@ def throughput_health(tp: dict[str, list[dict | None]]) -> list[str]:
     return out
 
 
-def render(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None) -> str:
-    combined = combine(meta, rounds, tp)
+def render(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None) -> str:
+    combined = combine(meta, rounds, tp, ph)
     parts = [table(combined), ""]
     parts.append(
         "Median of {n} interleaved round(s). Latency: oha constant rate, latency-corrected, "
@@ -432,6 +483,12 @@ def render(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None) -> str:
             tn=meta.get("tp_rounds", "?"),
         )
     )
+    if ph:
+        parts.append(
+            "Before the write: perf samples of user cycles at 1k rps (separate runs after the "
+            "rounds) that fell between epoll returning and the next write in their thread, as a "
+            "share of all; the rest ran after the write, which a request does not wait for."
+        )
     if not any("weft1" in r for r in rounds):
         parts.append("weft-proxy was not measured (did not build or did not proxy).")
     if meta.get("quick") == "1":
@@ -464,11 +521,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("results", type=Path, help="results dir written by bench/proxy.sh")
     ap.add_argument("--record", type=Path, help="append the table to this markdown file")
     args = ap.parse_args(argv)
-    meta, rounds, tp = load(args.results)
+    meta, rounds, tp, ph = load(args.results)
     if not rounds or any("direct" not in r for r in rounds):
         print(f"report.py: no direct baseline in {args.results}", file=sys.stderr)
         return 1
-    body = render(meta, rounds, tp)
+    body = render(meta, rounds, tp, ph)
     print(body)
     if args.record:
         entry = f"\n## {meta.get('date', '?')}\n\nMachine: {machine(meta)}.\n\n{body}\n"
