@@ -25,6 +25,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Room for the first read on a new connection, the one the protocol is sniffed from: a whole
+/// request head or TLS ClientHello in one `recv`. From an empty buffer tokio reads 64 bytes,
+/// so a first request took two reads or more (64 bytes, then the rest). The buffer lives only
+/// until the codec has taken its bytes.
+const FIRST_READ: usize = 4096;
 
 #[derive(Debug)]
 pub enum NetworkFilter {
@@ -415,9 +420,10 @@ async fn connection(
         transport: "raw_buffer",
         ..Default::default()
     };
-    let mut buf = BytesMut::new();
+    let inspect = cfg.tls_inspector || cfg.http_inspector;
+    let mut buf = BytesMut::with_capacity(if inspect { FIRST_READ } else { 0 });
     let mut http_kind = None;
-    if cfg.tls_inspector || cfg.http_inspector {
+    if inspect {
         let sniff = async {
             loop {
                 if buf.len() >= 16 * 1024 {
@@ -554,7 +560,8 @@ async fn serve_http_auto(
     drain: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (prefix, mut stream) = rw.into_parts();
-    let mut buf = BytesMut::from(&prefix[..]);
+    let mut buf = BytesMut::with_capacity(FIRST_READ.max(prefix.len()));
+    buf.extend_from_slice(&prefix);
     let h2 = loop {
         match sniff_http(&buf) {
             HttpSniff::NeedMore if buf.len() < H2_PREFACE.len() => {
