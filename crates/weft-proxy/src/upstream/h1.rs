@@ -358,12 +358,17 @@ impl H1Conn {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        // Always ask for the full space: once the previous response's bytes are all dropped
-        // (the usual case when the next one is read), `reserve` takes the buffer back to its
-        // start instead of reading on at its tail, so every response lands in the same,
-        // still-cached memory and a small response never straddles the end of the spare room
-        // (which cost a second `recv` for it about once in every dozen exchanges).
-        if self.rbuf.capacity() - self.rbuf.len() < READ_SPACE {
+        // Once the previous response's bytes are all dropped (the usual case when the next one
+        // is read), take the buffer back to its start instead of reading on at its tail: every
+        // response lands in the same, still-cached memory and a small one never straddles the
+        // end of the spare room (which cost a second `recv` about once in twenty exchanges).
+        // While earlier pieces are still held (a body streamed in small chunks to a slower
+        // peer), read on at the tail and allocate only when it is nearly full, so each chunk
+        // in flight does not keep a buffer of its own alive.
+        if self.rbuf.capacity() - self.rbuf.len() < READ_SPACE
+            && !self.rbuf.try_reclaim(READ_SPACE)
+            && self.rbuf.capacity() - self.rbuf.len() < 1024
+        {
             self.rbuf.reserve(READ_SPACE);
         }
         poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
@@ -1021,6 +1026,27 @@ mod tests {
         // (cache-warm memory), rather than moving on through its spare room
         assert_eq!(at[0], at[1]);
         assert_eq!(at[1], at[2]);
+    }
+
+    #[tokio::test]
+    async fn a_body_piece_still_held_does_not_cost_a_new_buffer_per_read() {
+        let addr = answer_once(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
+            |mut c| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                c.write_all(b"world").await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            },
+        )
+        .await;
+        let p = pool(addr);
+        let mut body = ask(&p, Method::GET, empty()).await.into_body();
+        let hello = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let world = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!((&hello[..], &world[..]), (&b"hello"[..], &b"world"[..]));
+        // `hello` was still held when `world` was read: it was read on at the tail of the
+        // same buffer, not into a new one
+        assert_eq!(world.as_ptr() as usize, hello.as_ptr() as usize + 5);
     }
 
     #[tokio::test]
