@@ -14,7 +14,7 @@ use crate::io::{MaybeTls, Rewind};
 use crate::runtime::Shared;
 use crate::stats::{ListenerStats, Stats};
 use crate::tcp::TcpProxy;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use envoy_types::pb::envoy::config::listener::v3 as lpb;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -420,10 +420,10 @@ async fn connection(
         transport: "raw_buffer",
         ..Default::default()
     };
-    let inspect = cfg.tls_inspector || cfg.http_inspector;
-    let mut buf = BytesMut::with_capacity(if inspect { FIRST_READ } else { 0 });
+    let mut buf = BytesMut::new();
     let mut http_kind = None;
-    if inspect {
+    if cfg.tls_inspector || cfg.http_inspector {
+        buf.reserve(FIRST_READ);
         let sniff = async {
             loop {
                 if buf.len() >= 16 * 1024 {
@@ -560,8 +560,7 @@ async fn serve_http_auto(
     drain: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (prefix, mut stream) = rw.into_parts();
-    let mut buf = BytesMut::with_capacity(FIRST_READ.max(prefix.len()));
-    buf.extend_from_slice(&prefix);
+    let mut buf = sniff_buffer(prefix);
     let h2 = loop {
         match sniff_http(&buf) {
             HttpSniff::NeedMore if buf.len() < H2_PREFACE.len() => {
@@ -585,6 +584,16 @@ async fn serve_http_auto(
     });
     serve_http(io, h2, conn, drain).await;
     Ok(())
+}
+
+/// The buffer the AUTO codec sniffs into: the bytes an inspector already read, in its own buffer
+/// when nothing else holds it (no copy), or [`FIRST_READ`] of room when no inspector ran.
+fn sniff_buffer(prefix: Bytes) -> BytesMut {
+    let mut buf = BytesMut::from(prefix);
+    if buf.is_empty() {
+        buf.reserve(FIRST_READ);
+    }
+    buf
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on a connection until it ends; a drain signal closes it
@@ -705,6 +714,19 @@ fn v6_only(addr: SocketAddr, ipv4_compat: bool) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sniff_buffer_has_room_for_a_whole_first_request_and_keeps_inspected_bytes_in_place() {
+        // no inspector ran: room for a request head in one read (tokio would start at 64 bytes)
+        assert!(sniff_buffer(Bytes::new()).capacity() >= FIRST_READ);
+        // an inspector's bytes stay in the inspector's buffer: no copy
+        let mut inspected = BytesMut::with_capacity(FIRST_READ);
+        inspected.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let at = inspected.as_ptr();
+        let buf = sniff_buffer(inspected.freeze());
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n");
+        assert_eq!(buf.as_ptr(), at);
+    }
 
     #[test]
     fn ipv4_compat_decides_v6_only() {

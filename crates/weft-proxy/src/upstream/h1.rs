@@ -36,6 +36,8 @@ const MAX_HEAD: usize = 60 * 1024;
 const MAX_CHUNK_META: usize = 16 * 1024;
 /// Read-buffer space made available before each read.
 const READ_SPACE: usize = 16 * 1024;
+/// Room below which a buffer that cannot be taken back to its start is replaced by a new one.
+const MIN_READ_SPACE: usize = 1024;
 /// Request bytes gathered before they are written out.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -365,10 +367,8 @@ impl H1Conn {
         // While earlier pieces are still held (a body streamed in small chunks to a slower
         // peer), read on at the tail and allocate only when it is nearly full, so each chunk
         // in flight does not keep a buffer of its own alive.
-        if self.rbuf.capacity() - self.rbuf.len() < READ_SPACE
-            && !self.rbuf.try_reclaim(READ_SPACE)
-            && self.rbuf.capacity() - self.rbuf.len() < 1024
-        {
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        if spare < READ_SPACE && !self.rbuf.try_reclaim(READ_SPACE) && spare < MIN_READ_SPACE {
             self.rbuf.reserve(READ_SPACE);
         }
         poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
@@ -1030,11 +1030,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_piece_still_held_does_not_cost_a_new_buffer_per_read() {
+        // the second half is sent only once the first has been received: two reads, always
+        let (got_hello, wait_hello) = tokio::sync::oneshot::channel::<()>();
         let addr = answer_once(
             b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello",
             |mut c| async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                c.write_all(b"world").await.unwrap();
+                if wait_hello.await.is_ok() {
+                    c.write_all(b"world").await.unwrap();
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             },
         )
@@ -1042,6 +1045,7 @@ mod tests {
         let p = pool(addr);
         let mut body = ask(&p, Method::GET, empty()).await.into_body();
         let hello = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        got_hello.send(()).unwrap();
         let world = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!((&hello[..], &world[..]), (&b"hello"[..], &b"world"[..]));
         // `hello` was still held when `world` was read: it was read on at the tail of the
