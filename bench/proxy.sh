@@ -17,6 +17,8 @@
 #   --keep      keep the temp dir (configs, logs, raw oha/wrk output) and print its path
 #   --wait-quiet  before measuring, wait (up to 5 min) for 5 s in which other processes use
 #               less than 0.25 vCPU: the machine is shared with compiles
+#   --no-footprint  skip the footprint phase (instructions and L1 misses per request under
+#               valgrind's cachegrind, about 3 minutes)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +27,7 @@ TOOLS="$BENCH_DIR/.tools"
 OHA="$TOOLS/bin/oha"
 WEFT_BIN="$REPO/target/pgo/release/weft-proxy"
 
-QUICK=0 RECORD=0 WEFT=1 BUILD=1 PGO=1 KEEP=0 WAIT_QUIET=0 ROUNDS= TP_ROUNDS=
+QUICK=0 RECORD=0 WEFT=1 BUILD=1 PGO=1 KEEP=0 WAIT_QUIET=0 FOOTPRINT=1 ROUNDS= TP_ROUNDS=
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     arg=${args[i]}
@@ -53,8 +55,9 @@ for ((i = 0; i < ${#args[@]}; i++)); do
         --no-pgo) PGO=0 ;;
         --keep) KEEP=1 ;;
         --wait-quiet) WAIT_QUIET=1 ;;
+        --no-footprint) FOOTPRINT=0 ;;
         -h | --help)
-            sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -69,7 +72,9 @@ WARMUP=2    # seconds of closed-loop warm-up per path and round
 CONNS=64    # connections for oha and wrk
 RATES=(1000 10000)
 TP_DUR=3    # seconds per wrk run in the max-throughput phase
-if ((QUICK)); then DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1} TP_DUR=2 TP_ROUNDS=${TP_ROUNDS:-2}; fi
+FP_REQS=3000 # requests per footprint run (cachegrind)
+FP_RATE=300  # their rate: valgrind slows a proxy ~50x
+if ((QUICK)); then DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1} TP_DUR=2 TP_ROUNDS=${TP_ROUNDS:-2} FP_REQS=500; fi
 ROUNDS=${ROUNDS:-3}
 TP_ROUNDS=${TP_ROUNDS:-10}
 
@@ -94,6 +99,7 @@ setup_tools() {
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v pgrep >/dev/null || missing+=(procps)
     command -v python3 >/dev/null || missing+=(python3)
+    command -v valgrind >/dev/null || missing+=(valgrind)
     if ((${#missing[@]})); then
         log "installing with apt-get: ${missing[*]}"
         as_root apt-get update -qq
@@ -115,6 +121,8 @@ setup_tools() {
         true >/dev/null 2>&1; then
         PHASES=1
     fi
+    # the footprint phase (cachegrind); --no-footprint or no valgrind leaves it out
+    command -v valgrind >/dev/null || FOOTPRINT=0
     NGINX=$(command -v nginx)
     HAPROXY=$(command -v haproxy)
 }
@@ -175,11 +183,13 @@ pin() {
     "${NICE[@]}" taskset -c "$core" "$@"
 }
 
-# start NAME CORE CMD... — start a server pinned to CORE, output to $RUN/NAME.log
+# start NAME CORE CMD... — start a server pinned to CORE, output to $RUN/NAME.log; run under
+# the command in WRAP when it is set (the footprint phase's valgrind)
+WRAP=()
 start() {
     local name=$1 core=$2
     shift 2
-    "${NICE[@]}" taskset -c "$core" "$@" >"$RUN/$name.log" 2>&1 &  # no function: $! is the server
+    "${NICE[@]}" taskset -c "$core" "${WRAP[@]}" "$@" >"$RUN/$name.log" 2>&1 &  # no function: $! is the server
     PID[$name]=$!
 }
 
@@ -512,6 +522,8 @@ fi
     echo "rounds=$ROUNDS"
     echo "tp_rounds=$TP_ROUNDS"
     echo "tp_duration_s=$TP_DUR"
+    echo "fp_requests=$FP_REQS"
+    echo "fp_rate=$FP_RATE"
     echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*version: //')"
     echo "haproxy=$("$HAPROXY" -v | awk 'NR == 1 {print $3}')"
     echo "oha=$("$OHA" --version | awk '{print $2}')"
@@ -615,6 +627,36 @@ phases() {
     done
 }
 
+# footprint — per request, the work each proxy's own code does in user space, counted rather
+# than timed: instructions retired and L1 instruction/data cache misses, from valgrind's
+# cachegrind simulating this machine's cache geometry (the kernel and other processes are not
+# in it, so a miss here is the proxy's own memory traffic: data that a request touches and that
+# earlier requests pushed out). Two runs per proxy, each after the same warm-up: one with
+# FP_REQS requests at FP_RATE rps and one with none; their difference over FP_REQS leaves start-up
+# and shutdown out. On this VM wall-clock latency moves between runs by more than the proxies
+# differ, and it may expose no hardware counters; these counts repeat to within ~1%.
+footprint() {
+    local d="$R/footprint" path n
+    mkdir -p "$d"
+    for path in "$@"; do
+        for n in 0 "$FP_REQS"; do
+            WRAP=(valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file=/dev/null)
+            up_path "$path" || die "$path did not start under valgrind"
+            WRAP=()
+            log "$path: footprint, $n requests under cachegrind"
+            pin "$LOAD_CORE" "$OHA" -q "$FP_RATE" -n 500 --no-tui -c "$CONNS" "$(url_of "$path")" \
+                >/dev/null 2>&1 || true
+            if ((n)); then
+                pin "$LOAD_CORE" "$OHA" -q "$FP_RATE" -n "$n" --no-tui -c "$CONNS" \
+                    "$(url_of "$path")" >/dev/null 2>&1 || true
+            fi
+            down_path "$path"
+            # every process of the proxy prints its totals (nginx: master and worker)
+            grep -E '(I|I1|D1) +(refs|misses):' "$RUN/$path.log" >"$d/${path}_$n.txt" || true
+        done
+    done
+}
+
 PATHS=(direct)
 ((WEFT)) && PATHS+=(weft1 weft2)
 PATHS+=(nginx haproxy)
@@ -630,6 +672,11 @@ for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     done
 done
 throughput
+if ((FOOTPRINT)); then
+    fp_paths=(nginx haproxy)
+    ((WEFT)) && fp_paths=(weft1 "${fp_paths[@]}")
+    footprint "${fp_paths[@]}"
+fi
 if ((PHASES)); then
     phase_paths=(nginx haproxy)
     ((WEFT)) && phase_paths=(weft1 "${phase_paths[@]}")

@@ -12,6 +12,9 @@ Reads RESULTS_DIR written by proxy.sh:
   phases/<path>.txt              perf script -F tid,event of the path's processes at 1k rps:
                                  user-cycle samples and the epoll_wait returns and write-type
                                  syscalls around them (the phase profile; optional)
+  footprint/<path>_<N>.txt       valgrind cachegrind totals (I refs, I1 and D1 misses) of the
+                                 proxy serving N requests after a warm-up, N = 0 and one N > 0;
+                                 per request = difference / N (optional)
 for <path> in direct, weft1, weft2, nginx, haproxy (weft* may be missing). A results dir without
 round<N>/ subdirectories is read as a single round.
 
@@ -203,6 +206,37 @@ def load_phases(d: Path) -> dict[str, float]:
     return {path: v for path, v in found.items() if v is not None}
 
 
+FOOTPRINT_ROWS = (
+    ("instructions per request, user (cachegrind)", "I refs"),
+    ("L1i misses per request (cachegrind)", "I1 misses"),
+    ("L1d misses per request (cachegrind)", "D1 misses"),
+)
+
+
+def parse_cachegrind(path: Path) -> dict[str, float]:
+    """Totals summed over the processes in one cachegrind log excerpt ("I refs" -> count)."""
+    totals: dict[str, float] = {}
+    for m in re.finditer(r"\b(I|I1|D1) +(refs|misses): +([\d,]+)", path.read_text()):
+        key = f"{m.group(1)} {m.group(2)}"
+        totals[key] = totals.get(key, 0.0) + float(m.group(3).replace(",", ""))
+    return totals
+
+
+def load_footprint(d: Path) -> dict[str, dict[str, float]]:
+    """Per path, per counter: (run with N requests - run with none) / N."""
+    out: dict[str, dict[str, float]] = {}
+    for f in d.glob("*_*.txt"):
+        path, _, n = f.stem.rpartition("_")
+        base = d / f"{path}_0.txt"
+        if not n.isdigit() or int(n) == 0 or not base.exists():
+            continue
+        busy, idle = parse_cachegrind(f), parse_cachegrind(base)
+        per = {k: (busy[k] - idle[k]) / int(n) for k in busy if k in idle}
+        if per:
+            out[path] = per
+    return out
+
+
 def load(results: Path):
     meta = read_kv(results / "meta.txt")
     dirs = sorted(
@@ -215,6 +249,7 @@ def load(results: Path):
         [r for r in rounds if r],
         load_throughput(results / "throughput"),
         load_phases(results / "phases"),
+        load_footprint(results / "footprint"),
     )
 
 
@@ -315,7 +350,7 @@ def fmt(kind: str, v: object) -> str:
     if kind == "other":
         return f"{v:.2f}"
     if kind == "count":
-        return f"{v / 1000:.1f}k"
+        return f"{v / 1000:.1f}k" if abs(v) >= 1000 else f"{v:.0f}"
     if kind == "share":
         return f"{v * 100:.0f}%"
     return str(v)
@@ -354,7 +389,7 @@ def throughput_row(tp: dict[str, list[dict | None]]):
     return (MAX_RPS, "rps", med, series, paired)
 
 
-def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None):
+def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None, fp=None):
     """Per row: (label, kind, median per path, values per path over the rounds, and — for
     max rps only — weft's per-round ratios to each peer, else None)."""
     per_round = [metrics(meta, paths) for paths in rounds]
@@ -384,6 +419,12 @@ def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=Non
         # after the per-request counts, measured once after the rounds
         at = next((i for i, row in enumerate(out) if row[0].startswith("RSS")), len(out))
         out.insert(at, (BEFORE_WRITE, "share", dict(ph), {p: [v] for p, v in ph.items()}, None))
+    if fp:
+        at = next((i for i, row in enumerate(out) if row[0].startswith("RSS")), len(out))
+        for label, key in reversed(FOOTPRINT_ROWS):
+            vals = {p: c[key] for p, c in fp.items() if key in c}
+            if vals:
+                out.insert(at, (label, "count", vals, {p: [v] for p, v in vals.items()}, None))
     return out
 
 
@@ -464,8 +505,10 @@ def throughput_health(tp: dict[str, list[dict | None]]) -> list[str]:
     return out
 
 
-def render(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None) -> str:
-    combined = combine(meta, rounds, tp, ph)
+def render(
+    meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None, fp=None
+) -> str:
+    combined = combine(meta, rounds, tp, ph, fp)
     parts = [table(combined), ""]
     parts.append(
         "Median of {n} interleaved round(s). Latency: oha constant rate, latency-corrected, "
@@ -488,6 +531,16 @@ def render(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None
             "Before the write: perf samples of user cycles at 1k rps (separate runs after the "
             "rounds) that fell between epoll returning and the next write in their thread, as a "
             "share of all; the rest ran after the write, which a request does not wait for."
+        )
+    if fp:
+        parts.append(
+            "cachegrind rows: the proxy alone under valgrind (simulated caches of this machine's "
+            "geometry; the kernel is not counted), {n} requests at {r} rps over {c} connections "
+            "after a warm-up, less a run without them, per request.".format(
+                n=meta.get("fp_requests", "?"),
+                r=meta.get("fp_rate", "?"),
+                c=meta.get("connections", "?"),
+            )
         )
     if not any("weft1" in r for r in rounds):
         parts.append("weft-proxy was not measured (did not build or did not proxy).")
@@ -521,11 +574,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("results", type=Path, help="results dir written by bench/proxy.sh")
     ap.add_argument("--record", type=Path, help="append the table to this markdown file")
     args = ap.parse_args(argv)
-    meta, rounds, tp, ph = load(args.results)
+    meta, rounds, tp, ph, fp = load(args.results)
     if not rounds or any("direct" not in r for r in rounds):
         print(f"report.py: no direct baseline in {args.results}", file=sys.stderr)
         return 1
-    body = render(meta, rounds, tp, ph)
+    body = render(meta, rounds, tp, ph, fp)
     print(body)
     if args.record:
         entry = f"\n## {meta.get('date', '?')}\n\nMachine: {machine(meta)}.\n\n{body}\n"
