@@ -74,6 +74,7 @@ RATES=(1000 10000)
 TP_DUR=3    # seconds per wrk run in the max-throughput phase
 FP_REQS=3000 # requests per footprint run (cachegrind)
 FP_RATE=300  # their rate: valgrind slows a proxy ~50x
+FP_WARMUP=500 # requests before each footprint run, in both runs alike
 if ((QUICK)); then DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1} TP_DUR=2 TP_ROUNDS=${TP_ROUNDS:-2} FP_REQS=500; fi
 ROUNDS=${ROUNDS:-3}
 TP_ROUNDS=${TP_ROUNDS:-10}
@@ -524,6 +525,7 @@ fi
     echo "tp_duration_s=$TP_DUR"
     echo "fp_requests=$FP_REQS"
     echo "fp_rate=$FP_RATE"
+    echo "fp_warmup=$FP_WARMUP"
     echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*version: //')"
     echo "haproxy=$("$HAPROXY" -v | awk 'NR == 1 {print $3}')"
     echo "oha=$("$OHA" --version | awk '{print $2}')"
@@ -644,15 +646,20 @@ footprint() {
             up_path "$path" || die "$path did not start under valgrind"
             WRAP=()
             log "$path: footprint, $n requests under cachegrind"
-            pin "$LOAD_CORE" "$OHA" -q "$FP_RATE" -n 500 --no-tui -c "$CONNS" "$(url_of "$path")" \
-                >/dev/null 2>&1 || true
+            # oha's answers are kept: report.py divides by the requests that got a 200, and
+            # leaves the path out if any of them (warm-up included) did not
+            pin "$LOAD_CORE" "$OHA" -q "$FP_RATE" -n "$FP_WARMUP" --no-tui -c "$CONNS" \
+                --output-format json "$(url_of "$path")" >"$d/${path}_$n.warm.json" \
+                2>/dev/null || true
             if ((n)); then
                 pin "$LOAD_CORE" "$OHA" -q "$FP_RATE" -n "$n" --no-tui -c "$CONNS" \
-                    "$(url_of "$path")" >/dev/null 2>&1 || true
+                    --output-format json "$(url_of "$path")" >"$d/${path}_$n.oha.json" \
+                    2>/dev/null || true
             fi
             down_path "$path"
             # every process of the proxy prints its totals (nginx: master and worker)
-            grep -E '(I|I1|D1) +(refs|misses):' "$RUN/$path.log" >"$d/${path}_$n.txt" || true
+            grep -E '(I|I1|D1) +(refs|misses):' "$RUN/$path.log" >"$d/${path}_$n.txt" ||
+                log "WARNING: $path printed no cachegrind totals ($RUN/$path.log; --keep keeps it)"
         done
     done
 }

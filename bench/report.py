@@ -222,19 +222,42 @@ def parse_cachegrind(path: Path) -> dict[str, float]:
     return totals
 
 
-def load_footprint(d: Path) -> dict[str, dict[str, float]]:
-    """Per path, per counter: (run with N requests - run with none) / N."""
+def oha_ok(path: Path) -> int | None:
+    """Responses with status 200 in one oha --output-format json run; None when unreadable."""
+    try:
+        codes = json.loads(path.read_text()).get("statusCodeDistribution") or {}
+    except (OSError, ValueError):
+        return None
+    return sum(int(v) for k, v in codes.items() if str(k) == "200")
+
+
+def load_footprint(d: Path, warmup: int) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Per path, per counter: (run with N requests - run with none) / N; and what kept a path
+    out. A path whose runs did not all answer every request with a 200 is left out: its
+    difference would not be N requests' worth of work."""
     out: dict[str, dict[str, float]] = {}
-    for f in d.glob("*_*.txt"):
+    problems: list[str] = []
+    for f in sorted(d.glob("*_*.txt")):
         path, _, n = f.stem.rpartition("_")
-        base = d / f"{path}_0.txt"
-        if not n.isdigit() or int(n) == 0 or not base.exists():
+        if not n.isdigit() or int(n) == 0:
             continue
-        busy, idle = parse_cachegrind(f), parse_cachegrind(base)
-        per = {k: (busy[k] - idle[k]) / int(n) for k in busy if k in idle}
-        if per:
-            out[path] = per
-    return out
+        reqs, base = int(n), d / f"{path}_0.txt"
+        busy = parse_cachegrind(f)
+        idle = parse_cachegrind(base) if base.exists() else {}
+        if not busy or not idle:
+            problems.append(f"footprint {path}: no cachegrind totals in its valgrind log")
+            continue
+        answered = {
+            f"{path}_0.warm.json": (oha_ok(d / f"{path}_0.warm.json"), warmup),
+            f"{path}_{n}.warm.json": (oha_ok(d / f"{path}_{n}.warm.json"), warmup),
+            f"{path}_{n}.oha.json": (oha_ok(d / f"{path}_{n}.oha.json"), reqs),
+        }
+        short = [f"{k}: {ok}/{want}" for k, (ok, want) in answered.items() if ok != want]
+        if short:
+            problems.append(f"footprint {path}: not every request got a 200 ({'; '.join(short)})")
+            continue
+        out[path] = {k: (busy[k] - idle[k]) / reqs for k in busy if k in idle}
+    return out, problems
 
 
 def load(results: Path):
@@ -249,7 +272,7 @@ def load(results: Path):
         [r for r in rounds if r],
         load_throughput(results / "throughput"),
         load_phases(results / "phases"),
-        load_footprint(results / "footprint"),
+        *load_footprint(results / "footprint", int(num(meta.get("fp_warmup")) or 500)),
     )
 
 
@@ -415,16 +438,16 @@ def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=Non
         # after the latency rows, like the old per-round wrk row
         at = next((i for i, row in enumerate(out) if not row[0].startswith("added")), len(out))
         out.insert(at, throughput_row(tp))
+    # rows measured once after the rounds go after the per-request counts, before memory
+    once: list[tuple[str, str, dict]] = []
     if ph:
-        # after the per-request counts, measured once after the rounds
-        at = next((i for i, row in enumerate(out) if row[0].startswith("RSS")), len(out))
-        out.insert(at, (BEFORE_WRITE, "share", dict(ph), {p: [v] for p, v in ph.items()}, None))
-    if fp:
-        at = next((i for i, row in enumerate(out) if row[0].startswith("RSS")), len(out))
-        for label, key in reversed(FOOTPRINT_ROWS):
-            vals = {p: c[key] for p, c in fp.items() if key in c}
-            if vals:
-                out.insert(at, (label, "count", vals, {p: [v] for p, v in vals.items()}, None))
+        once.append((BEFORE_WRITE, "share", dict(ph)))
+    for label, key in FOOTPRINT_ROWS:
+        vals = {p: c[key] for p, c in (fp or {}).items() if key in c}
+        if vals:
+            once.append((label, "count", vals))
+    at = next((i for i, row in enumerate(out) if row[0].startswith("RSS")), len(out))
+    out[at:at] = [(lab, kind, v, {p: [x] for p, x in v.items()}, None) for lab, kind, v in once]
     return out
 
 
@@ -506,7 +529,7 @@ def throughput_health(tp: dict[str, list[dict | None]]) -> list[str]:
 
 
 def render(
-    meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None, fp=None
+    meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None, fp=None, fp_bad=()
 ) -> str:
     combined = combine(meta, rounds, tp, ph, fp)
     parts = [table(combined), ""]
@@ -554,6 +577,7 @@ def render(
     for i, paths in enumerate(rounds, 1):
         problems += [f"round {i} {p}" for p in health(paths, clk)]
     problems += throughput_health(tp or {})
+    problems += list(fp_bad)
     if problems:
         parts.append("Runs that were not clean: " + "; ".join(problems) + ".")
     return "\n".join(parts)
@@ -574,11 +598,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("results", type=Path, help="results dir written by bench/proxy.sh")
     ap.add_argument("--record", type=Path, help="append the table to this markdown file")
     args = ap.parse_args(argv)
-    meta, rounds, tp, ph, fp = load(args.results)
+    meta, rounds, tp, ph, fp, fp_bad = load(args.results)
     if not rounds or any("direct" not in r for r in rounds):
         print(f"report.py: no direct baseline in {args.results}", file=sys.stderr)
         return 1
-    body = render(meta, rounds, tp, ph, fp)
+    body = render(meta, rounds, tp, ph, fp, fp_bad)
     print(body)
     if args.record:
         entry = f"\n## {meta.get('date', '?')}\n\nMachine: {machine(meta)}.\n\n{body}\n"
