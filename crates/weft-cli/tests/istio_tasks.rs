@@ -152,7 +152,10 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        print("SEEN", self.headers.get("host"), self.path, flush=True)
+        # One write per line: handler threads finish together (mirrored copies), and print()
+        # with several arguments writes piece by piece, interleaving their lines.
+        sys.stdout.write(f"SEEN {self.headers.get('host')} {self.path}\n")
+        sys.stdout.flush()
     def log_message(self, *a):
         pass
 print(name, "listening on", host, port, flush=True)
