@@ -423,12 +423,14 @@ def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=Non
                 labels.append((label, kind))
     out = []
     for label, kind in labels:
-        series: dict[str, list] = {}
+        # one entry per round for every path (None where the round lacks it), so that the
+        # paths' values of one round stay at the same index
+        present = {p for rows in per_round for lab, _, vals in rows if lab == label for p in vals}
+        series: dict[str, list] = {p: [] for p in sorted(present)}
         for rows in per_round:
-            for lab, _, vals in rows:
-                if lab == label:
-                    for path, v in vals.items():
-                        series.setdefault(path, []).append(v)
+            vals = next((v for lab, _, v in rows if lab == label), {})
+            for path in series:
+                series[path].append(vals.get(path))
         med: dict[str, object] = {}
         for path, vs in series.items():
             nums = [v for v in vs if isinstance(v, float | int)]
@@ -490,7 +492,43 @@ def spread(combined, n: int) -> str:
         out.append(f"- {label}: " + "; ".join(cells))
     if not out:
         return ""
-    return f"Round by round ({n} latency rounds, in order):\n" + "\n".join(out)
+    text = f"Round by round ({n} latency rounds, in order):\n" + "\n".join(out)
+    verdict = paired_latency(combined)
+    return text + ("\n" + verdict if verdict else "")
+
+
+TARGET_ROWS = ("added p50 @ 1k rps", "added p99 @ 1k rps")
+
+
+def paired_latency(combined) -> str:
+    """The latency target compared round by round: in how many rounds weft 1 hop added less
+    than each peer, and the median of the per-round differences. Rounds run the paths minutes
+    apart in rotating order, so a pairing cancels the machine's slower drifts; a target met in
+    the medians but in few rounds is not met reliably."""
+    lines = []
+    for label, kind, _, series, paired in combined:
+        if label not in TARGET_ROWS or paired is not None:
+            continue
+        weft = series.get("weft1", [])
+        cells = []
+        for peer in PEERS:
+            diffs = [
+                w - p
+                for w, p in zip(weft, series.get(peer, []))
+                if isinstance(w, float | int) and isinstance(p, float | int)
+            ]
+            if not diffs:
+                continue
+            lower = sum(d < 0 for d in diffs)
+            med = statistics.median(diffs)
+            sign = "+" if med > 0 else "−" if med < 0 else "±"
+            cells.append(
+                f"below {PEER_TITLES[peer]} in {lower} of {len(diffs)} rounds, "
+                f"median difference {sign}{fmt(kind, abs(med))}"
+            )
+        if cells:
+            lines.append(f"- {label}, weft 1 hop paired with each peer: " + "; ".join(cells))
+    return "\n".join(lines)
 
 
 # other load above this (vCPU, of 2) while a path ran is worth a warning
