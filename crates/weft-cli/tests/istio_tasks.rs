@@ -1693,6 +1693,10 @@ spec:
       consecutive5xxErrors: 1
       interval: 1s
       baseEjectionTime: 3s
+      # Split: the app's 5xx still count as 5xx (they are the upstream's answers); a proxy
+      # refusing the split fields would keep the cluster without outlier detection.
+      splitExternalLocalOriginErrors: true
+      consecutiveLocalOriginFailures: 2
 ";
 
 /// Which workload served a request (`served by NAME PATH`).

@@ -619,6 +619,64 @@ async fn outlier_detection_ejects_and_returns() -> Result<()> {
     .await
 }
 
+/// `split_external_local_origin_errors`: connect failures count towards
+/// `consecutive_local_origin_failure` only. With `consecutive_5xx: 1` the unsplit detector
+/// would eject the dead endpoint at its first connect failure; split, it takes three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_local_origin_errors_eject_on_their_own_count() -> Result<()> {
+    within(60, async {
+        let good = EchoServer::start("good").await?;
+        let port = free_port();
+        let yaml = bootstrap(
+            &[http_listener("main", port, &vhost_to("all", "\"*\"", "od")).build()],
+            &[cluster(
+                "od",
+                &[good.addr, dead_addr()],
+                r#"
+                lb_policy: ROUND_ROBIN
+                outlier_detection:
+                  consecutive_5xx: 1
+                  split_external_local_origin_errors: true
+                  consecutive_local_origin_failure: 3
+                  interval: 0.2s
+                  base_ejection_time: 30s
+                  max_ejection_percent: 100
+                "#,
+            )],
+        );
+        let proxy = Proxy::start(&yaml).await?;
+        let http = Http::h1();
+        let addr = local(port);
+        let mut failed = 0;
+        for i in 0..20 {
+            let r = http.get(addr, &format!("/{i}")).await?;
+            match r.status {
+                200 => ensure!(r.upstream() == "good", "200 from {:?}", r.upstream()),
+                503 => failed += 1,
+                s => bail!("request {i}: status {s}"),
+            }
+        }
+        ensure!(
+            failed == 3,
+            "{failed} connect failures reached the client; the dead endpoint should be ejected \
+             after exactly 3"
+        );
+        proxy
+            .wait_access("503 UF", |l| l.code == 503 && l.has_flag("UF"))
+            .await?;
+        proxy
+            .wait_stat(
+                "envoy_cluster_outlier_detection_ejections_active",
+                &[("envoy_cluster_name", "od")],
+                "== 1",
+                |v| v == 1.0,
+            )
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Timeouts and local replies
 // ---------------------------------------------------------------------------------------------

@@ -1038,16 +1038,46 @@ fn cluster_json(
         c["typed_extension_protocol_options"] = json!({HTTP_OPTIONS: opts});
     }
     if let Some(od) = policy.and_then(|p| p.get("outlierDetection")) {
+        // As Istio generates it: success-rate ejection off, each consecutive detector that is
+        // given enforced unless its count is 0.
         let mut o = Map::new();
-        if let Some(v) = od
-            .get("consecutive5xxErrors")
-            .or_else(|| od.get("consecutiveErrors"))
+        o.insert("enforcing_success_rate".into(), json!(0));
+        let mut consecutive = |count: Option<&Json>, field: &str, enforcing: &str| {
+            if let Some(v) = count {
+                let on = v.as_u64().is_some_and(|n| n > 0);
+                o.insert(field.into(), v.clone());
+                o.insert(enforcing.into(), json!(if on { 100 } else { 0 }));
+            }
+        };
+        consecutive(
+            od.get("consecutive5xxErrors")
+                .or_else(|| od.get("consecutiveErrors")),
+            "consecutive_5xx",
+            "enforcing_consecutive_5xx",
+        );
+        consecutive(
+            od.get("consecutiveGatewayErrors"),
+            "consecutive_gateway_failure",
+            "enforcing_consecutive_gateway_failure",
+        );
+        if od
+            .get("splitExternalLocalOriginErrors")
+            .and_then(Json::as_bool)
+            == Some(true)
         {
-            o.insert("consecutive_5xx".into(), v.clone());
-        }
-        if let Some(v) = od.get("consecutiveGatewayErrors") {
-            o.insert("consecutive_gateway_failure".into(), v.clone());
-            o.insert("enforcing_consecutive_gateway_failure".into(), json!(100));
+            o.insert("split_external_local_origin_errors".into(), json!(true));
+            o.insert("enforcing_local_origin_success_rate".into(), json!(0));
+            // Istio sets the count only when positive (Envoy's default, 5, applies otherwise).
+            if let Some(v) = od
+                .get("consecutiveLocalOriginFailures")
+                .filter(|v| v.as_u64().is_some_and(|n| n > 0))
+            {
+                o.insert("consecutive_local_origin_failure".into(), v.clone());
+                o.insert(
+                    "enforcing_consecutive_local_origin_failure".into(),
+                    json!(100),
+                );
+            }
         }
         for (k, e) in [
             ("interval", "interval"),
@@ -1966,6 +1996,51 @@ mod tests {
     }
 
     #[test]
+    fn outlier_detection_as_istio_generates_it() {
+        let cluster = |od: Json| {
+            let env = Env {
+                services: vec![svc(
+                    "reviews.default.svc.cluster.local",
+                    "default",
+                    9080,
+                    &[("127.0.1.2", "v1")],
+                )],
+                destination_rules: vec![res(
+                    "DestinationRule",
+                    "reviews",
+                    json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od}}),
+                )],
+                ..Default::default()
+            };
+            let out = for_proxy(&proxy(), &env);
+            assert_valid(&out);
+            out.clusters["outbound|9080||reviews.default.svc.cluster.local"]["outlier_detection"]
+                .clone()
+        };
+        let o = cluster(json!({
+            "consecutive5xxErrors": 0, "consecutiveGatewayErrors": 4,
+            "splitExternalLocalOriginErrors": true, "consecutiveLocalOriginFailures": 2
+        }));
+        assert_eq!(
+            o,
+            json!({
+                "enforcing_success_rate": 0,
+                "consecutive_5xx": 0, "enforcing_consecutive_5xx": 0,
+                "consecutive_gateway_failure": 4, "enforcing_consecutive_gateway_failure": 100,
+                "split_external_local_origin_errors": true,
+                "enforcing_local_origin_success_rate": 0,
+                "consecutive_local_origin_failure": 2,
+                "enforcing_consecutive_local_origin_failure": 100,
+            })
+        );
+        // Only the split: Envoy's default count (5) applies; nothing given: Envoy's defaults.
+        let o = cluster(json!({"splitExternalLocalOriginErrors": true}));
+        assert_eq!(o["split_external_local_origin_errors"], true);
+        assert!(o.get("consecutive_local_origin_failure").is_none());
+        assert_eq!(cluster(json!({})), json!({"enforcing_success_rate": 0}));
+    }
+
+    #[test]
     fn destination_rule_policies_and_route_actions() {
         let env = Env {
             services: vec![svc(
@@ -2004,6 +2079,8 @@ mod tests {
         assert_eq!(c["connect_timeout"], "2s");
         assert_eq!(c["circuit_breakers"]["thresholds"][0]["max_connections"], 1);
         assert_eq!(c["outlier_detection"]["consecutive_5xx"], 3);
+        assert_eq!(c["outlier_detection"]["enforcing_consecutive_5xx"], 100);
+        assert_eq!(c["outlier_detection"]["enforcing_success_rate"], 0);
         assert_eq!(
             out.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"]["lb_policy"],
             "ROUND_ROBIN"

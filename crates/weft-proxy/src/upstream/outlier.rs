@@ -2,10 +2,13 @@
 //! gateway errors are ejected from load balancing for a growing period, and returned to
 //! service by a periodic sweep.
 //!
-//! Only the consecutive detectors (`consecutive_5xx`, `consecutive_gateway_failure`) are
-//! implemented; success-rate and failure-percentage detection are not (an explicit non-zero
-//! enforcement for them is refused at translation). Local-origin errors (connect failure,
-//! reset, timeout) count as 503/504 like Envoy without `split_external_local_origin_errors`.
+//! Only the consecutive detectors (`consecutive_5xx`, `consecutive_gateway_failure`,
+//! `consecutive_local_origin_failure`) are implemented; success-rate and failure-percentage
+//! detection are not (an explicit non-zero enforcement for them is refused at translation).
+//! Local-origin errors (connect failure, reset, timeout) count as 503/504, as in Envoy, unless
+//! `split_external_local_origin_errors` is set: then they count only towards
+//! `consecutive_local_origin_failure`, the 5xx and gateway runs see only responses the upstream
+//! actually sent, and any response ends a run of local-origin errors (the connection worked).
 //!
 //! The per-response path is two relaxed atomic operations for a success; the ejection decision
 //! (rare) takes a small mutex. Nothing here is held across an await, and this module never
@@ -46,6 +49,12 @@ pub struct OutlierConfig {
     pub enforcing_consecutive_5xx: u32,
     /// Percent chance that a consecutive-gateway-failure detection actually ejects.
     pub enforcing_consecutive_gateway_failure: u32,
+    /// Local-origin errors are counted on their own instead of as 503/504.
+    pub split_external_local_origin_errors: bool,
+    /// Consecutive local-origin errors before an ejection, when split; 0 disables.
+    pub consecutive_local_origin_failure: u32,
+    /// Percent chance that a consecutive-local-origin-failure detection actually ejects.
+    pub enforcing_consecutive_local_origin_failure: u32,
     /// Period of the un-ejection sweep.
     pub interval: Duration,
     /// Ejection time, multiplied by the host's ejection backoff.
@@ -69,6 +78,9 @@ impl Default for OutlierConfig {
             consecutive_gateway_failure: 5,
             enforcing_consecutive_5xx: 100,
             enforcing_consecutive_gateway_failure: 0,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_local_origin_failure: 100,
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
@@ -93,17 +105,21 @@ fn percent(field: &str, v: Option<u32>, default: u32) -> Result<u32, Unsupported
 impl OutlierConfig {
     /// Translates Envoy's `OutlierDetection`; error fields are relative to that message.
     ///
-    /// Refused: `split_external_local_origin_errors`, an explicit non-zero
-    /// `enforcing_success_rate` or `enforcing_failure_percentage` (those detectors are not
+    /// Refused: an explicit non-zero `enforcing_success_rate`, `enforcing_failure_percentage`
+    /// or (when split) `enforcing_local_origin_success_rate` (those detectors are not
     /// implemented; leaving them unset is accepted and means "off" here), `monitors`,
     /// `detect_degraded_hosts`, a zero `interval`, and a `max_ejection_time` below
     /// `base_ejection_time` (Envoy refuses it too).
     pub fn from_proto(p: &OutlierDetection) -> Result<OutlierConfig, UnsupportedField> {
         let d = OutlierConfig::default();
-        if p.split_external_local_origin_errors {
+        // Envoy reads it only when errors are split.
+        if p.split_external_local_origin_errors
+            && p.enforcing_local_origin_success_rate
+                .is_some_and(|v| v.value > 0)
+        {
             return Err(UnsupportedField::new(
-                "split_external_local_origin_errors",
-                "separate local-origin error tracking is not supported",
+                "enforcing_local_origin_success_rate",
+                "local-origin success-rate outlier detection is not implemented; set it to 0",
             ));
         }
         if p.enforcing_success_rate.is_some_and(|v| v.value > 0) {
@@ -174,6 +190,16 @@ impl OutlierConfig {
                 p.enforcing_consecutive_gateway_failure.map(|v| v.value),
                 d.enforcing_consecutive_gateway_failure,
             )?,
+            split_external_local_origin_errors: p.split_external_local_origin_errors,
+            consecutive_local_origin_failure: p
+                .consecutive_local_origin_failure
+                .map_or(d.consecutive_local_origin_failure, |v| v.value),
+            enforcing_consecutive_local_origin_failure: percent(
+                "enforcing_consecutive_local_origin_failure",
+                p.enforcing_consecutive_local_origin_failure
+                    .map(|v| v.value),
+                d.enforcing_consecutive_local_origin_failure,
+            )?,
             interval,
             base_ejection_time,
             max_ejection_time,
@@ -208,6 +234,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Whether the proxy's side of the exchange failed (no response from the upstream).
+    #[inline]
+    fn is_local_origin(self) -> bool {
+        !matches!(self, Outcome::Status(_))
+    }
+
     /// `(is 5xx, is gateway error)`.
     #[inline]
     fn classify(self) -> (bool, bool) {
@@ -235,6 +267,7 @@ pub struct OutlierState {
     ejected: AtomicBool,
     consecutive_5xx: AtomicU32,
     consecutive_gateway_failure: AtomicU32,
+    consecutive_local_origin_failure: AtomicU32,
     times: Mutex<EjectionTimes>,
 }
 
@@ -275,6 +308,12 @@ impl OutlierState {
         self.consecutive_gateway_failure.load(Ordering::Relaxed)
     }
 
+    /// Current run of consecutive local-origin errors (counted only when split).
+    pub fn consecutive_local_origin_failure(&self) -> u32 {
+        self.consecutive_local_origin_failure
+            .load(Ordering::Relaxed)
+    }
+
     /// Ejects for exactly `duration` (no backoff bookkeeping).
     #[cfg(test)]
     pub(crate) fn mark_ejected(&self, now: Instant, duration: Duration) {
@@ -292,6 +331,8 @@ impl OutlierState {
         t.ejected_until = None;
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway_failure.store(0, Ordering::Relaxed);
+        self.consecutive_local_origin_failure
+            .store(0, Ordering::Relaxed);
         self.set_ejected(false);
     }
 
@@ -313,6 +354,7 @@ impl OutlierState {
 enum Detector {
     Consecutive5xx,
     ConsecutiveGatewayFailure,
+    ConsecutiveLocalOriginFailure,
 }
 
 /// The outlier detector of one cluster.
@@ -374,6 +416,28 @@ impl OutlierDetector {
         now: impl Fn() -> Instant,
     ) {
         let st = &host.outlier;
+        if self.config.split_external_local_origin_errors {
+            if outcome.is_local_origin() {
+                // Counted apart: the runs of upstream responses neither grow nor end.
+                let n = st
+                    .consecutive_local_origin_failure
+                    .fetch_add(1, Ordering::Relaxed)
+                    .wrapping_add(1);
+                if self.config.consecutive_local_origin_failure != 0
+                    && n == self.config.consecutive_local_origin_failure
+                {
+                    self.on_consecutive(
+                        hosts,
+                        host,
+                        Detector::ConsecutiveLocalOriginFailure,
+                        now(),
+                    );
+                }
+                return;
+            }
+            // A response came back: the connection side worked.
+            OutlierState::reset_if_set(&st.consecutive_local_origin_failure);
+        }
         let (is_5xx, is_gateway) = outcome.classify();
         if !is_5xx {
             OutlierState::reset_if_set(&st.consecutive_5xx);
@@ -408,6 +472,7 @@ impl OutlierDetector {
         let counter = match detector {
             Detector::Consecutive5xx => &st.consecutive_5xx,
             Detector::ConsecutiveGatewayFailure => &st.consecutive_gateway_failure,
+            Detector::ConsecutiveLocalOriginFailure => &st.consecutive_local_origin_failure,
         };
         // Like Envoy, the run restarts after a detection whether or not it ejects.
         counter.store(0, Ordering::Relaxed);
@@ -427,6 +492,9 @@ impl OutlierDetector {
             Detector::Consecutive5xx => self.config.enforcing_consecutive_5xx,
             Detector::ConsecutiveGatewayFailure => {
                 self.config.enforcing_consecutive_gateway_failure
+            }
+            Detector::ConsecutiveLocalOriginFailure => {
+                self.config.enforcing_consecutive_local_origin_failure
             }
         };
         if enforcing == 0 || (enforcing < 100 && uniform(100) >= u64::from(enforcing)) {
@@ -758,6 +826,12 @@ mod tests {
             },
             OutlierDetection {
                 split_external_local_origin_errors: true,
+                enforcing_local_origin_success_rate: Some(UInt32Value { value: 100 }),
+                ..Default::default()
+            },
+            OutlierDetection {
+                split_external_local_origin_errors: true,
+                enforcing_consecutive_local_origin_failure: Some(UInt32Value { value: 101 }),
                 ..Default::default()
             },
             OutlierDetection {
@@ -779,6 +853,89 @@ mod tests {
         for p in refused {
             assert!(OutlierConfig::from_proto(&p).is_err(), "{p:?}");
         }
+
+        // Split errors as Istio sends them; local-origin success rate unset or 0, and ignored
+        // (as by Envoy) when errors are not split.
+        let p = OutlierDetection {
+            split_external_local_origin_errors: true,
+            consecutive_local_origin_failure: Some(UInt32Value { value: 3 }),
+            enforcing_consecutive_local_origin_failure: Some(UInt32Value { value: 100 }),
+            enforcing_local_origin_success_rate: Some(UInt32Value { value: 0 }),
+            ..Default::default()
+        };
+        let c = OutlierConfig::from_proto(&p).unwrap();
+        assert!(c.split_external_local_origin_errors);
+        assert_eq!(c.consecutive_local_origin_failure, 3);
+        assert_eq!(c.enforcing_consecutive_local_origin_failure, 100);
+        let p = OutlierDetection {
+            enforcing_local_origin_success_rate: Some(UInt32Value { value: 100 }),
+            ..Default::default()
+        };
+        assert!(
+            !OutlierConfig::from_proto(&p)
+                .unwrap()
+                .split_external_local_origin_errors
+        );
+    }
+
+    #[test]
+    fn split_local_origin_errors_have_their_own_run() {
+        let cfg = OutlierConfig {
+            consecutive_5xx: 2,
+            consecutive_gateway_failure: 2,
+            enforcing_consecutive_gateway_failure: 100,
+            split_external_local_origin_errors: true,
+            consecutive_local_origin_failure: 3,
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let d = OutlierDetector::new(cfg.clone());
+        let hs = hosts(3);
+        // Local errors neither count towards nor end a run of upstream 5xx.
+        d.report(&hs, &hs[0], Outcome::Status(503));
+        d.report(&hs, &hs[0], Outcome::ConnectFailure);
+        d.report(&hs, &hs[0], Outcome::Timeout);
+        assert_eq!(hs[0].outlier.consecutive_5xx(), 1);
+        assert_eq!(hs[0].outlier.consecutive_gateway_failure(), 1);
+        assert_eq!(hs[0].outlier.consecutive_local_origin_failure(), 2);
+        assert!(!hs[0].is_ejected());
+        // Any response ends the local run, a 5xx one included; the 5xx run goes on.
+        d.report(&hs, &hs[0], Outcome::Status(500));
+        assert_eq!(hs[0].outlier.consecutive_local_origin_failure(), 0);
+        assert!(
+            hs[0].is_ejected(),
+            "second consecutive 5xx from the upstream"
+        );
+
+        // Three local errors in a row eject; without split, two would have (5xx run).
+        d.report(&hs, &hs[1], Outcome::Reset);
+        d.report(&hs, &hs[1], Outcome::ConnectFailure);
+        assert!(!hs[1].is_ejected());
+        d.report(&hs, &hs[1], Outcome::ConnectFailure);
+        assert!(hs[1].is_ejected());
+        assert_eq!(d.ejections_total(), 2);
+
+        // Enforcement 0: detected, not ejected; the run restarts.
+        let d = OutlierDetector::new(OutlierConfig {
+            enforcing_consecutive_local_origin_failure: 0,
+            ..cfg.clone()
+        });
+        for _ in 0..3 {
+            d.report(&hs, &hs[2], Outcome::ConnectFailure);
+        }
+        assert!(!hs[2].is_ejected());
+        assert_eq!(hs[2].outlier.consecutive_local_origin_failure(), 0);
+
+        // Unsplit, the same local errors are 5xx and gateway errors.
+        let d = OutlierDetector::new(OutlierConfig {
+            split_external_local_origin_errors: false,
+            ..cfg
+        });
+        let hs = hosts(2);
+        d.report(&hs, &hs[0], Outcome::ConnectFailure);
+        d.report(&hs, &hs[0], Outcome::Timeout);
+        assert!(hs[0].is_ejected());
+        assert_eq!(hs[0].outlier.consecutive_local_origin_failure(), 0);
     }
 
     #[test]
