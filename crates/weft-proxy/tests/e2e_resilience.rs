@@ -619,6 +619,81 @@ async fn outlier_detection_ejects_and_returns() -> Result<()> {
     .await
 }
 
+/// Success-rate ejection (on by default in Envoy's `OutlierDetection`): an endpoint failing
+/// every other request never makes a run of 5xx, but its success rate sits far below its
+/// peers'. With one outlier among five hosts it is exactly 2 standard deviations below the
+/// mean, so the factor is set to 1 (1000) to judge it whatever its failure ratio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_rate_ejects_an_endpoint_failing_half_its_requests() -> Result<()> {
+    within(60, async {
+        let mut ups = Vec::new();
+        for i in 0..4 {
+            ups.push(EchoServer::start(&format!("good{i}")).await?);
+        }
+        let bad = EchoServer::start("bad").await?;
+        let mut addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
+        addrs.push(bad.addr);
+        let port = free_port();
+        let yaml = bootstrap(
+            &[http_listener("main", port, &vhost_to("all", "\"*\"", "sr")).build()],
+            &[cluster(
+                "sr",
+                &addrs,
+                r#"
+                lb_policy: ROUND_ROBIN
+                outlier_detection:
+                  interval: 0.5s
+                  base_ejection_time: 30s
+                  success_rate_request_volume: 10
+                  success_rate_stdev_factor: 1000
+                "#,
+            )],
+        );
+        let proxy = Proxy::start(&yaml).await?;
+        let http = Http::h1();
+        let addr = local(port);
+        // Every second request to `bad` fails: 50%, never two 5xx in a row.
+        let mut armed = usize::MAX;
+        let mut failed = 0;
+        for i in 0..200 {
+            let n = bad.requests();
+            if n % 2 == 1 && armed != n {
+                bad.fail_first(1, 500);
+                armed = n;
+            }
+            let r = http.get(addr, &format!("/{i}")).await?;
+            if r.status == 500 {
+                failed += 1;
+            }
+        }
+        ensure!(failed > 10, "only {failed} requests failed");
+        proxy
+            .wait_stat(
+                "envoy_cluster_outlier_detection_ejections_active",
+                &[("envoy_cluster_name", "sr")],
+                "== 1",
+                |v| v == 1.0,
+            )
+            .await?;
+        let before = bad.requests();
+        for i in 0..20 {
+            let r = http.get(addr, &format!("/after/{i}")).await?;
+            ensure!(
+                r.status == 200 && r.upstream().starts_with("good"),
+                "after the ejection: {} from {:?}",
+                r.status,
+                r.upstream()
+            );
+        }
+        ensure!(
+            bad.requests() == before,
+            "the ejected endpoint still got traffic"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// `split_external_local_origin_errors`: connect failures count towards
 /// `consecutive_local_origin_failure` only. With `consecutive_5xx: 1` the unsplit detector
 /// would eject the dead endpoint at its first connect failure; split, it takes three.

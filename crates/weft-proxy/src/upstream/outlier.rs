@@ -1,18 +1,23 @@
 //! Outlier detection (Envoy's passive health checking): hosts that return consecutive 5xx or
-//! gateway errors are ejected from load balancing for a growing period, and returned to
-//! service by a periodic sweep.
+//! gateway errors, or whose success rate falls behind their peers', are ejected from load
+//! balancing for a growing period, and returned to service by a periodic sweep.
 //!
-//! Only the consecutive detectors (`consecutive_5xx`, `consecutive_gateway_failure`,
-//! `consecutive_local_origin_failure`) are implemented; success-rate and failure-percentage
-//! detection are not (an explicit non-zero enforcement for them is refused at translation).
+//! Envoy's detectors, with its defaults: the consecutive ones (`consecutive_5xx`,
+//! `consecutive_gateway_failure`, `consecutive_local_origin_failure`) act on the response that
+//! completes a run; success rate (a host more than `success_rate_stdev_factor`/1000 standard
+//! deviations below the mean of the hosts with enough requests; on by default) and failure
+//! percentage (a host failing at least `failure_percentage_threshold` percent of its requests;
+//! off by default) act at each sweep, over the requests of the interval that ended.
 //! Local-origin errors (connect failure, reset, timeout) count as 503/504, as in Envoy, unless
-//! `split_external_local_origin_errors` is set: then they count only towards
-//! `consecutive_local_origin_failure`, the 5xx and gateway runs see only responses the upstream
+//! `split_external_local_origin_errors` is set: then they count only towards the local-origin
+//! detectors (`consecutive_local_origin_failure`, and the local-origin success rate and failure
+//! percentage over connection attempts), the other detectors see only responses the upstream
 //! actually sent, and any response ends a run of local-origin errors (the connection worked).
 //!
-//! The per-response path is two relaxed atomic operations for a success; the ejection decision
-//! (rare) takes a small mutex. Nothing here is held across an await, and this module never
-//! picks hosts: it only flips each host's ejected flag, which the load balancer reads.
+//! The per-response path is two relaxed atomic operations for a success, up to two more while
+//! a rate detector is enforced; ejection decisions (rare) and sweeps take a small mutex.
+//! Nothing here is held across an await, and this module never picks hosts: it only flips each
+//! host's ejected flag, which the load balancer reads.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -55,6 +60,26 @@ pub struct OutlierConfig {
     pub consecutive_local_origin_failure: u32,
     /// Percent chance that a consecutive-local-origin-failure detection actually ejects.
     pub enforcing_consecutive_local_origin_failure: u32,
+    /// Percent chance that a success-rate outlier is actually ejected.
+    pub enforcing_success_rate: u32,
+    /// The same for the local-origin success rate (split only).
+    pub enforcing_local_origin_success_rate: u32,
+    /// Hosts with `success_rate_request_volume` requests in an interval needed to judge any.
+    pub success_rate_minimum_hosts: u32,
+    /// Requests a host needs in an interval for its success rate to count.
+    pub success_rate_request_volume: u32,
+    /// Ejection threshold: the mean success rate minus this/1000 standard deviations.
+    pub success_rate_stdev_factor: u32,
+    /// Failure percentage (0–100) at or above which a host is an outlier.
+    pub failure_percentage_threshold: u32,
+    /// Percent chance that a failure-percentage outlier is actually ejected.
+    pub enforcing_failure_percentage: u32,
+    /// The same for the local-origin failure percentage (split only).
+    pub enforcing_failure_percentage_local_origin: u32,
+    /// Hosts with `failure_percentage_request_volume` requests needed to judge any.
+    pub failure_percentage_minimum_hosts: u32,
+    /// Requests a host needs in an interval for its failure percentage to count.
+    pub failure_percentage_request_volume: u32,
     /// Period of the un-ejection sweep.
     pub interval: Duration,
     /// Ejection time, multiplied by the host's ejection backoff.
@@ -81,6 +106,16 @@ impl Default for OutlierConfig {
             split_external_local_origin_errors: false,
             consecutive_local_origin_failure: 5,
             enforcing_consecutive_local_origin_failure: 100,
+            enforcing_success_rate: 100,
+            enforcing_local_origin_success_rate: 100,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            failure_percentage_threshold: 85,
+            enforcing_failure_percentage: 0,
+            enforcing_failure_percentage_local_origin: 0,
+            failure_percentage_minimum_hosts: 5,
+            failure_percentage_request_volume: 50,
             interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
@@ -88,6 +123,33 @@ impl Default for OutlierConfig {
             max_ejection_percent: 10,
             always_eject_one_host: true,
         }
+    }
+}
+
+impl OutlierConfig {
+    /// Percent chance that `detector`'s detection actually ejects.
+    fn enforcing(&self, detector: Detector) -> u32 {
+        match detector {
+            Detector::Consecutive5xx => self.enforcing_consecutive_5xx,
+            Detector::ConsecutiveGatewayFailure => self.enforcing_consecutive_gateway_failure,
+            Detector::ConsecutiveLocalOriginFailure => {
+                self.enforcing_consecutive_local_origin_failure
+            }
+            Detector::SuccessRate(Origin::External) => self.enforcing_success_rate,
+            Detector::SuccessRate(Origin::Local) => self.enforcing_local_origin_success_rate,
+            Detector::FailurePercentage(Origin::External) => self.enforcing_failure_percentage,
+            Detector::FailurePercentage(Origin::Local) => {
+                self.enforcing_failure_percentage_local_origin
+            }
+        }
+    }
+
+    /// Whether outcomes of `origin` are counted per interval: a rate detector on them can
+    /// eject. Local origin has detectors of its own only when errors are split.
+    fn counts(&self, origin: Origin) -> bool {
+        (origin == Origin::External || self.split_external_local_origin_errors)
+            && (self.enforcing(Detector::SuccessRate(origin)) > 0
+                || self.enforcing(Detector::FailurePercentage(origin)) > 0)
     }
 }
 
@@ -105,35 +167,13 @@ fn percent(field: &str, v: Option<u32>, default: u32) -> Result<u32, Unsupported
 impl OutlierConfig {
     /// Translates Envoy's `OutlierDetection`; error fields are relative to that message.
     ///
-    /// Refused: an explicit non-zero `enforcing_success_rate`, `enforcing_failure_percentage`
-    /// or (when split) `enforcing_local_origin_success_rate` (those detectors are not
-    /// implemented; leaving them unset is accepted and means "off" here), `monitors`,
-    /// `detect_degraded_hosts`, a zero `interval`, and a `max_ejection_time` below
-    /// `base_ejection_time` (Envoy refuses it too).
+    /// Refused: `monitors`, `detect_degraded_hosts`, a percentage above 100, a zero
+    /// `interval`, and a `max_ejection_time` below `base_ejection_time` (Envoy refuses it too).
     pub fn from_proto(p: &OutlierDetection) -> Result<OutlierConfig, UnsupportedField> {
         let d = OutlierConfig::default();
-        // Envoy reads it only when errors are split.
-        if p.split_external_local_origin_errors
-            && p.enforcing_local_origin_success_rate
-                .is_some_and(|v| v.value > 0)
-        {
-            return Err(UnsupportedField::new(
-                "enforcing_local_origin_success_rate",
-                "local-origin success-rate outlier detection is not implemented; set it to 0",
-            ));
-        }
-        if p.enforcing_success_rate.is_some_and(|v| v.value > 0) {
-            return Err(UnsupportedField::new(
-                "enforcing_success_rate",
-                "success-rate outlier detection is not implemented; set it to 0",
-            ));
-        }
-        if p.enforcing_failure_percentage.is_some_and(|v| v.value > 0) {
-            return Err(UnsupportedField::new(
-                "enforcing_failure_percentage",
-                "failure-percentage outlier detection is not implemented; set it to 0",
-            ));
-        }
+        let count = |v: Option<&envoy_types::pb::google::protobuf::UInt32Value>, default| {
+            v.map_or(default, |v| v.value)
+        };
         if !p.monitors.is_empty() {
             return Err(UnsupportedField::new(
                 "monitors",
@@ -200,6 +240,51 @@ impl OutlierConfig {
                     .map(|v| v.value),
                 d.enforcing_consecutive_local_origin_failure,
             )?,
+            enforcing_success_rate: percent(
+                "enforcing_success_rate",
+                p.enforcing_success_rate.map(|v| v.value),
+                d.enforcing_success_rate,
+            )?,
+            enforcing_local_origin_success_rate: percent(
+                "enforcing_local_origin_success_rate",
+                p.enforcing_local_origin_success_rate.map(|v| v.value),
+                d.enforcing_local_origin_success_rate,
+            )?,
+            success_rate_minimum_hosts: count(
+                p.success_rate_minimum_hosts.as_ref(),
+                d.success_rate_minimum_hosts,
+            ),
+            success_rate_request_volume: count(
+                p.success_rate_request_volume.as_ref(),
+                d.success_rate_request_volume,
+            ),
+            success_rate_stdev_factor: count(
+                p.success_rate_stdev_factor.as_ref(),
+                d.success_rate_stdev_factor,
+            ),
+            failure_percentage_threshold: percent(
+                "failure_percentage_threshold",
+                p.failure_percentage_threshold.map(|v| v.value),
+                d.failure_percentage_threshold,
+            )?,
+            enforcing_failure_percentage: percent(
+                "enforcing_failure_percentage",
+                p.enforcing_failure_percentage.map(|v| v.value),
+                d.enforcing_failure_percentage,
+            )?,
+            enforcing_failure_percentage_local_origin: percent(
+                "enforcing_failure_percentage_local_origin",
+                p.enforcing_failure_percentage_local_origin.map(|v| v.value),
+                d.enforcing_failure_percentage_local_origin,
+            )?,
+            failure_percentage_minimum_hosts: count(
+                p.failure_percentage_minimum_hosts.as_ref(),
+                d.failure_percentage_minimum_hosts,
+            ),
+            failure_percentage_request_volume: count(
+                p.failure_percentage_request_volume.as_ref(),
+                d.failure_percentage_request_volume,
+            ),
             interval,
             base_ejection_time,
             max_ejection_time,
@@ -268,6 +353,9 @@ pub struct OutlierState {
     consecutive_5xx: AtomicU32,
     consecutive_gateway_failure: AtomicU32,
     consecutive_local_origin_failure: AtomicU32,
+    /// Requests and successes since the last sweep, by origin (`Origin as usize`): upstream
+    /// responses (every outcome when errors are not split), and connection attempts.
+    rates: [Bucket; 2],
     times: Mutex<EjectionTimes>,
 }
 
@@ -350,17 +438,60 @@ impl OutlierState {
     }
 }
 
+/// Requests and successes of one host in the current interval.
+#[derive(Debug, Default)]
+struct Bucket {
+    total: AtomicU32,
+    success: AtomicU32,
+}
+
+impl Bucket {
+    #[inline]
+    fn record(&self, success: bool) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if success {
+            self.success.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The interval's requests and success rate (percent), starting the next interval.
+    fn take(&self) -> (u32, f64) {
+        let total = self.total.swap(0, Ordering::Relaxed);
+        let success = self.success.swap(0, Ordering::Relaxed).min(total);
+        let rate = if total == 0 {
+            100.0
+        } else {
+            f64::from(success) * 100.0 / f64::from(total)
+        };
+        (total, rate)
+    }
+}
+
+/// Which side of an exchange an outcome is about (told apart only when errors are split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The upstream's answers.
+    External = 0,
+    /// The proxy's connection attempts.
+    Local = 1,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Detector {
     Consecutive5xx,
     ConsecutiveGatewayFailure,
     ConsecutiveLocalOriginFailure,
+    SuccessRate(Origin),
+    FailurePercentage(Origin),
 }
 
 /// The outlier detector of one cluster.
 #[derive(Debug)]
 pub struct OutlierDetector {
     config: OutlierConfig,
+    /// Whether outcomes are counted per interval, by origin (`Origin as usize`): only while a
+    /// rate detector on them is enforced, so that the response path does no more otherwise.
+    counting: [bool; 2],
     /// Serialises ejection decisions and sweeps (rare paths only).
     decisions: Mutex<()>,
     ejections_total: AtomicU64,
@@ -372,6 +503,10 @@ impl OutlierDetector {
     /// A detector with `config`.
     pub fn new(config: OutlierConfig) -> Self {
         Self {
+            counting: [
+                config.counts(Origin::External),
+                config.counts(Origin::Local),
+            ],
             config,
             decisions: Mutex::new(()),
             ejections_total: AtomicU64::new(0),
@@ -416,8 +551,17 @@ impl OutlierDetector {
         now: impl Fn() -> Instant,
     ) {
         let st = &host.outlier;
-        if self.config.split_external_local_origin_errors {
-            if outcome.is_local_origin() {
+        let cfg = &self.config;
+        let local = outcome.is_local_origin();
+        let [external_rates, local_rates] = self.counting;
+        if external_rates && !(local && cfg.split_external_local_origin_errors) {
+            st.rates[Origin::External as usize].record(!outcome.classify().0);
+        }
+        if local_rates {
+            st.rates[Origin::Local as usize].record(!local);
+        }
+        if cfg.split_external_local_origin_errors {
+            if local {
                 // Counted apart: the runs of upstream responses neither grow nor end.
                 let n = st
                     .consecutive_local_origin_failure
@@ -467,16 +611,32 @@ impl OutlierDetector {
     }
 
     fn on_consecutive(&self, hosts: &[Arc<Host>], host: &Host, detector: Detector, now: Instant) {
-        let _decisions = lock(&self.decisions);
+        let decisions = lock(&self.decisions);
         let st = &host.outlier;
         let counter = match detector {
             Detector::Consecutive5xx => &st.consecutive_5xx,
             Detector::ConsecutiveGatewayFailure => &st.consecutive_gateway_failure,
-            Detector::ConsecutiveLocalOriginFailure => &st.consecutive_local_origin_failure,
+            _ => &st.consecutive_local_origin_failure,
         };
         // Like Envoy, the run restarts after a detection whether or not it ejects.
         counter.store(0, Ordering::Relaxed);
-        if st.is_ejected() || !hosts.iter().any(|h| std::ptr::eq(&**h, host)) {
+        if hosts.iter().any(|h| std::ptr::eq(&**h, host)) {
+            self.try_eject(&decisions, hosts, host, detector, now);
+        }
+    }
+
+    /// Ejects `host`, one of `hosts`, for `detector`, unless it is ejected already, the cluster
+    /// is at `max_ejection_percent`, or the enforcement draw says no. The decisions lock, held
+    /// by the caller, keeps any other decision out meanwhile.
+    fn try_eject(
+        &self,
+        _decisions: &MutexGuard<'_, ()>,
+        hosts: &[Arc<Host>],
+        host: &Host,
+        detector: Detector,
+        now: Instant,
+    ) {
+        if host.outlier.is_ejected() {
             return;
         }
         let total = hosts.len() as u64;
@@ -488,15 +648,7 @@ impl OutlierDetector {
             self.ejections_overflow.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let enforcing = match detector {
-            Detector::Consecutive5xx => self.config.enforcing_consecutive_5xx,
-            Detector::ConsecutiveGatewayFailure => {
-                self.config.enforcing_consecutive_gateway_failure
-            }
-            Detector::ConsecutiveLocalOriginFailure => {
-                self.config.enforcing_consecutive_local_origin_failure
-            }
-        };
+        let enforcing = self.config.enforcing(detector);
         if enforcing == 0 || (enforcing < 100 && uniform(100) >= u64::from(enforcing)) {
             return;
         }
@@ -537,7 +689,7 @@ impl OutlierDetector {
     /// The periodic sweep: returns hosts whose ejection has elapsed to service, decays the
     /// ejection backoff of hosts healthy for a whole interval, and recounts active ejections.
     pub fn tick(&self, hosts: &[Arc<Host>], now: Instant) {
-        let _decisions = lock(&self.decisions);
+        let decisions = lock(&self.decisions);
         let mut active = 0u32;
         for h in hosts {
             let st = &h.outlier;
@@ -559,6 +711,64 @@ impl OutlierDetector {
             }
         }
         self.ejections_active.store(active, Ordering::Relaxed);
+        // Then the rate detectors, over the interval that just ended (Envoy's order).
+        for origin in [Origin::External, Origin::Local] {
+            if self.counting[origin as usize] {
+                self.sweep_rates(&decisions, hosts, origin, now);
+            }
+        }
+    }
+
+    /// Success-rate and failure-percentage ejections over the interval that ended, as Envoy
+    /// computes them: only hosts not ejected and with enough requests are judged, and only
+    /// when there are enough of those.
+    fn sweep_rates(
+        &self,
+        decisions: &MutexGuard<'_, ()>,
+        hosts: &[Arc<Host>],
+        origin: Origin,
+        now: Instant,
+    ) {
+        let cfg = &self.config;
+        // Every host's bucket starts over, the ejected ones' too.
+        let rates: Vec<(u32, f64)> = hosts
+            .iter()
+            .map(|h| h.outlier.rates[origin as usize].take())
+            .collect();
+        let judged = |volume: u32| -> Vec<(usize, f64)> {
+            rates
+                .iter()
+                .enumerate()
+                .filter(|&(i, &(n, _))| n > 0 && n >= volume && !hosts[i].is_ejected())
+                .map(|(i, &(_, rate))| (i, rate))
+                .collect()
+        };
+        let sr = judged(cfg.success_rate_request_volume);
+        if !sr.is_empty() && sr.len() >= cfg.success_rate_minimum_hosts as usize {
+            let n = sr.len() as f64;
+            let mean = sr.iter().map(|&(_, r)| r).sum::<f64>() / n;
+            let variance = sr.iter().map(|&(_, r)| (r - mean).powi(2)).sum::<f64>() / n;
+            let factor = f64::from(cfg.success_rate_stdev_factor) / 1000.0;
+            let threshold = mean - factor * variance.sqrt();
+            for &(i, rate) in &sr {
+                if rate < threshold {
+                    let d = Detector::SuccessRate(origin);
+                    self.try_eject(decisions, hosts, &hosts[i], d, now);
+                }
+            }
+        }
+        let fp = judged(cfg.failure_percentage_request_volume);
+        if !fp.is_empty() && fp.len() >= cfg.failure_percentage_minimum_hosts as usize {
+            for &(i, rate) in &fp {
+                if 100.0 - rate >= f64::from(cfg.failure_percentage_threshold) {
+                    let d = Detector::FailurePercentage(origin);
+                    self.try_eject(decisions, hosts, &hosts[i], d, now);
+                }
+            }
+        }
+        let active = hosts.iter().filter(|h| h.is_ejected()).count();
+        self.ejections_active
+            .store(u32::try_from(active).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     /// Runs [`tick`](Self::tick) every `interval` on the current tokio runtime. The task
@@ -817,16 +1027,11 @@ mod tests {
 
         let refused = [
             OutlierDetection {
-                enforcing_success_rate: Some(UInt32Value { value: 100 }),
+                enforcing_success_rate: Some(UInt32Value { value: 101 }),
                 ..Default::default()
             },
             OutlierDetection {
-                enforcing_failure_percentage: Some(UInt32Value { value: 1 }),
-                ..Default::default()
-            },
-            OutlierDetection {
-                split_external_local_origin_errors: true,
-                enforcing_local_origin_success_rate: Some(UInt32Value { value: 100 }),
+                failure_percentage_threshold: Some(UInt32Value { value: 101 }),
                 ..Default::default()
             },
             OutlierDetection {
@@ -867,15 +1072,158 @@ mod tests {
         assert!(c.split_external_local_origin_errors);
         assert_eq!(c.consecutive_local_origin_failure, 3);
         assert_eq!(c.enforcing_consecutive_local_origin_failure, 100);
+        // The rate detectors' settings.
         let p = OutlierDetection {
-            enforcing_local_origin_success_rate: Some(UInt32Value { value: 100 }),
+            enforcing_success_rate: Some(UInt32Value { value: 0 }),
+            success_rate_minimum_hosts: Some(UInt32Value { value: 3 }),
+            success_rate_request_volume: Some(UInt32Value { value: 20 }),
+            success_rate_stdev_factor: Some(UInt32Value { value: 1000 }),
+            failure_percentage_threshold: Some(UInt32Value { value: 50 }),
+            enforcing_failure_percentage: Some(UInt32Value { value: 100 }),
+            enforcing_failure_percentage_local_origin: Some(UInt32Value { value: 30 }),
+            failure_percentage_minimum_hosts: Some(UInt32Value { value: 2 }),
+            failure_percentage_request_volume: Some(UInt32Value { value: 10 }),
             ..Default::default()
         };
-        assert!(
-            !OutlierConfig::from_proto(&p)
-                .unwrap()
-                .split_external_local_origin_errors
+        let c = OutlierConfig::from_proto(&p).unwrap();
+        assert_eq!(
+            (
+                c.enforcing_success_rate,
+                c.success_rate_minimum_hosts,
+                c.success_rate_request_volume,
+                c.success_rate_stdev_factor
+            ),
+            (0, 3, 20, 1000)
         );
+        assert_eq!(
+            (
+                c.failure_percentage_threshold,
+                c.enforcing_failure_percentage,
+                c.enforcing_failure_percentage_local_origin,
+                c.failure_percentage_minimum_hosts,
+                c.failure_percentage_request_volume
+            ),
+            (50, 100, 30, 2, 10)
+        );
+    }
+
+    /// Reports `ok` successes and `bad` failures (`err`) to host `i`, interleaved so that no
+    /// run of failures is longer than the ratio needs.
+    fn mixed(d: &OutlierDetector, hs: &[Arc<Host>], i: usize, ok: u32, bad: u32, err: Outcome) {
+        let (mut ok, mut bad) = (ok, bad);
+        while ok + bad > 0 {
+            if bad > 0 && (ok == 0 || bad >= ok) {
+                d.report(hs, &hs[i], err);
+                bad -= 1;
+            }
+            if ok > 0 {
+                d.report(hs, &hs[i], Outcome::Status(200));
+                ok -= 1;
+            }
+        }
+    }
+
+    #[test]
+    fn success_rate_ejects_the_host_far_below_the_mean() {
+        let cfg = OutlierConfig {
+            success_rate_request_volume: 10,
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let d = OutlierDetector::new(cfg.clone());
+        let hs = hosts(6);
+        for i in 0..5 {
+            mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
+        }
+        // 50% against five hosts at 100%: mean 91.7, stdev 18.6, threshold 56.3.
+        mixed(&d, &hs, 5, 5, 5, Outcome::Status(500));
+        assert!(!hs[5].is_ejected(), "no consecutive run ejected it");
+        let now = Instant::now();
+        d.tick(&hs, now);
+        assert!(hs[5].is_ejected());
+        assert!(hs[..5].iter().all(|h| !h.is_ejected()));
+        assert_eq!((d.ejections_total(), d.ejections_active()), (1, 1));
+
+        // The buckets started over: an empty interval judges no one.
+        d.tick(&hs, now);
+        assert_eq!(d.ejections_total(), 1);
+
+        // A host under the request volume is not judged, and four judged hosts are too few
+        // (counting host 4 would make five, and eject both it and host 5).
+        let d = OutlierDetector::new(cfg.clone());
+        let hs = hosts(6);
+        for i in 0..3 {
+            mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
+        }
+        mixed(&d, &hs, 4, 3, 5, Outcome::Status(503));
+        mixed(&d, &hs, 5, 5, 5, Outcome::Status(500));
+        d.tick(&hs, now);
+        assert!(hs.iter().all(|h| !h.is_ejected()));
+
+        // Not enforced: not even counted.
+        let d = OutlierDetector::new(OutlierConfig {
+            enforcing_success_rate: 0,
+            ..cfg
+        });
+        let hs = hosts(6);
+        for i in 0..5 {
+            mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
+        }
+        mixed(&d, &hs, 5, 5, 5, Outcome::Status(500));
+        assert_eq!(hs[5].outlier.rates[0].total.load(Ordering::Relaxed), 0);
+        d.tick(&hs, now);
+        assert!(!hs[5].is_ejected());
+    }
+
+    #[test]
+    fn failure_percentage_ejects_at_its_threshold() {
+        let cfg = OutlierConfig {
+            consecutive_5xx: 0,
+            enforcing_success_rate: 0,
+            enforcing_failure_percentage: 100,
+            failure_percentage_request_volume: 10,
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let d = OutlierDetector::new(cfg);
+        let hs = hosts(5);
+        for i in 0..3 {
+            mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
+        }
+        mixed(&d, &hs, 3, 2, 8, Outcome::Reset); // 80%: below 85
+        mixed(&d, &hs, 4, 1, 9, Outcome::Status(502)); // 90%
+        d.tick(&hs, Instant::now());
+        assert!(hs[4].is_ejected());
+        assert!(hs[..4].iter().all(|h| !h.is_ejected()));
+    }
+
+    #[test]
+    fn split_success_rates_judge_each_origin_on_its_own() {
+        // Local-origin success rate on (Envoy's default), the upstream's off.
+        let cfg = OutlierConfig {
+            split_external_local_origin_errors: true,
+            consecutive_local_origin_failure: 0,
+            consecutive_5xx: 0,
+            enforcing_success_rate: 0,
+            success_rate_request_volume: 10,
+            max_ejection_percent: 100,
+            ..Default::default()
+        };
+        let d = OutlierDetector::new(cfg);
+        let hs = hosts(7);
+        for i in 0..5 {
+            mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
+        }
+        // Half its connections fail: a local-origin outlier.
+        mixed(&d, &hs, 5, 5, 5, Outcome::ConnectFailure);
+        // Every response a 503: the connections all worked, and upstream errors are not judged.
+        for _ in 0..10 {
+            d.report(&hs, &hs[6], Outcome::Status(503));
+        }
+        d.tick(&hs, Instant::now());
+        assert!(hs[5].is_ejected());
+        assert!(!hs[6].is_ejected());
+        assert_eq!(d.ejections_total(), 1);
     }
 
     #[test]
