@@ -253,7 +253,18 @@ pub fn analyze(paths: &[PathBuf]) -> Result<i32> {
             errors += 1;
         }
     }
-    if errors == 0 && findings.is_empty() {
+    // Valid Istio that this version of Weft would not act on, as the control plane reports it.
+    let mut unimplemented = 0;
+    for p in &parsed {
+        for w in weft_control::translate::unimplemented(&weft_control::store::stored(p).res()) {
+            unimplemented += 1;
+            // The field is the message's first `quoted` path (some add `: VALUE` after it).
+            let field = w.split('`').nth(1).and_then(|q| q.split([':', ' ']).next());
+            let (line, col) = field.and_then(|f| p.spans.locate(f)).unwrap_or((p.line, 1));
+            out!("Warning [unimplemented] {}:{line}:{col} {w}", p.source);
+        }
+    }
+    if errors == 0 && findings.is_empty() && unimplemented == 0 {
         out!(
             "✔ No validation issues found when analyzing {} resource(s).",
             parsed.len()

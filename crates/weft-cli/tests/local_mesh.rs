@@ -937,6 +937,20 @@ spec:
 ";
 
 /// A valid DestinationRule, then a VirtualService with `weight: 150` on line 21.
+const WARMUP_DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: ratings
+spec:
+  host: ratings
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      warmupDurationSecs: 30s
+    outlierDetection:
+      splitExternalLocalOriginErrors: true
+";
+
 const INVALID_APPLY: &str = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
@@ -988,6 +1002,32 @@ fn analyze_and_errors() {
     assert!(
         r.stdout.contains("v9"),
         "the missing subset is not named: {r:?}"
+    );
+
+    // Valid Istio that Weft would not act on: a warning naming file, line and field, exit 0.
+    let warn_dir = tmp.path().join("unimplemented");
+    std::fs::create_dir_all(&warn_dir).expect("dir");
+    let warn_file = warn_dir.join("dr.yaml");
+    write(&warn_file, WARMUP_DR);
+    let r = weft(
+        &["analyze", &warn_dir.display().to_string()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        r.code,
+        Some(0),
+        "warnings alone must not fail analysis: {r:?}"
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "{}:10:7 DestinationRule default/ratings: `spec.trafficPolicy.loadBalancer.warmupDurationSecs` is not implemented yet",
+            warn_file.display()
+        )),
+        "no warning for warmupDurationSecs: {r:?}"
+    );
+    assert!(
+        !r.stdout.contains("splitExternalLocalOriginErrors"),
+        "an implemented field was reported: {r:?}"
     );
 
     // `weft apply` of an invalid file: refused whole, with file:line and field.

@@ -53,28 +53,28 @@ pub trait Source: Send {
 /// Parses text into stored resources, or the list of errors (each naming file, line, field).
 pub fn parse(source: &str, text: &str) -> Result<Vec<Stored>, Vec<String>> {
     match weft_api::parse_documents(source, text) {
-        Ok(docs) => Ok(docs
-            .into_iter()
-            .map(|p| {
-                let object = serde_json::to_value(&p.resource).unwrap_or(serde_json::Value::Null);
-                let (kind, namespace, name) = p.resource.key();
-                // The Gateway API's Gateway shares Istio's kind name; keep them apart.
-                let kind = if kind == weft_api::Kind::KubernetesGateway {
-                    "KubernetesGateway".to_string()
-                } else {
-                    kind.to_string()
-                };
-                Stored {
-                    kind,
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                    source: source.to_string(),
-                    line: p.line,
-                    object,
-                }
-            })
-            .collect()),
+        Ok(docs) => Ok(docs.iter().map(stored).collect()),
         Err(errs) => Err(errs.into_iter().map(|e| e.to_string()).collect()),
+    }
+}
+
+/// A parsed resource as the store keeps it.
+pub fn stored(p: &weft_api::Parsed) -> Stored {
+    let object = serde_json::to_value(&p.resource).unwrap_or(serde_json::Value::Null);
+    let (kind, namespace, name) = p.resource.key();
+    // The Gateway API's Gateway shares Istio's kind name; keep them apart.
+    let kind = if kind == weft_api::Kind::KubernetesGateway {
+        "KubernetesGateway".to_string()
+    } else {
+        kind.to_string()
+    };
+    Stored {
+        kind,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        source: p.source.clone(),
+        line: p.line,
+        object,
     }
 }
 

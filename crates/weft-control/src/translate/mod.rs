@@ -1686,6 +1686,22 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                 all.push((path, tp));
             }
             for (path, tp) in all {
+                // Valid Istio that the translation does not carry over.
+                for key in [
+                    "loadBalancer/warmupDurationSecs",
+                    "loadBalancer/warmup",
+                    "loadBalancer/consistentHash/httpCookie/attributes",
+                    "connectionPool/tcp/maxConnectionDuration",
+                    "connectionPool/tcp/idleTimeout",
+                    "connectionPool/http/useClientProtocol",
+                    "connectionPool/http/maxConcurrentStreams",
+                    "tunnel",
+                    "proxyProtocol",
+                ] {
+                    if tp.pointer(&format!("/{key}")).is_some() {
+                        flag(format!("{path}.{}", key.replace('/', ".")));
+                    }
+                }
                 let Some(tls) = tp.get("tls") else {
                     continue;
                 };
@@ -2262,6 +2278,31 @@ mod tests {
         let w = unimplemented(&dr);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("spec.trafficPolicy.tls.subjectAltNames"));
+        // Pool and balancer settings the translation does not carry, wherever they sit; the
+        // outlier detection fields it does carry are not reported.
+        let dr = res(
+            "DestinationRule",
+            "r",
+            json!({"host": "r", "trafficPolicy": {
+                "loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "10s"},
+                "connectionPool": {"http": {"useClientProtocol": true}},
+                "outlierDetection": {"splitExternalLocalOriginErrors": true, "consecutiveLocalOriginFailures": 2},
+                "portLevelSettings": [{"port": {"number": 80}, "connectionPool": {"tcp": {"idleTimeout": "1h"}}}]},
+              "subsets": [{"name": "v1", "labels": {"v": "1"}, "trafficPolicy": {"tunnel": {"targetHost": "x", "targetPort": 80}}}]}),
+        );
+        let mut w = unimplemented(&dr);
+        w.sort();
+        let paths: Vec<&str> = w.iter().filter_map(|m| m.split('`').nth(1)).collect();
+        assert_eq!(
+            paths,
+            [
+                "spec.subsets[0].trafficPolicy.tunnel",
+                "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+                "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+                "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.idleTimeout",
+            ],
+            "{w:?}"
+        );
         let tel = res(
             "Telemetry",
             "t",
