@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
+use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::host::{EndpointSet, Host};
 use super::lb::{UnsupportedField, duration_from_proto, random_u64, uniform};
@@ -171,8 +172,10 @@ impl OutlierConfig {
     /// `interval`, and a `max_ejection_time` below `base_ejection_time` (Envoy refuses it too).
     pub fn from_proto(p: &OutlierDetection) -> Result<OutlierConfig, UnsupportedField> {
         let d = OutlierConfig::default();
-        let count = |v: Option<&envoy_types::pb::google::protobuf::UInt32Value>, default| {
-            v.map_or(default, |v| v.value)
+        // Envoy's wrapped integers: a count, or a percentage (0–100) with its field name.
+        let count = |v: Option<UInt32Value>, default| v.map_or(default, |v| v.value);
+        let pct = |field: &str, v: Option<UInt32Value>, default| {
+            percent(field, v.map(|v| v.value), default)
         };
         if !p.monitors.is_empty() {
             return Err(UnsupportedField::new(
@@ -216,73 +219,74 @@ impl OutlierConfig {
             ));
         }
         Ok(OutlierConfig {
-            consecutive_5xx: p.consecutive_5xx.map_or(d.consecutive_5xx, |v| v.value),
-            consecutive_gateway_failure: p
-                .consecutive_gateway_failure
-                .map_or(d.consecutive_gateway_failure, |v| v.value),
-            enforcing_consecutive_5xx: percent(
+            consecutive_5xx: count(p.consecutive_5xx, d.consecutive_5xx),
+            consecutive_gateway_failure: count(
+                p.consecutive_gateway_failure,
+                d.consecutive_gateway_failure,
+            ),
+            enforcing_consecutive_5xx: pct(
                 "enforcing_consecutive_5xx",
-                p.enforcing_consecutive_5xx.map(|v| v.value),
+                p.enforcing_consecutive_5xx,
                 d.enforcing_consecutive_5xx,
             )?,
-            enforcing_consecutive_gateway_failure: percent(
+            enforcing_consecutive_gateway_failure: pct(
                 "enforcing_consecutive_gateway_failure",
-                p.enforcing_consecutive_gateway_failure.map(|v| v.value),
+                p.enforcing_consecutive_gateway_failure,
                 d.enforcing_consecutive_gateway_failure,
             )?,
             split_external_local_origin_errors: p.split_external_local_origin_errors,
-            consecutive_local_origin_failure: p
-                .consecutive_local_origin_failure
-                .map_or(d.consecutive_local_origin_failure, |v| v.value),
-            enforcing_consecutive_local_origin_failure: percent(
+            consecutive_local_origin_failure: count(
+                p.consecutive_local_origin_failure,
+                d.consecutive_local_origin_failure,
+            ),
+            enforcing_consecutive_local_origin_failure: pct(
                 "enforcing_consecutive_local_origin_failure",
-                p.enforcing_consecutive_local_origin_failure
-                    .map(|v| v.value),
+                p.enforcing_consecutive_local_origin_failure,
                 d.enforcing_consecutive_local_origin_failure,
             )?,
-            enforcing_success_rate: percent(
+            enforcing_success_rate: pct(
                 "enforcing_success_rate",
-                p.enforcing_success_rate.map(|v| v.value),
+                p.enforcing_success_rate,
                 d.enforcing_success_rate,
             )?,
-            enforcing_local_origin_success_rate: percent(
+            enforcing_local_origin_success_rate: pct(
                 "enforcing_local_origin_success_rate",
-                p.enforcing_local_origin_success_rate.map(|v| v.value),
+                p.enforcing_local_origin_success_rate,
                 d.enforcing_local_origin_success_rate,
             )?,
             success_rate_minimum_hosts: count(
-                p.success_rate_minimum_hosts.as_ref(),
+                p.success_rate_minimum_hosts,
                 d.success_rate_minimum_hosts,
             ),
             success_rate_request_volume: count(
-                p.success_rate_request_volume.as_ref(),
+                p.success_rate_request_volume,
                 d.success_rate_request_volume,
             ),
             success_rate_stdev_factor: count(
-                p.success_rate_stdev_factor.as_ref(),
+                p.success_rate_stdev_factor,
                 d.success_rate_stdev_factor,
             ),
-            failure_percentage_threshold: percent(
+            failure_percentage_threshold: pct(
                 "failure_percentage_threshold",
-                p.failure_percentage_threshold.map(|v| v.value),
+                p.failure_percentage_threshold,
                 d.failure_percentage_threshold,
             )?,
-            enforcing_failure_percentage: percent(
+            enforcing_failure_percentage: pct(
                 "enforcing_failure_percentage",
-                p.enforcing_failure_percentage.map(|v| v.value),
+                p.enforcing_failure_percentage,
                 d.enforcing_failure_percentage,
             )?,
-            enforcing_failure_percentage_local_origin: percent(
+            enforcing_failure_percentage_local_origin: pct(
                 "enforcing_failure_percentage_local_origin",
-                p.enforcing_failure_percentage_local_origin.map(|v| v.value),
+                p.enforcing_failure_percentage_local_origin,
                 d.enforcing_failure_percentage_local_origin,
             )?,
             failure_percentage_minimum_hosts: count(
-                p.failure_percentage_minimum_hosts.as_ref(),
+                p.failure_percentage_minimum_hosts,
                 d.failure_percentage_minimum_hosts,
             ),
             failure_percentage_request_volume: count(
-                p.failure_percentage_request_volume.as_ref(),
+                p.failure_percentage_request_volume,
                 d.failure_percentage_request_volume,
             ),
             interval,
@@ -294,10 +298,7 @@ impl OutlierConfig {
                 d.max_ejection_time_jitter,
             )?,
             // Envoy clamps to 100 rather than refusing.
-            max_ejection_percent: p
-                .max_ejection_percent
-                .map_or(d.max_ejection_percent, |v| v.value)
-                .min(100),
+            max_ejection_percent: count(p.max_ejection_percent, d.max_ejection_percent).min(100),
             always_eject_one_host: p
                 .always_eject_one_host
                 .map_or(d.always_eject_one_host, |v| v.value),
@@ -808,7 +809,7 @@ mod tests {
     use super::*;
     use crate::upstream::host::Locality;
     use crate::upstream::lb::LbConfig;
-    use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration, UInt32Value};
+    use envoy_types::pb::google::protobuf::{BoolValue, Duration as PbDuration};
     use std::net::SocketAddr;
     use std::sync::atomic::AtomicBool;
 
