@@ -46,6 +46,20 @@ async fn retry_proxy(retry_policy: &str) -> Result<(EchoServer, Proxy, SocketAdd
     .await
 }
 
+/// A proxy sending every request to cluster `od` of `endpoints`, the cluster's other fields
+/// (load balancing, outlier detection) given as YAML; the proxy's address.
+async fn cluster_proxy(
+    endpoints: &[SocketAddr],
+    cluster_fields: &str,
+) -> Result<(Proxy, SocketAddr)> {
+    let port = free_port();
+    let yaml = bootstrap(
+        &[http_listener("main", port, &vhost_to("all", "\"*\"", "od")).build()],
+        &[cluster("od", endpoints, cluster_fields)],
+    );
+    Ok((Proxy::start(&yaml).await?, local(port)))
+}
+
 /// Sends one request and checks status and the upstream request count it caused.
 async fn expect_attempts(
     up: &EchoServer,
@@ -547,13 +561,9 @@ async fn outlier_detection_ejects_and_returns() -> Result<()> {
         let good = EchoServer::start("good").await?;
         let bad = EchoServer::start("bad").await?;
         bad.fail_first(usize::MAX, 500);
-        let port = free_port();
-        let yaml = bootstrap(
-            &[http_listener("main", port, &vhost_to("all", "\"*\"", "od")).build()],
-            &[cluster(
-                "od",
-                &[good.addr, bad.addr],
-                r#"
+        let (proxy, addr) = cluster_proxy(
+            &[good.addr, bad.addr],
+            r#"
                 lb_policy: ROUND_ROBIN
                 outlier_detection:
                   consecutive_5xx: 3
@@ -561,11 +571,9 @@ async fn outlier_detection_ejects_and_returns() -> Result<()> {
                   base_ejection_time: 1s
                   max_ejection_percent: 100
                 "#,
-            )],
-        );
-        let proxy = Proxy::start(&yaml).await?;
+        )
+        .await?;
         let http = Http::h1();
-        let addr = local(port);
         let mut sent = 0;
         while bad.requests() < 3 {
             ensure!(
@@ -633,13 +641,9 @@ async fn success_rate_ejects_an_endpoint_failing_half_its_requests() -> Result<(
         let bad = EchoServer::start("bad").await?;
         let mut addrs: Vec<_> = ups.iter().map(|u| u.addr).collect();
         addrs.push(bad.addr);
-        let port = free_port();
-        let yaml = bootstrap(
-            &[http_listener("main", port, &vhost_to("all", "\"*\"", "sr")).build()],
-            &[cluster(
-                "sr",
-                &addrs,
-                r#"
+        let (proxy, addr) = cluster_proxy(
+            &addrs,
+            r#"
                 lb_policy: ROUND_ROBIN
                 outlier_detection:
                   interval: 0.5s
@@ -647,11 +651,9 @@ async fn success_rate_ejects_an_endpoint_failing_half_its_requests() -> Result<(
                   success_rate_request_volume: 10
                   success_rate_stdev_factor: 1000
                 "#,
-            )],
-        );
-        let proxy = Proxy::start(&yaml).await?;
+        )
+        .await?;
         let http = Http::h1();
-        let addr = local(port);
         // Every second request to `bad` fails: 50%, never two 5xx in a row.
         let mut armed = usize::MAX;
         let mut failed = 0;
@@ -670,7 +672,7 @@ async fn success_rate_ejects_an_endpoint_failing_half_its_requests() -> Result<(
         proxy
             .wait_stat(
                 "envoy_cluster_outlier_detection_ejections_active",
-                &[("envoy_cluster_name", "sr")],
+                &[("envoy_cluster_name", "od")],
                 "== 1",
                 |v| v == 1.0,
             )
@@ -701,13 +703,9 @@ async fn success_rate_ejects_an_endpoint_failing_half_its_requests() -> Result<(
 async fn split_local_origin_errors_eject_on_their_own_count() -> Result<()> {
     within(60, async {
         let good = EchoServer::start("good").await?;
-        let port = free_port();
-        let yaml = bootstrap(
-            &[http_listener("main", port, &vhost_to("all", "\"*\"", "od")).build()],
-            &[cluster(
-                "od",
-                &[good.addr, dead_addr()],
-                r#"
+        let (proxy, addr) = cluster_proxy(
+            &[good.addr, dead_addr()],
+            r#"
                 lb_policy: ROUND_ROBIN
                 outlier_detection:
                   consecutive_5xx: 1
@@ -717,11 +715,9 @@ async fn split_local_origin_errors_eject_on_their_own_count() -> Result<()> {
                   base_ejection_time: 30s
                   max_ejection_percent: 100
                 "#,
-            )],
-        );
-        let proxy = Proxy::start(&yaml).await?;
+        )
+        .await?;
         let http = Http::h1();
-        let addr = local(port);
         let mut failed = 0;
         for i in 0..20 {
             let r = http.get(addr, &format!("/{i}")).await?;

@@ -2011,23 +2011,26 @@ mod tests {
         );
     }
 
+    /// Service `reviews` (one v1 endpoint) with DestinationRule `reviews` of `spec`.
+    fn reviews_with_rule(spec: Json) -> Env {
+        Env {
+            services: vec![svc(
+                "reviews.default.svc.cluster.local",
+                "default",
+                9080,
+                &[("127.0.1.2", "v1")],
+            )],
+            destination_rules: vec![res("DestinationRule", "reviews", spec)],
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn outlier_detection_as_istio_generates_it() {
         let cluster = |od: Json| {
-            let env = Env {
-                services: vec![svc(
-                    "reviews.default.svc.cluster.local",
-                    "default",
-                    9080,
-                    &[("127.0.1.2", "v1")],
-                )],
-                destination_rules: vec![res(
-                    "DestinationRule",
-                    "reviews",
-                    json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od}}),
-                )],
-                ..Default::default()
-            };
+            let env = reviews_with_rule(
+                json!({"host": "reviews", "trafficPolicy": {"outlierDetection": od}}),
+            );
             let out = for_proxy(&proxy(), &env);
             assert_valid(&out);
             out.clusters["outbound|9080||reviews.default.svc.cluster.local"]["outlier_detection"]
@@ -2059,21 +2062,6 @@ mod tests {
     #[test]
     fn destination_rule_policies_and_route_actions() {
         let env = Env {
-            services: vec![svc(
-                "reviews.default.svc.cluster.local",
-                "default",
-                9080,
-                &[("127.0.1.2", "v1")],
-            )],
-            destination_rules: vec![res(
-                "DestinationRule",
-                "reviews",
-                json!({"host": "reviews", "trafficPolicy": {
-                "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}},
-                "connectionPool": {"tcp": {"maxConnections": 1, "connectTimeout": "2s"}, "http": {"http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1}},
-                "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 100}
-            }, "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}]}),
-            )],
             virtual_services: vec![res(
                 "VirtualService",
                 "reviews",
@@ -2086,7 +2074,11 @@ mod tests {
                     {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
                 ]}),
             )],
-            ..Default::default()
+            ..reviews_with_rule(json!({"host": "reviews", "trafficPolicy": {
+                "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}},
+                "connectionPool": {"tcp": {"maxConnections": 1, "connectTimeout": "2s"}, "http": {"http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1}},
+                "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 100}
+            }, "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}]}))
         };
         let out = for_proxy(&proxy(), &env);
         assert_valid(&out);
