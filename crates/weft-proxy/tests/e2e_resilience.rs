@@ -60,6 +60,18 @@ async fn cluster_proxy(
     Ok((Proxy::start(&yaml).await?, local(port)))
 }
 
+/// Waits until cluster `od` (see [`cluster_proxy`]) has exactly one host ejected.
+async fn one_ejected(proxy: &Proxy) -> Result<f64> {
+    proxy
+        .wait_stat(
+            "envoy_cluster_outlier_detection_ejections_active",
+            &[("envoy_cluster_name", "od")],
+            "== 1",
+            |v| v == 1.0,
+        )
+        .await
+}
+
 /// Sends one request and checks status and the upstream request count it caused.
 async fn expect_attempts(
     up: &EchoServer,
@@ -599,14 +611,7 @@ async fn outlier_detection_ejects_and_returns() -> Result<()> {
             "too slow to tell ejection from return"
         );
         ensure!(bad.requests() == 3, "the ejected host still got traffic");
-        proxy
-            .wait_stat(
-                "envoy_cluster_outlier_detection_ejections_active",
-                &[("envoy_cluster_name", "od")],
-                "== 1",
-                |v| v == 1.0,
-            )
-            .await?;
+        one_ejected(&proxy).await?;
         // After base_ejection_time (checked every interval), the host takes traffic again.
         let back = eventually(
             "the ejected host to return",
@@ -669,14 +674,7 @@ async fn success_rate_ejects_an_endpoint_failing_half_its_requests() -> Result<(
             }
         }
         ensure!(failed > 10, "only {failed} requests failed");
-        proxy
-            .wait_stat(
-                "envoy_cluster_outlier_detection_ejections_active",
-                &[("envoy_cluster_name", "od")],
-                "== 1",
-                |v| v == 1.0,
-            )
-            .await?;
+        one_ejected(&proxy).await?;
         let before = bad.requests();
         for i in 0..20 {
             let r = http.get(addr, &format!("/after/{i}")).await?;
@@ -735,14 +733,7 @@ async fn split_local_origin_errors_eject_on_their_own_count() -> Result<()> {
         proxy
             .wait_access("503 UF", |l| l.code == 503 && l.has_flag("UF"))
             .await?;
-        proxy
-            .wait_stat(
-                "envoy_cluster_outlier_detection_ejections_active",
-                &[("envoy_cluster_name", "od")],
-                "== 1",
-                |v| v == 1.0,
-            )
-            .await?;
+        one_ejected(&proxy).await?;
         Ok(())
     })
     .await
