@@ -127,6 +127,17 @@ impl Default for OutlierConfig {
     }
 }
 
+fn percent(field: &str, v: Option<u32>, default: u32) -> Result<u32, UnsupportedField> {
+    let v = v.unwrap_or(default);
+    if v > 100 {
+        return Err(UnsupportedField::new(
+            field,
+            format!("must be a percentage between 0 and 100, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
 impl OutlierConfig {
     /// Percent chance that `detector`'s detection actually ejects.
     fn enforcing(&self, detector: Detector) -> u32 {
@@ -152,20 +163,7 @@ impl OutlierConfig {
             && (self.enforcing(Detector::SuccessRate(origin)) > 0
                 || self.enforcing(Detector::FailurePercentage(origin)) > 0)
     }
-}
 
-fn percent(field: &str, v: Option<u32>, default: u32) -> Result<u32, UnsupportedField> {
-    let v = v.unwrap_or(default);
-    if v > 100 {
-        return Err(UnsupportedField::new(
-            field,
-            format!("must be a percentage between 0 and 100, got {v}"),
-        ));
-    }
-    Ok(v)
-}
-
-impl OutlierConfig {
     /// Translates Envoy's `OutlierDetection`; error fields are relative to that message.
     ///
     /// Refused: `monitors`, `detect_degraded_hosts`, a percentage above 100, a zero
@@ -554,75 +552,70 @@ impl OutlierDetector {
         let st = &host.outlier;
         let cfg = &self.config;
         let local = outcome.is_local_origin();
+        let split = cfg.split_external_local_origin_errors;
+        let (is_5xx, is_gateway) = outcome.classify();
         let [external_rates, local_rates] = self.counting;
-        if external_rates && !(local && cfg.split_external_local_origin_errors) {
-            st.rates[Origin::External as usize].record(!outcome.classify().0);
+        if external_rates && !(local && split) {
+            st.rates[Origin::External as usize].record(!is_5xx);
         }
         if local_rates {
             st.rates[Origin::Local as usize].record(!local);
         }
-        if cfg.split_external_local_origin_errors {
+        if split {
             if local {
                 // Counted apart: the runs of upstream responses neither grow nor end.
-                let n = st
-                    .consecutive_local_origin_failure
-                    .fetch_add(1, Ordering::Relaxed)
-                    .wrapping_add(1);
-                if self.config.consecutive_local_origin_failure != 0
-                    && n == self.config.consecutive_local_origin_failure
-                {
-                    self.on_consecutive(
-                        hosts,
-                        host,
-                        Detector::ConsecutiveLocalOriginFailure,
-                        now(),
-                    );
-                }
+                self.extend_run(hosts, host, Detector::ConsecutiveLocalOriginFailure, &now);
                 return;
             }
             // A response came back: the connection side worked.
             OutlierState::reset_if_set(&st.consecutive_local_origin_failure);
         }
-        let (is_5xx, is_gateway) = outcome.classify();
         if !is_5xx {
             OutlierState::reset_if_set(&st.consecutive_5xx);
             OutlierState::reset_if_set(&st.consecutive_gateway_failure);
             return;
         }
         if is_gateway {
-            let n = st
-                .consecutive_gateway_failure
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_add(1);
-            if self.config.consecutive_gateway_failure != 0
-                && n == self.config.consecutive_gateway_failure
-            {
-                self.on_consecutive(hosts, host, Detector::ConsecutiveGatewayFailure, now());
-            }
+            self.extend_run(hosts, host, Detector::ConsecutiveGatewayFailure, &now);
         } else {
             OutlierState::reset_if_set(&st.consecutive_gateway_failure);
         }
-        let n = st
-            .consecutive_5xx
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_add(1);
-        if self.config.consecutive_5xx != 0 && n == self.config.consecutive_5xx {
-            self.on_consecutive(hosts, host, Detector::Consecutive5xx, now());
-        }
+        self.extend_run(hosts, host, Detector::Consecutive5xx, &now);
     }
 
-    fn on_consecutive(&self, hosts: &[Arc<Host>], host: &Host, detector: Detector, now: Instant) {
-        let decisions = lock(&self.decisions);
+    /// One more error in `detector`'s run on `host`; at the configured count (0: never) the
+    /// run restarts — like Envoy, whether or not the detection ejects — and `host` may be
+    /// ejected.
+    fn extend_run(
+        &self,
+        hosts: &[Arc<Host>],
+        host: &Host,
+        detector: Detector,
+        now: &impl Fn() -> Instant,
+    ) {
         let st = &host.outlier;
-        let counter = match detector {
-            Detector::Consecutive5xx => &st.consecutive_5xx,
-            Detector::ConsecutiveGatewayFailure => &st.consecutive_gateway_failure,
-            _ => &st.consecutive_local_origin_failure,
+        let cfg = &self.config;
+        let (run, count) = match detector {
+            Detector::Consecutive5xx => (&st.consecutive_5xx, cfg.consecutive_5xx),
+            Detector::ConsecutiveGatewayFailure => (
+                &st.consecutive_gateway_failure,
+                cfg.consecutive_gateway_failure,
+            ),
+            Detector::ConsecutiveLocalOriginFailure => (
+                &st.consecutive_local_origin_failure,
+                cfg.consecutive_local_origin_failure,
+            ),
+            // Judged per interval, in `sweep_rates`: no runs.
+            Detector::SuccessRate(_) | Detector::FailurePercentage(_) => return,
         };
-        // Like Envoy, the run restarts after a detection whether or not it ejects.
-        counter.store(0, Ordering::Relaxed);
+        let n = run.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        if count == 0 || n != count {
+            return;
+        }
+        let decisions = lock(&self.decisions);
+        run.store(0, Ordering::Relaxed);
         if hosts.iter().any(|h| std::ptr::eq(&**h, host)) {
-            self.try_eject(&decisions, hosts, host, detector, now);
+            self.try_eject(&decisions, hosts, host, detector, now());
         }
     }
 
@@ -767,9 +760,6 @@ impl OutlierDetector {
                 }
             }
         }
-        let active = hosts.iter().filter(|h| h.is_ejected()).count();
-        self.ejections_active
-            .store(u32::try_from(active).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     /// Runs [`tick`](Self::tick) every `interval` on the current tokio runtime. The task
@@ -1187,14 +1177,15 @@ mod tests {
             ..Default::default()
         };
         let d = OutlierDetector::new(cfg);
-        let hs = hosts(5);
+        let hs = hosts(6);
         for i in 0..3 {
             mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
         }
         mixed(&d, &hs, 3, 2, 8, Outcome::Reset); // 80%: below 85
         mixed(&d, &hs, 4, 1, 9, Outcome::Status(502)); // 90%
+        mixed(&d, &hs, 5, 3, 17, Outcome::Status(500)); // 85%: the threshold itself ejects
         d.tick(&hs, Instant::now());
-        assert!(hs[4].is_ejected());
+        assert!(hs[4].is_ejected() && hs[5].is_ejected());
         assert!(hs[..4].iter().all(|h| !h.is_ejected()));
     }
 
@@ -1210,7 +1201,7 @@ mod tests {
             max_ejection_percent: 100,
             ..Default::default()
         };
-        let d = OutlierDetector::new(cfg);
+        let d = OutlierDetector::new(cfg.clone());
         let hs = hosts(7);
         for i in 0..5 {
             mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
@@ -1225,6 +1216,49 @@ mod tests {
         assert!(hs[5].is_ejected());
         assert!(!hs[6].is_ejected());
         assert_eq!(d.ejections_total(), 1);
+
+        // The upstream's success rate sees only answers: host 5's connect failures leave it at
+        // 100% and host 6, failing half its answers, is the one outlier. (Were the connect
+        // failures counted, both would sit at 50% and neither fall below the threshold.)
+        let d = OutlierDetector::new(OutlierConfig {
+            enforcing_success_rate: 100,
+            enforcing_local_origin_success_rate: 0,
+            ..cfg.clone()
+        });
+        let hs = hosts(7);
+        for i in 0..5 {
+            mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
+        }
+        mixed(&d, &hs, 5, 10, 10, Outcome::ConnectFailure);
+        mixed(&d, &hs, 6, 5, 5, Outcome::Status(503));
+        d.tick(&hs, Instant::now());
+        assert!(
+            !hs[5].is_ejected(),
+            "connect failures counted as upstream answers"
+        );
+        assert!(hs[6].is_ejected());
+
+        // Local-origin failure percentage: connection attempts only.
+        let d = OutlierDetector::new(OutlierConfig {
+            enforcing_local_origin_success_rate: 0,
+            enforcing_failure_percentage_local_origin: 100,
+            failure_percentage_request_volume: 10,
+            ..cfg
+        });
+        let hs = hosts(5);
+        for i in 0..3 {
+            mixed(&d, &hs, i, 10, 0, Outcome::Status(500));
+        }
+        mixed(&d, &hs, 3, 1, 9, Outcome::ConnectFailure);
+        for _ in 0..10 {
+            d.report(&hs, &hs[4], Outcome::Status(503));
+        }
+        d.tick(&hs, Instant::now());
+        assert!(hs[3].is_ejected());
+        assert!(
+            !hs[4].is_ejected(),
+            "upstream answers counted as connection failures"
+        );
     }
 
     #[test]
