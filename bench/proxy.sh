@@ -9,6 +9,7 @@
 #   --rounds N  measure every path's latency N times, interleaved, and report medians
 #               (default 3)
 #   --tp-rounds N  rounds of the max-throughput phase (default 10)
+#   --lat-cycles N  cycles of the pooled latency phase at 1k rps (default 20)
 #   --record    append the table, date and machine to bench/RESULTS.md
 #   --no-weft   measure only direct, nginx and HAProxy (harness check)
 #   --no-build  use the existing weft-proxy binary instead of building it
@@ -27,7 +28,7 @@ TOOLS="$BENCH_DIR/.tools"
 OHA="$TOOLS/bin/oha"
 WEFT_BIN="$REPO/target/pgo/release/weft-proxy"
 
-QUICK=0 RECORD=0 WEFT=1 BUILD=1 PGO=1 KEEP=0 WAIT_QUIET=0 FOOTPRINT=1 ROUNDS= TP_ROUNDS=
+QUICK=0 RECORD=0 WEFT=1 BUILD=1 PGO=1 KEEP=0 WAIT_QUIET=0 FOOTPRINT=1 ROUNDS= TP_ROUNDS= LAT_CYCLES=
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
     arg=${args[i]}
@@ -38,6 +39,14 @@ for ((i = 0; i < ${#args[@]}; i++)); do
             ROUNDS=${args[i]:-}
             [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || {
                 echo "proxy.sh: --rounds needs a positive number" >&2
+                exit 2
+            }
+            ;;
+        --lat-cycles)
+            i=$((i + 1))
+            LAT_CYCLES=${args[i]:-}
+            [[ "$LAT_CYCLES" =~ ^[1-9][0-9]*$ ]] || {
+                echo "proxy.sh: --lat-cycles needs a positive number" >&2
                 exit 2
             }
             ;;
@@ -72,11 +81,18 @@ WARMUP=2    # seconds of closed-loop warm-up per path and round
 CONNS=64    # connections for oha and wrk
 RATES=(1000 10000)
 TP_DUR=3    # seconds per wrk run in the max-throughput phase
+LAT_RATE=1000 # the pooled latency phase: rate,
+LAT_SLICE=2 # seconds per oha slice,
+LAT_SKIP=0.25 # and the start of each slice left out (its connections being opened)
 FP_REQS=3000 # requests per footprint run (cachegrind)
 FP_RATE=300  # their rate: valgrind slows a proxy ~50x
 FP_WARMUP=500 # requests before each footprint run, in both runs alike
-if ((QUICK)); then DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1} TP_DUR=2 TP_ROUNDS=${TP_ROUNDS:-2} FP_REQS=500; fi
+if ((QUICK)); then
+    DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1} TP_DUR=2 TP_ROUNDS=${TP_ROUNDS:-2} FP_REQS=500
+    LAT_CYCLES=${LAT_CYCLES:-2}
+fi
 ROUNDS=${ROUNDS:-3}
+LAT_CYCLES=${LAT_CYCLES:-20}
 TP_ROUNDS=${TP_ROUNDS:-10}
 
 PROXY_CORE=0 # proxies under test
@@ -523,6 +539,10 @@ fi
     echo "rounds=$ROUNDS"
     echo "tp_rounds=$TP_ROUNDS"
     echo "tp_duration_s=$TP_DUR"
+    echo "lat_rate=$LAT_RATE"
+    echo "lat_cycles=$LAT_CYCLES"
+    echo "lat_slice_s=$LAT_SLICE"
+    echo "lat_skip_s=$LAT_SKIP"
     echo "fp_requests=$FP_REQS"
     echo "fp_rate=$FP_RATE"
     echo "fp_warmup=$FP_WARMUP"
@@ -603,6 +623,40 @@ throughput() {
     for path in "${PATHS[@]}"; do down_path "$path"; done
 }
 
+# pooled — the latency rows at 1k rps. A path measured for a few seconds minutes apart from
+# another meets a different machine: on this VM the added latency of one proxy moves by tens of
+# microseconds from one run to the next, more than the proxies differ. So every path's proxies
+# are up at once (an idle proxy takes no CPU), oha switches between the paths every LAT_SLICE
+# seconds at LAT_RATE rps, rotating their order each cycle, and report.py pools each path's
+# answers over all cycles: every path sees the machine's slow and fast minutes alike, and a
+# percentile rests on tens of thousands of requests. Each slice opens its connections anew;
+# its first LAT_SKIP seconds are left out. Kept per answer: status and latency in µs
+# (latency-corrected: from when the request was due, not when it was sent).
+pooled() {
+    local d="$R/pooled" path c k n=${#PATHS[@]}
+    mkdir -p "$d"
+    for path in "${PATHS[@]}"; do
+        up_path "$path" || die "$path did not start for the latency phase"
+    done
+    for path in "${PATHS[@]}"; do
+        pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "$(url_of "$path")" >/dev/null
+    done
+    log "latency at $LAT_RATE rps: ${#PATHS[@]} paths x $LAT_CYCLES cycles of ${LAT_SLICE}s slices"
+    for ((c = 1; c <= LAT_CYCLES; c++)); do
+        for ((k = 0; k < n; k++)); do
+            path=${PATHS[(k + c - 1) % n]}
+            # oha's CSV lists every answer (any status; transport errors are not in it, and
+            # show as answers missing from the slice)
+            pin "$LOAD_CORE" "$OHA" -q "$LAT_RATE" --latency-correction --no-tui \
+                -z "${LAT_SLICE}s" -c "$CONNS" --output-format csv "$(url_of "$path")" \
+                2>/dev/null | awk -F, -v skip="$LAT_SKIP" \
+                'NR > 1 && $1 >= skip { printf "%s %d\n", $7, $5 * 1e6 + 0.5 }' \
+                >"$d/${path}_$c.txt" || true
+        done
+    done
+    for path in "${PATHS[@]}"; do down_path "$path"; done
+}
+
 # phases — where each proxy spends its user-space cycles at 1k rps: between a wake-up (epoll
 # returning) and the write it leads to, which a request waits for, or after that write. perf
 # samples user cycles and records the syscalls; report.py puts each sample, per thread, in the
@@ -667,8 +721,9 @@ footprint() {
 PATHS=(direct)
 ((WEFT)) && PATHS+=(weft1 weft2)
 PATHS+=(nginx haproxy)
-est=$((ROUNDS * ${#PATHS[@]} * (WARMUP + ${#RATES[@]} * DUR) + TP_ROUNDS * ${#PATHS[@]} * TP_DUR))
+est=$((ROUNDS * ${#PATHS[@]} * (WARMUP + ${#RATES[@]} * DUR) + TP_ROUNDS * ${#PATHS[@]} * TP_DUR + LAT_CYCLES * ${#PATHS[@]} * LAT_SLICE))
 log "measuring ${#PATHS[@]} paths x $ROUNDS rounds, about ${est}s"
+pooled
 # Rounds interleave the paths and rotate their order, so that a slow minute on this shared
 # machine lands on every path alike instead of on whichever ran then; the report takes the
 # median of the rounds.

@@ -7,6 +7,9 @@ Reads RESULTS_DIR written by proxy.sh:
   round<N>/<path>/perf_<rate>.txt  perf stat -x, of the path's processes during that oha run
   round<N>/<path>/proc.txt       key=value: hops, CPU ticks and wall time around each oha run,
                                  VmRSS idle / at 1k rps, VmHWM (summed over the path's processes)
+  pooled/<path>_<N>.txt          the pooled latency phase, cycle N: one line per answer of the
+                                 path's slice, "status latency_µs" (all paths up at once, oha
+                                 switching between them; the headline latency rows)
   throughput/<path>_<N>.txt      wrk, closed loop, throughput round N (all paths up at once,
                                  wrk switching between them)
   phases/<path>.txt              perf script -F tid,event of the path's processes at 1k rps:
@@ -18,8 +21,11 @@ Reads RESULTS_DIR written by proxy.sh:
 for <path> in direct, weft1, weft2, nginx, haproxy (weft* may be missing). A results dir without
 round<N>/ subdirectories is read as a single round.
 
-Each round's values are computed against the same round's direct baseline; the table shows the
-median over rounds, and the spread of the headline rows follows it. Max rps is the median over
+The latency rows at 1k rps come from the pooled phase when it ran: each path's answers over all
+cycles pooled, less direct's at the same percentile; weft's difference to each peer gets a 95%
+interval from resampling whole cycles. Each round's values are computed against the same
+round's direct baseline; the table shows the median over rounds, and the spread of the headline
+rows follows it. Max rps is the median over
 the throughput rounds, and its ratios are the medians of the per-round ratios (paths measured
 seconds apart, so a change in the machine's speed cancels out).
 Prints the table to stdout; with --record FILE also appends it, with date and machine, to FILE.
@@ -260,6 +266,119 @@ def load_footprint(d: Path, warmup: int) -> tuple[dict[str, dict[str, float]], l
     return out, problems
 
 
+def load_pooled(d: Path, meta: dict[str, str]) -> tuple[dict[str, list[list[int]]], list[str]]:
+    """Per path, per cycle (in order): the latencies in µs of the answers with status 200; and
+    the slices that were not clean (an answer other than 200, or fewer answers than the rate
+    asks for — oha's CSV leaves transport errors out)."""
+    found: dict[str, dict[int, list[int]]] = {}
+    problems: list[str] = []
+    rate = num(meta.get("lat_rate")) or 1000.0
+    span = (num(meta.get("lat_slice_s")) or 0.0) - (num(meta.get("lat_skip_s")) or 0.0)
+    for f in sorted(d.glob("*_*.txt")):
+        path, _, n = f.stem.rpartition("_")
+        if not n.isdigit():
+            continue
+        ok: list[int] = []
+        other = 0
+        for line in f.read_text(errors="replace").splitlines():
+            status, _, us = line.partition(" ")
+            if status == "200" and us.isdigit():
+                ok.append(int(us))
+            else:
+                other += 1
+        found.setdefault(path, {})[int(n)] = ok
+        if other or len(ok) < STABLE_SHARE * rate * span:
+            problems.append(
+                f"latency cycle {n} {path}: {len(ok)} answers with a 200"
+                + (f", {other} other" if other else "")
+            )
+    cycles = max((max(v) for v in found.values()), default=0)
+    return {path: [v.get(i, []) for i in range(1, cycles + 1)] for path, v in found.items()}, problems
+
+
+POOLED_PCTS = ((0.5, "p50"), (0.99, "p99"), (0.999, "p99.9"))
+HOPS = {"direct": 0, "weft1": 1, "weft2": 2, "nginx": 1, "haproxy": 1}
+
+
+def pct(ordered: list[int], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (µs)."""
+    return float(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
+
+
+def pooled_added(pool: dict[str, list[list[int]]], cycles: list[int] | None = None):
+    """{(q, path): added µs per hop} over the given cycles (all by default), each path's
+    answers pooled; direct gives its absolute value."""
+    sel = range(len(next(iter(pool.values()), []))) if cycles is None else cycles
+    ordered = {path: sorted(x for i in sel for x in runs[i]) for path, runs in pool.items()}
+    out: dict[tuple[float, str], float] = {}
+    base = ordered.get("direct")
+    for q, _ in POOLED_PCTS:
+        for path, xs in ordered.items():
+            if not xs or not base:
+                continue
+            if path == "direct":
+                out[(q, path)] = pct(xs, q)
+            elif HOPS.get(path):
+                out[(q, path)] = (pct(xs, q) - pct(base, q)) / HOPS[path]
+    return out
+
+
+def pooled_rows(pool: dict[str, list[list[int]]]):
+    """The latency rows at 1k rps from the pooled phase, as combine() rows (seconds)."""
+    added = pooled_added(pool)
+    rows = []
+    for q, name in POOLED_PCTS:
+        vals = {path: v / 1e6 for (qq, path), v in added.items() if qq == q}
+        rows.append((f"added {name} @ 1k rps", "latency", vals, {p: [v] for p, v in vals.items()}, None))
+    return rows
+
+
+def signed(us: float) -> str:
+    """A difference in µs with its sign spelled out (+3, −12, ±0)."""
+    r = round(us)
+    return f"+{r}" if r > 0 else f"−{-r}" if r < 0 else "±0"
+
+
+# resamples of whole cycles for the interval of weft's difference to a peer
+RESAMPLES = 400
+
+
+def pooled_verdict(pool: dict[str, list[list[int]]]) -> str:
+    """The latency target from the pooled phase: weft 1 hop's added latency less each peer's,
+    pooled over all cycles, with a 95% interval from resampling whole cycles (the same cycles
+    for both, so the machine's drift stays paired), and in how many cycles weft was lower."""
+    import random
+
+    if "weft1" not in pool or "direct" not in pool:
+        return ""
+    n = len(pool["direct"])
+    rng = random.Random(1)
+    draws = [pooled_added(pool, [rng.randrange(n) for _ in range(n)]) for _ in range(RESAMPLES)]
+    whole = pooled_added(pool)
+    lines = []
+    for q, name in POOLED_PCTS[:2]:
+        cells = []
+        for peer in PEERS:
+            if (q, peer) not in whole or (q, "weft1") not in whole:
+                continue
+            diff = whole[(q, "weft1")] - whole[(q, peer)]
+            ds = sorted(d[(q, "weft1")] - d[(q, peer)] for d in draws if (q, peer) in d)
+            lo, hi = ds[int(0.025 * len(ds))], ds[min(len(ds) - 1, int(0.975 * len(ds)))]
+            lower = sum(
+                pct(sorted(w), q) < pct(sorted(p), q)
+                for w, p in zip(pool["weft1"], pool[peer])
+                if w and p
+            )
+            verdict = "lower" if hi < 0 else "higher" if lo > 0 else "not told apart"
+            cells.append(
+                f"weft − {PEER_TITLES[peer]} {signed(diff)} µs (95% interval {signed(lo)} … "
+                f"{signed(hi)}: {verdict}), weft lower in {lower} of {n} cycles"
+            )
+        if cells:
+            lines.append(f"- added {name} @ 1k rps, pooled over {n} cycles: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def load(results: Path):
     meta = read_kv(results / "meta.txt")
     dirs = sorted(
@@ -270,6 +389,7 @@ def load(results: Path):
     return (
         meta,
         [r for r in rounds if r],
+        load_pooled(results / "pooled", meta),
         load_throughput(results / "throughput"),
         load_phases(results / "phases"),
         *load_footprint(results / "footprint", int(num(meta.get("fp_warmup")) or 500)),
@@ -412,9 +532,12 @@ def throughput_row(tp: dict[str, list[dict | None]]):
     return (MAX_RPS, "rps", med, series, paired)
 
 
-def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None, fp=None):
+def combine(
+    meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None, fp=None, pool=None
+):
     """Per row: (label, kind, median per path, values per path over the rounds, and — for
-    max rps only — weft's per-round ratios to each peer, else None)."""
+    max rps only — weft's per-round ratios to each peer, else None). With the pooled phase's
+    answers, its rows replace the rounds' latency rows at 1k rps."""
     per_round = [metrics(meta, paths) for paths in rounds]
     labels: list[tuple[str, str]] = []
     for rows in per_round:
@@ -436,6 +559,10 @@ def combine(meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=Non
             nums = [v for v in vs if isinstance(v, float | int)]
             med[path] = statistics.median(nums) if nums else "unstable"
         out.append((label, kind, med, series, None))
+    if pool and "direct" in pool:
+        at = next((i for i, row in enumerate(out) if row[0] in POOLED_LABELS), 0)
+        out = [row for row in out if row[0] not in POOLED_LABELS]
+        out[at:at] = pooled_rows(pool)
     if tp:
         # after the latency rows, like the old per-round wrk row
         at = next((i for i, row in enumerate(out) if not row[0].startswith("added")), len(out))
@@ -472,13 +599,17 @@ def table(combined) -> str:
 
 
 SPREAD_ROWS = ("added p50 @ 1k rps", "added p99 @ 1k rps", MAX_RPS)
+POOLED_LABELS = tuple(f"added {name} @ 1k rps" for _, name in POOLED_PCTS)
 
 
-def spread(combined, n: int) -> str:
-    """The headline rows round by round, so a reader sees how much runs vary."""
+def spread(combined, n: int, pool=None) -> str:
+    """The headline rows round by round, so a reader sees how much runs vary; with the pooled
+    phase, its comparison of weft with each peer instead of the rounds' latency rows."""
     out = []
     for label, kind, _, series, paired in combined:
         if label not in SPREAD_ROWS or (n < 2 and paired is None):
+            continue
+        if pool and paired is None:
             continue
         cells = []
         for key, title in COLUMNS:
@@ -490,11 +621,11 @@ def spread(combined, n: int) -> str:
                     cells.append(f"weft/{PEER_TITLES[peer]} " + " / ".join(f"{r:.2f}" for r in rs))
             label += f" ({max(map(len, series.values()), default=0)} throughput rounds)"
         out.append(f"- {label}: " + "; ".join(cells))
-    if not out:
+    verdict = pooled_verdict(pool) if pool else paired_latency(combined)
+    if not out and not verdict:
         return ""
-    text = f"Round by round ({n} latency rounds, in order):\n" + "\n".join(out)
-    verdict = paired_latency(combined)
-    return text + ("\n" + verdict if verdict else "")
+    head = "Round by round, in order:" if pool else f"Round by round ({n} latency rounds, in order):"
+    return "\n".join([head, *out, *([verdict] if verdict else [])])
 
 
 TARGET_ROWS = ("added p50 @ 1k rps", "added p99 @ 1k rps")
@@ -567,12 +698,31 @@ def throughput_health(tp: dict[str, list[dict | None]]) -> list[str]:
 
 
 def render(
-    meta: dict[str, str], rounds: list[dict[str, dict]], tp=None, ph=None, fp=None, fp_bad=()
+    meta: dict[str, str],
+    rounds: list[dict[str, dict]],
+    pooled=({}, []),
+    tp=None,
+    ph=None,
+    fp=None,
+    fp_bad=(),
 ) -> str:
-    combined = combine(meta, rounds, tp, ph, fp)
+    pool, pool_bad = pooled
+    combined = combine(meta, rounds, tp, ph, fp, pool)
     parts = [table(combined), ""]
+    if pool and "direct" in pool:
+        parts.append(
+            "Latency @ 1k rps: all paths up at once and oha (constant rate, latency-corrected, "
+            "-c {c}) switching between them in {s} s slices, {n} cycles in rotating order, the "
+            "first {k} s of each slice left out; each path's answers pooled over the cycles; "
+            "'added' = path minus direct at the same percentile, divided by hops.".format(
+                c=meta.get("connections", "?"),
+                s=meta.get("lat_slice_s", "?"),
+                n=len(pool["direct"]),
+                k=meta.get("lat_skip_s", "?"),
+            )
+        )
     parts.append(
-        "Median of {n} interleaved round(s). Latency: oha constant rate, latency-corrected, "
+        "Median of {n} interleaved round(s). {what}: oha constant rate, latency-corrected, "
         "-c {c}, {d} s per run; 'added' = path minus direct at the same percentile in the same "
         "round, divided by hops. Max rps: wrk -c {c}, {td} s runs, all paths up at once and "
         "wrk switching between them, {tn} rounds in rotating order; its ratios are medians of "
@@ -581,6 +731,7 @@ def render(
         "run, per request and hop. Proxies pinned to core 0, load generator and upstream "
         "(nginx, 1 KiB body) to core 1; 1 worker/thread each.".format(
             n=len(rounds),
+            what="The other rows" if pool else "Latency",
             c=meta.get("connections", "?"),
             d=meta.get("duration_s", "?"),
             td=meta.get("tp_duration_s", "?"),
@@ -607,13 +758,14 @@ def render(
         parts.append("weft-proxy was not measured (did not build or did not proxy).")
     if meta.get("quick") == "1":
         parts.append("QUICK RUN (3 s per run): smoke test only, numbers are noisy.")
-    sp = spread(combined, len(rounds))
+    sp = spread(combined, len(rounds), pool)
     if sp:
         parts += ["", sp, ""]
     clk = num(meta.get("clk_tck")) or 100.0
     problems = []
     for i, paths in enumerate(rounds, 1):
         problems += [f"round {i} {p}" for p in health(paths, clk)]
+    problems += list(pool_bad)
     problems += throughput_health(tp or {})
     problems += list(fp_bad)
     if problems:
@@ -636,11 +788,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("results", type=Path, help="results dir written by bench/proxy.sh")
     ap.add_argument("--record", type=Path, help="append the table to this markdown file")
     args = ap.parse_args(argv)
-    meta, rounds, tp, ph, fp, fp_bad = load(args.results)
+    meta, rounds, pooled, tp, ph, fp, fp_bad = load(args.results)
     if not rounds or any("direct" not in r for r in rounds):
         print(f"report.py: no direct baseline in {args.results}", file=sys.stderr)
         return 1
-    body = render(meta, rounds, tp, ph, fp, fp_bad)
+    body = render(meta, rounds, pooled, tp, ph, fp, fp_bad)
     print(body)
     if args.record:
         entry = f"\n## {meta.get('date', '?')}\n\nMachine: {machine(meta)}.\n\n{body}\n"
