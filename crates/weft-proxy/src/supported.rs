@@ -413,9 +413,11 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "failure_percentage_request_volume",
             "always_eject_one_host",
         ],
-        "envoy.config.core.v3.HttpProtocolOptions" => {
-            &["idle_timeout", "max_requests_per_connection"]
-        }
+        "envoy.config.core.v3.HttpProtocolOptions" => &[
+            "idle_timeout",
+            "max_requests_per_connection",
+            "max_connection_duration",
+        ],
         "envoy.config.core.v3.Http1ProtocolOptions"
         | "envoy.config.core.v3.Http2ProtocolOptions" => &[],
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => &[

@@ -9,6 +9,7 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use support::*;
@@ -240,6 +241,43 @@ async fn ring_hash_on_header_is_sticky_and_spread() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maglev_on_header_is_sticky_and_spread() -> Result<()> {
     within(90, consistent_hash_case("MAGLEV")).await
+}
+
+/// `common_http_protocol_options.max_connection_duration`: no request goes over a connection
+/// older than that, over HTTP/1.1 (pooled) and HTTP/2 (multiplexed) alike — one that aged
+/// during a slow response and one that aged idle are both replaced by a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_not_used_past_max_connection_duration() -> Result<()> {
+    within(60, async {
+        for proto in ["http_protocol_options", "http2_protocol_options"] {
+            let up = EchoServer::start("up").await?;
+            let port = free_port();
+            let options = format!(
+                "typed_extension_protocol_options:\n  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    common_http_protocol_options: {{ max_connection_duration: 0.5s }}\n    explicit_http_config: {{ {proto}: {{}} }}\n"
+            );
+            let yaml = bootstrap(
+                &[http_listener("main", port, &vhost_to("all", "\"*\"", "up")).build()],
+                &[cluster("up", &[up.addr], &options)],
+            );
+            let _proxy = Proxy::start(&yaml).await?;
+            let get = |path: &'static str| async move {
+                let r = Http::h1().get(local(port), path).await?;
+                ensure!(r.status == 200, "{proto} {path}: {r:?}");
+                Ok(())
+            };
+            get("/a").await?;
+            get("/b").await?;
+            ensure!(up.connections() == 1, "{proto}: two quick requests, one connection: {}", up.connections());
+            get("/delay/700").await?; // the connection is 0.7 s old when this ends
+            get("/c").await?;
+            ensure!(up.connections() == 2, "{proto}: aged during a response: {}", up.connections());
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            get("/d").await?;
+            ensure!(up.connections() == 3, "{proto}: aged idle: {}", up.connections());
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// A cluster's max_requests_per_connection applies to its multiplexed HTTP/2 connection too:

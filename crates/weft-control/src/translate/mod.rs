@@ -1006,9 +1006,16 @@ fn cluster_json(
     for (k, v) in extra {
         c[k] = v;
     }
+    // As Istio: the HTTP idle timeout, else the TCP one; the TCP maximum duration.
     let mut common = Map::new();
-    if let Some(t) = http.and_then(|h| h.get("idleTimeout")) {
+    if let Some(t) = http
+        .and_then(|h| h.get("idleTimeout"))
+        .or_else(|| tcp.and_then(|t| t.get("idleTimeout")))
+    {
         common.insert("idle_timeout".into(), t.clone());
+    }
+    if let Some(d) = tcp.and_then(|t| t.get("maxConnectionDuration")) {
+        common.insert("max_connection_duration".into(), d.clone());
     }
     if let Some(m) = http.and_then(|h| h.get("maxRequestsPerConnection")) {
         common.insert("max_requests_per_connection".into(), m.clone());
@@ -1691,8 +1698,6 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                     "loadBalancer/warmupDurationSecs",
                     "loadBalancer/warmup",
                     "loadBalancer/consistentHash/httpCookie/attributes",
-                    "connectionPool/tcp/maxConnectionDuration",
-                    "connectionPool/tcp/idleTimeout",
                     "connectionPool/http/useClientProtocol",
                     "connectionPool/http/maxConcurrentStreams",
                     "tunnel",
@@ -1700,6 +1705,15 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                 ] {
                     if tp.pointer(&format!("/{key}")).is_some() {
                         flag(format!("{path}.{}", key.replace('/', ".")));
+                    }
+                }
+                // Carried to the cluster's HTTP connections as Istio does; Istio also puts
+                // them on the TCP proxy of TCP services, which this version does not.
+                for key in ["idleTimeout", "maxConnectionDuration"] {
+                    if tp.pointer(&format!("/connectionPool/tcp/{key}")).is_some() {
+                        notes.push(format!(
+                            "{id}: `{path}.connectionPool.tcp.{key}` applies to HTTP connections only: TCP connections to the service (tunnels, tcp_proxy) are not limited by it yet"
+                        ));
                     }
                 }
                 let Some(tls) = tp.get("tls") else {
@@ -2076,7 +2090,7 @@ mod tests {
             )],
             ..reviews_with_rule(json!({"host": "reviews", "trafficPolicy": {
                 "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}},
-                "connectionPool": {"tcp": {"maxConnections": 1, "connectTimeout": "2s"}, "http": {"http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1}},
+                "connectionPool": {"tcp": {"maxConnections": 1, "connectTimeout": "2s", "idleTimeout": "90s", "maxConnectionDuration": "3600s"}, "http": {"http1MaxPendingRequests": 1, "maxRequestsPerConnection": 1}},
                 "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 100}
             }, "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}]}))
         };
@@ -2089,6 +2103,12 @@ mod tests {
         assert_eq!(c["outlier_detection"]["consecutive_5xx"], 3);
         assert_eq!(c["outlier_detection"]["enforcing_consecutive_5xx"], 100);
         assert_eq!(c["outlier_detection"]["enforcing_success_rate"], 0);
+        // As Istio: with no HTTP idle timeout the TCP one applies to HTTP connections.
+        let common =
+            &c["typed_extension_protocol_options"][HTTP_OPTIONS]["common_http_protocol_options"];
+        assert_eq!(common["idle_timeout"], "90s");
+        assert_eq!(common["max_connection_duration"], "3600s");
+        assert_eq!(common["max_requests_per_connection"], 1);
         assert_eq!(
             out.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"]["lb_policy"],
             "ROUND_ROBIN"
@@ -2293,6 +2313,12 @@ mod tests {
                 "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
                 "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.idleTimeout",
             ],
+            "{w:?}"
+        );
+        assert!(
+            w.iter()
+                .find(|m| m.contains("tcp.idleTimeout"))
+                .is_some_and(|m| m.contains("applies to HTTP connections only")),
             "{w:?}"
         );
         let tel = res(

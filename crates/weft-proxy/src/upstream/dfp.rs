@@ -386,6 +386,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             tls: None,
             idle_timeout: None,
+            max_connection_duration: None,
             max_requests_per_connection: 0,
             circuit: Arc::new(crate::upstream::circuit::CircuitBreakers::from_proto(None).unwrap()),
             stats: stats.cluster("dfp"),

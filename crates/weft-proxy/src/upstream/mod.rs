@@ -249,6 +249,18 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         )?)
         .filter(|d| !d.is_zero()),
     };
+    let max_connection_duration = match common
+        .as_ref()
+        .and_then(|c| c.max_connection_duration.as_ref())
+    {
+        None => None,
+        Some(d) => Some(crate::config::duration(
+            &ctx,
+            "common_http_protocol_options.max_connection_duration",
+            d,
+        )?)
+        .filter(|d| !d.is_zero()),
+    };
     let max_requests_per_connection = common
         .as_ref()
         .and_then(|c| c.max_requests_per_connection.as_ref())
@@ -291,6 +303,7 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         tls,
         idle_timeout,
         max_requests_per_connection,
+        max_connection_duration,
         circuit,
         stats: stats.clone(),
         freed: tokio::sync::Notify::new(),

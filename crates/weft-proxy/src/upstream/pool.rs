@@ -6,7 +6,10 @@
 //! idle list only when its response body has been read to the end, so a slow body never blocks
 //! another request. Idle HTTP/1 connections have no task of their own (see `h1`): one reaper
 //! task per endpoint is woken by the reactor when one of them is closed by the peer, and drops
-//! it, freeing its circuit-breaker slot as a connection task would. Failures are classified the
+//! it, freeing its circuit-breaker slot as a connection task would. A connection past the
+//! cluster's `idle_timeout`, `max_requests_per_connection` or `max_connection_duration` is not
+//! reused: HTTP/1 ones are closed when they would be reused or returned, an HTTP/2 one is
+//! replaced at the next request and closes once its streams end. Failures are classified the
 //! way Envoy's response flags need them.
 
 use crate::flags::ResponseFlags;
@@ -42,6 +45,8 @@ pub struct PoolSettings {
     pub idle_timeout: Option<Duration>,
     /// 0 = unlimited.
     pub max_requests_per_connection: u32,
+    /// How long a connection may be used after it was established; None = no limit.
+    pub max_connection_duration: Option<Duration>,
     pub circuit: Arc<CircuitBreakers>,
     pub stats: Arc<ClusterStats>,
     /// Woken when a connection becomes idle or closes anywhere in the cluster.
@@ -51,6 +56,21 @@ pub struct PoolSettings {
 }
 
 impl PoolSettings {
+    /// A new connection's age and use count (no clock read without `max_connection_duration`).
+    fn fresh(&self) -> Age {
+        Age {
+            uses: 0,
+            born: self.max_connection_duration.map(|_| Instant::now()),
+        }
+    }
+
+    /// Whether a connection established at `born` has outlived `max_connection_duration`.
+    fn too_old(&self, born: Option<Instant>) -> bool {
+        self.max_connection_duration
+            .zip(born)
+            .is_some_and(|(max, born)| born.elapsed() >= max)
+    }
+
     fn wake(&self) {
         if self.waiters.load(Ordering::SeqCst) > 0 {
             self.freed.notify_waiters();
@@ -128,7 +148,16 @@ struct Idle {
     conn: H1Conn,
     /// When it went idle; read only with an `idle_timeout` (no clock read otherwise).
     since: Option<Instant>,
+    age: Age,
+}
+
+/// How much an HTTP/1 connection has been used, for the cluster's limits on reuse.
+#[derive(Debug, Clone, Copy)]
+struct Age {
+    /// Requests it has carried.
     uses: u32,
+    /// When it was established; set only with a `max_connection_duration`.
+    born: Option<Instant>,
 }
 
 /// The idle HTTP/1 connections of one endpoint and the reaper that watches them.
@@ -143,6 +172,7 @@ struct IdleList {
 /// The multiplexed HTTP/2 connection to an endpoint, with what decides when to replace it.
 struct H2Conn {
     sender: http2::SendRequest<Body>,
+    born: Instant,
     last_used: Instant,
     streams: u32,
 }
@@ -209,8 +239,11 @@ impl HostPool {
         // Anything beyond taking an idle connection is boxed: connecting (with TLS) would
         // otherwise make every request's future, and what is copied per request, kilobytes
         // larger.
-        let (conn, uses) = if upgrade {
-            (Box::pin(self.connect_h1(self.slot()?)).await?, 0)
+        let (conn, age) = if upgrade {
+            (
+                Box::pin(self.connect_h1(self.slot()?)).await?,
+                self.settings.fresh(),
+            )
         } else if let Some(found) = self.take_idle() {
             found
         } else {
@@ -219,10 +252,13 @@ impl HostPool {
         let resp = conn.send(req).await?;
         let keep = !upgrade
             && (self.settings.max_requests_per_connection == 0
-                || uses + 1 < self.settings.max_requests_per_connection);
+                || age.uses + 1 < self.settings.max_requests_per_connection);
         let ret = keep.then(|| Return {
             pool: self.clone(),
-            uses: uses + 1,
+            age: Age {
+                uses: age.uses + 1,
+                ..age
+            },
         });
         Ok(resp.map(|body| {
             let mut body = UpstreamBody {
@@ -235,9 +271,9 @@ impl HostPool {
 
     /// A connection when none was idle: a new one if the breaker allows, else wait as a pending
     /// request.
-    async fn checkout_h1(self: &Arc<Self>) -> Result<(H1Conn, u32), UpstreamError> {
+    async fn checkout_h1(self: &Arc<Self>) -> Result<(H1Conn, Age), UpstreamError> {
         if let Some(slot) = self.settings.circuit.try_connection() {
-            return Ok((self.connect_h1(slot).await?, 0));
+            return Ok((self.connect_h1(slot).await?, self.settings.fresh()));
         }
         // Slow path: wait as a pending request for a connection to come back or close.
         let guard = self.settings.circuit.try_pending().ok_or_else(|| {
@@ -259,7 +295,7 @@ impl HostPool {
                 return Ok(found);
             }
             if let Some(slot) = self.settings.circuit.try_connection() {
-                return Ok((self.connect_h1(slot).await?, 0));
+                return Ok((self.connect_h1(slot).await?, self.settings.fresh()));
             }
             // Recheck periodically so a wake-up taken by another host's waiter cannot strand us.
             let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
@@ -290,23 +326,28 @@ impl HostPool {
         &self.settings
     }
 
-    fn take_idle(&self) -> Option<(H1Conn, u32)> {
+    fn take_idle(&self) -> Option<(H1Conn, Age)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(mut i) = idle.conns.pop() {
             let expired = self
                 .settings
                 .idle_timeout
                 .zip(i.since)
-                .is_some_and(|(t, since)| since.elapsed() >= t);
+                .is_some_and(|(t, since)| since.elapsed() >= t)
+                || self.settings.too_old(i.age.born);
             // The reaper may not have run since the peer closed it: look once more.
             if !expired && i.conn.poll_idle_alive(Waker::noop()) {
-                return Some((i.conn, i.uses));
+                return Some((i.conn, i.age));
             }
         }
         None
     }
 
-    fn give_back(self: &Arc<Self>, mut conn: H1Conn, uses: u32) {
+    fn give_back(self: &Arc<Self>, mut conn: H1Conn, age: Age) {
+        if self.settings.too_old(age.born) {
+            // Dropped: closed, its breaker slot freed (and waiters woken) by its guard.
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Registers the reaper's waker with the connection (the reaper registers it itself on
         // its first run).
@@ -316,7 +357,7 @@ impl HostPool {
         idle.conns.push(Idle {
             conn,
             since: self.settings.idle_timeout.map(|_| Instant::now()),
-            uses,
+            age,
         });
         if !idle.reaper_spawned {
             idle.reaper_spawned = true;
@@ -379,12 +420,13 @@ impl HostPool {
         if let Some(c) = slot.as_mut()
             && !c.sender.is_closed()
         {
-            // The cluster's idle_timeout and max_requests_per_connection apply to HTTP/2 too:
-            // a connection past either is replaced (it closes once its last stream ends).
+            // The cluster's idle_timeout, max_requests_per_connection and
+            // max_connection_duration apply to HTTP/2 too: a connection past any of them is
+            // replaced (it closes once its last stream ends).
             let idle_too_long = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() >= t);
             let used_up =
                 s.max_requests_per_connection != 0 && c.streams >= s.max_requests_per_connection;
-            if !idle_too_long && !used_up {
+            if !idle_too_long && !used_up && !s.too_old(Some(c.born)) {
                 c.streams += 1;
                 c.last_used = Instant::now();
                 return Ok(c.sender.clone());
@@ -407,9 +449,11 @@ impl HostPool {
             let _guard = guard;
             let _ = conn.await;
         });
+        let now = Instant::now();
         *slot = Some(H2Conn {
             sender: sender.clone(),
-            last_used: Instant::now(),
+            born: now,
+            last_used: now,
             streams: 1,
         });
         Ok(sender)
@@ -492,7 +536,7 @@ impl Drop for Pending {
 /// Where an HTTP/1 connection goes back to once its response is read.
 struct Return {
     pool: Arc<HostPool>,
-    uses: u32,
+    age: Age,
 }
 
 /// A response body from upstream; on reaching its end it returns its HTTP/1 connection to the
@@ -513,7 +557,7 @@ impl UpstreamBody {
             && let Some(r) = ret.take()
             && let Some(conn) = body.take_reusable()
         {
-            r.pool.give_back(conn, r.uses);
+            r.pool.give_back(conn, r.age);
         }
     }
 
