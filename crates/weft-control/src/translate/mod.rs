@@ -1020,14 +1020,19 @@ fn cluster_json(
     if let Some(m) = http.and_then(|h| h.get("maxRequestsPerConnection")) {
         common.insert("max_requests_per_connection".into(), m.clone());
     }
-    let h2 = port.protocol.is_h2()
-        || http
-            .and_then(|h| h.get("h2UpgradePolicy"))
-            .and_then(Json::as_str)
-            == Some("UPGRADE");
-    let proto = if h2 {
+    // As Istio orders them: an explicit upgrade to HTTP/2, else the client's protocol when
+    // `useClientProtocol` asks for it (even on an HTTP/2 port), else the port's protocol.
+    let upgrade = http
+        .and_then(|h| h.get("h2UpgradePolicy"))
+        .and_then(Json::as_str)
+        == Some("UPGRADE");
+    let client_protocol = http
+        .and_then(|h| h.get("useClientProtocol"))
+        .and_then(Json::as_bool)
+        == Some(true);
+    let proto = if upgrade || (port.protocol.is_h2() && !client_protocol) {
         json!({"explicit_http_config": {"http2_protocol_options": {}}})
-    } else if downstream_protocol {
+    } else if client_protocol || downstream_protocol {
         json!({"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}})
     } else {
         json!({"explicit_http_config": {"http_protocol_options": {}}})
@@ -1698,7 +1703,6 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                     "loadBalancer/warmupDurationSecs",
                     "loadBalancer/warmup",
                     "loadBalancer/consistentHash/httpCookie/attributes",
-                    "connectionPool/http/useClientProtocol",
                     "connectionPool/http/maxConcurrentStreams",
                     "tunnel",
                     "proxyProtocol",
@@ -2039,6 +2043,45 @@ mod tests {
         }
     }
 
+    /// The upstream protocol a cluster speaks, chosen as Istio's cluster builder does: an
+    /// explicit `h2UpgradePolicy: UPGRADE` wins, then `useClientProtocol`, then the port.
+    #[test]
+    fn upstream_protocol_from_port_upgrade_and_client_protocol() {
+        use crate::model::Protocol;
+        let protocol = |port: Protocol, http: Json| {
+            let mut env = reviews_with_rule(
+                json!({"host": "reviews", "trafficPolicy": {"connectionPool": {"http": http}}}),
+            );
+            env.services[0].ports[0].protocol = port;
+            let out = for_proxy(&proxy(), &env);
+            assert_valid(&out);
+            let o = &out.clusters["outbound|9080||reviews.default.svc.cluster.local"]["typed_extension_protocol_options"]
+                [HTTP_OPTIONS];
+            if o.get("use_downstream_protocol_config").is_some() {
+                "client"
+            } else if o
+                .pointer("/explicit_http_config/http2_protocol_options")
+                .is_some()
+            {
+                "h2"
+            } else {
+                "h1"
+            }
+        };
+        let client = json!({"useClientProtocol": true});
+        assert_eq!(protocol(Protocol::Http, json!({})), "h1");
+        assert_eq!(protocol(Protocol::Http, client.clone()), "client");
+        assert_eq!(protocol(Protocol::Grpc, json!({})), "h2");
+        assert_eq!(protocol(Protocol::Grpc, client), "client");
+        assert_eq!(
+            protocol(
+                Protocol::Http,
+                json!({"h2UpgradePolicy": "UPGRADE", "useClientProtocol": true})
+            ),
+            "h2"
+        );
+    }
+
     #[test]
     fn outlier_detection_as_istio_generates_it() {
         let cluster = |od: Json| {
@@ -2309,7 +2352,6 @@ mod tests {
             paths,
             [
                 "spec.subsets[0].trafficPolicy.tunnel",
-                "spec.trafficPolicy.connectionPool.http.useClientProtocol",
                 "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
                 "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.idleTimeout",
             ],
