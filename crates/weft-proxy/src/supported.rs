@@ -418,8 +418,8 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "max_requests_per_connection",
             "max_connection_duration",
         ],
-        "envoy.config.core.v3.Http1ProtocolOptions"
-        | "envoy.config.core.v3.Http2ProtocolOptions" => &[],
+        "envoy.config.core.v3.Http1ProtocolOptions" => &[],
+        "envoy.config.core.v3.Http2ProtocolOptions" => &["max_concurrent_streams"],
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => &[
             "common_http_protocol_options",
             "explicit_http_config",

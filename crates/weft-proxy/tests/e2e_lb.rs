@@ -280,6 +280,84 @@ async fn upstream_connections_are_not_used_past_max_connection_duration() -> Res
     .await
 }
 
+/// An HTTP/2 cluster whose `http2_protocol_options` say `extra` (e.g. `max_concurrent_streams:
+/// 2`), with `cluster_extra` at the cluster's level; the proxy and its listener's address.
+async fn h2_streams_proxy(
+    up: &EchoServer,
+    h2_extra: &str,
+    cluster_extra: &str,
+) -> Result<(Proxy, SocketAddr)> {
+    let port = free_port();
+    let options = format!(
+        "typed_extension_protocol_options:\n  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n    \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n    explicit_http_config: {{ http2_protocol_options: {{ {h2_extra} }} }}\n{cluster_extra}"
+    );
+    let yaml = bootstrap(
+        &[http_listener("main", port, &vhost_to("all", "\"*\"", "up")).build()],
+        &[cluster("up", &[up.addr], &options)],
+    );
+    Ok((Proxy::start(&yaml).await?, local(port)))
+}
+
+/// `http2_protocol_options.max_concurrent_streams` on a cluster: a connection carries at most
+/// that many streams at once and more open another connection; without it a burst shares one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_upstream_streams_per_connection_follow_max_concurrent_streams() -> Result<()> {
+    within(60, async {
+        for (h2_extra, want) in [("max_concurrent_streams: 2", 3), ("", 1)] {
+            let up = EchoServer::start("up").await?;
+            let (_proxy, addr) = h2_streams_proxy(&up, h2_extra, "").await?;
+            let results = concurrent(&Http::h1(), addr, 5, Req::get("/delay/500")).await;
+            for r in &results {
+                let r = r.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?;
+                ensure!(r.status == 200, "{h2_extra:?}: {r:?}");
+            }
+            ensure!(up.h2_requests() == 5, "h2 requests: {}", up.h2_requests());
+            ensure!(
+                up.connections() == want,
+                "{h2_extra:?}: 5 concurrent streams went over {} connections, not {want}",
+                up.connections()
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// With every connection full and `max_connections` reached, a request waits as a pending
+/// request for a stream to end (`max_pending_requests` bounds how many wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_full_connections_make_requests_pending() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let (proxy, addr) = h2_streams_proxy(
+            &up,
+            "max_concurrent_streams: 1",
+            "circuit_breakers: { thresholds: [{ max_connections: 1, max_pending_requests: 1 }] }\n",
+        )
+        .await?;
+        let results = concurrent(&Http::h1(), addr, 3, Req::get("/delay/400")).await;
+        let statuses: Vec<u16> = results
+            .iter()
+            .map(|r| r.as_ref().map_or(0, |r| r.status))
+            .collect();
+        let mut sorted = statuses.clone();
+        sorted.sort();
+        // One streams, one waits for it, the third finds the pending queue full.
+        ensure!(sorted == [200, 200, 503], "statuses: {statuses:?}");
+        ensure!(up.connections() == 1, "connections: {}", up.connections());
+        proxy
+            .wait_stat(
+                "envoy_cluster_upstream_rq_pending_total",
+                &[("envoy_cluster_name", "up")],
+                "== 1",
+                |v| v == 1.0,
+            )
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
 /// A cluster's max_requests_per_connection applies to its multiplexed HTTP/2 connection too:
 /// after that many streams the next request opens a fresh connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

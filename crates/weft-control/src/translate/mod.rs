@@ -1030,10 +1030,20 @@ fn cluster_json(
         .and_then(|h| h.get("useClientProtocol"))
         .and_then(Json::as_bool)
         == Some(true);
+    // Streams per upstream HTTP/2 connection, wherever the cluster speaks HTTP/2 (Istio sets it
+    // on clusters of HTTP/2 ports only, not on upgraded ones).
+    let mut h2_options = json!({});
+    if let Some(n) = http
+        .and_then(|h| h.get("maxConcurrentStreams"))
+        .and_then(Json::as_u64)
+        .filter(|n| *n > 0)
+    {
+        h2_options["max_concurrent_streams"] = json!(n);
+    }
     let proto = if upgrade || (port.protocol.is_h2() && !client_protocol) {
-        json!({"explicit_http_config": {"http2_protocol_options": {}}})
+        json!({"explicit_http_config": {"http2_protocol_options": h2_options}})
     } else if client_protocol || downstream_protocol {
-        json!({"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": {}}})
+        json!({"use_downstream_protocol_config": {"http_protocol_options": {}, "http2_protocol_options": h2_options}})
     } else {
         json!({"explicit_http_config": {"http_protocol_options": {}}})
     };
@@ -1703,7 +1713,6 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                     "loadBalancer/warmupDurationSecs",
                     "loadBalancer/warmup",
                     "loadBalancer/consistentHash/httpCookie/attributes",
-                    "connectionPool/http/maxConcurrentStreams",
                     "tunnel",
                     "proxyProtocol",
                 ] {
@@ -2079,6 +2088,17 @@ mod tests {
                 json!({"h2UpgradePolicy": "UPGRADE", "useClientProtocol": true})
             ),
             "h2"
+        );
+        // maxConcurrentStreams bounds the streams of each HTTP/2 connection.
+        let mut env = reviews_with_rule(json!({"host": "reviews", "trafficPolicy":
+            {"connectionPool": {"http": {"maxConcurrentStreams": 100}}}}));
+        env.services[0].ports[0].protocol = Protocol::Grpc;
+        let out = for_proxy(&proxy(), &env);
+        assert_valid(&out);
+        assert_eq!(
+            out.clusters["outbound|9080||reviews.default.svc.cluster.local"]["typed_extension_protocol_options"]
+                [HTTP_OPTIONS]["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"],
+            100
         );
     }
 

@@ -387,6 +387,7 @@ mod tests {
             tls: None,
             idle_timeout: None,
             max_connection_duration: None,
+            max_concurrent_streams: crate::upstream::pool::DEFAULT_MAX_CONCURRENT_STREAMS,
             max_requests_per_connection: 0,
             circuit: Arc::new(crate::upstream::circuit::CircuitBreakers::from_proto(None).unwrap()),
             stats: stats.cluster("dfp"),

@@ -931,6 +931,7 @@ mod tests {
                 tls: None,
                 idle_timeout: None,
                 max_connection_duration: None,
+                max_concurrent_streams: crate::upstream::pool::DEFAULT_MAX_CONCURRENT_STREAMS,
                 max_requests_per_connection: 0,
                 circuit: Arc::new(CircuitBreakers::default()),
                 stats,

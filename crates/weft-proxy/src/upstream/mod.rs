@@ -203,6 +203,10 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
     } else {
         Protocol::Http1
     };
+    let mut h2_options = c
+        .http2_protocol_options
+        .as_ref()
+        .map(|o| ("http2_protocol_options".to_string(), o.clone()));
     let mut common = c.common_http_protocol_options;
     for (k, any) in &c.typed_extension_protocol_options {
         let f = format!("typed_extension_protocol_options[{k:?}]");
@@ -216,6 +220,25 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         use upb::http_protocol_options::{
             UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P,
         };
+        match &o.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => {
+                if let Some(P::Http2ProtocolOptions(h2)) = &e.protocol_config {
+                    h2_options = Some((
+                        format!("{f}.explicit_http_config.http2_protocol_options"),
+                        h2.clone(),
+                    ));
+                }
+            }
+            Some(U::UseDownstreamProtocolConfig(d)) => {
+                if let Some(h2) = &d.http2_protocol_options {
+                    h2_options = Some((
+                        format!("{f}.use_downstream_protocol_config.http2_protocol_options"),
+                        h2.clone(),
+                    ));
+                }
+            }
+            _ => {}
+        }
         protocol = match &o.upstream_protocol_options {
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(P::Http2ProtocolOptions(_)) => Protocol::Http2,
@@ -248,6 +271,20 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
             d,
         )?)
         .filter(|d| !d.is_zero()),
+    };
+    // Envoy's range and default (2^31 - 1: in effect, one connection).
+    let max_concurrent_streams = match h2_options
+        .as_ref()
+        .and_then(|(f, o)| o.max_concurrent_streams.map(|v| (f, v.value)))
+    {
+        None => pool::DEFAULT_MAX_CONCURRENT_STREAMS,
+        Some((_, v)) if (1..=pool::DEFAULT_MAX_CONCURRENT_STREAMS).contains(&v) => v,
+        Some((f, v)) => {
+            return Err(ctx.err(
+                format!("{f}.max_concurrent_streams"),
+                format!("{v} is out of range: 1 to 2147483647"),
+            ));
+        }
     };
     let max_connection_duration = match common
         .as_ref()
@@ -304,6 +341,7 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         idle_timeout,
         max_requests_per_connection,
         max_connection_duration,
+        max_concurrent_streams,
         circuit,
         stats: stats.clone(),
         freed: tokio::sync::Notify::new(),

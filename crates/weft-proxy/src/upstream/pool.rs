@@ -1,6 +1,7 @@
-//! Per-endpoint upstream connection pools: HTTP/1.1 keep-alive reuse, one multiplexed HTTP/2
-//! connection, connect timeouts, optional TLS origination, and circuit-breaker accounting for
-//! connections and pending requests.
+//! Per-endpoint upstream connection pools: HTTP/1.1 keep-alive reuse, multiplexed HTTP/2
+//! connections (one, or more when the cluster's `max_concurrent_streams` fills one), connect
+//! timeouts, optional TLS origination, and circuit-breaker accounting for connections and
+//! pending requests.
 //!
 //! A pool hands out a connection for exactly one request; an HTTP/1 connection goes back to the
 //! idle list only when its response body has been read to the end, so a slow body never blocks
@@ -18,6 +19,7 @@ use crate::stats::ClusterStats;
 use crate::upstream::circuit::{CircuitBreakers, Guard};
 use crate::upstream::h1::{H1Body, H1Conn, Upgraded};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -25,7 +27,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -35,6 +37,9 @@ use tokio::sync::Notify;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of requests sent upstream.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Envoy's default `max_concurrent_streams`, also its maximum.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 2_147_483_647;
 
 /// Settings shared by all endpoint pools of one cluster.
 #[derive(Debug)]
@@ -47,6 +52,8 @@ pub struct PoolSettings {
     pub max_requests_per_connection: u32,
     /// How long a connection may be used after it was established; None = no limit.
     pub max_connection_duration: Option<Duration>,
+    /// Streams one HTTP/2 connection carries at once; more open another connection.
+    pub max_concurrent_streams: u32,
     pub circuit: Arc<CircuitBreakers>,
     pub stats: Arc<ClusterStats>,
     /// Woken when a connection becomes idle or closes anywhere in the cluster.
@@ -169,12 +176,30 @@ struct IdleList {
     reaper_spawned: bool,
 }
 
-/// The multiplexed HTTP/2 connection to an endpoint, with what decides when to replace it.
+/// A multiplexed HTTP/2 connection to an endpoint, with what decides when to replace it and
+/// whether it has room for another stream.
 struct H2Conn {
     sender: http2::SendRequest<Body>,
     born: Instant,
     last_used: Instant,
+    /// Streams it has carried.
     streams: u32,
+    /// Streams open on it now (see [`StreamSlot`]).
+    active: Arc<AtomicU32>,
+}
+
+/// One open stream of an HTTP/2 connection, counted in its `active` until the response ends
+/// or is dropped; freeing it wakes requests waiting for room.
+struct StreamSlot {
+    active: Arc<AtomicU32>,
+    settings: Arc<PoolSettings>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.settings.wake();
+    }
 }
 
 /// The connections to one endpoint.
@@ -184,7 +209,7 @@ pub struct HostPool {
     /// The name TLS connections to this endpoint present (SNI or the endpoint's IP).
     tls_name: Option<rustls::pki_types::ServerName<'static>>,
     idle: Mutex<IdleList>,
-    h2: tokio::sync::Mutex<Option<H2Conn>>,
+    h2: tokio::sync::Mutex<Vec<H2Conn>>,
 }
 
 impl std::fmt::Debug for HostPool {
@@ -217,7 +242,7 @@ impl HostPool {
             tls_name,
             settings,
             idle: Mutex::new(IdleList::default()),
-            h2: tokio::sync::Mutex::new(None),
+            h2: tokio::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -230,10 +255,10 @@ impl HostPool {
         upgrade: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if h2 {
-            let mut sender = self.h2_sender().await?;
+            let (mut sender, slot) = self.h2_sender().await?;
             let resp = sender.send_request(req).await.map_err(classify)?;
-            return Ok(resp.map(|b| UpstreamBody {
-                inner: Inner::H2(b),
+            return Ok(resp.map(|body| UpstreamBody {
+                inner: Inner::H2 { body, _slot: slot },
             }));
         }
         // Anything beyond taking an idle connection is boxed: connecting (with TLS) would
@@ -275,7 +300,29 @@ impl HostPool {
         if let Some(slot) = self.settings.circuit.try_connection() {
             return Ok((self.connect_h1(slot).await?, self.settings.fresh()));
         }
-        // Slow path: wait as a pending request for a connection to come back or close.
+        // Slow path: wait for a connection to come back or close.
+        self.pending(|| {
+            Box::pin(async {
+                if let Some(found) = self.take_idle() {
+                    return Some(Ok(found));
+                }
+                let slot = self.settings.circuit.try_connection()?;
+                Some(
+                    self.connect_h1(slot)
+                        .await
+                        .map(|c| (c, self.settings.fresh())),
+                )
+            })
+        })
+        .await
+    }
+
+    /// Waits as a pending request (within the breaker's `max_pending_requests`) until `attempt`
+    /// gets a connection: tried again whenever a connection or stream frees up in the cluster.
+    async fn pending<'a, T>(
+        &'a self,
+        mut attempt: impl FnMut() -> BoxFuture<'a, Option<Result<T, UpstreamError>>>,
+    ) -> Result<T, UpstreamError> {
         let guard = self.settings.circuit.try_pending().ok_or_else(|| {
             self.settings.stats.upstream_rq_pending_overflow.inc();
             UpstreamError::Overflow("pending requests")
@@ -291,11 +338,8 @@ impl HostPool {
             let notified = self.settings.freed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(found) = self.take_idle() {
-                return Ok(found);
-            }
-            if let Some(slot) = self.settings.circuit.try_connection() {
-                return Ok((self.connect_h1(slot).await?, self.settings.fresh()));
+            if let Some(found) = attempt().await {
+                return found;
             }
             // Recheck periodically so a wake-up taken by another host's waiter cannot strand us.
             let _ = tokio::time::timeout(Duration::from_millis(20), notified).await;
@@ -414,27 +458,73 @@ impl HostPool {
         Ok(H1Conn::new(io, guard))
     }
 
-    async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        let mut slot = self.h2.lock().await;
-        let s = &self.settings;
-        if let Some(c) = slot.as_mut()
-            && !c.sender.is_closed()
-        {
-            // The cluster's idle_timeout, max_requests_per_connection and
-            // max_connection_duration apply to HTTP/2 too: a connection past any of them is
-            // replaced (it closes once its last stream ends).
-            let idle_too_long = s.idle_timeout.is_some_and(|t| c.last_used.elapsed() >= t);
-            let used_up =
-                s.max_requests_per_connection != 0 && c.streams >= s.max_requests_per_connection;
-            if !idle_too_long && !used_up && !s.too_old(Some(c.born)) {
-                c.streams += 1;
-                c.last_used = Instant::now();
-                return Ok(c.sender.clone());
-            }
+    /// A connection with room for one more stream, and that stream's slot: an open one, else
+    /// a new one if the breaker allows, else — every connection full — wait as a pending
+    /// request for a stream to end. Connecting holds the list, so a burst of requests opens
+    /// one connection and shares it, as far as its streams allow.
+    async fn h2_sender(&self) -> Result<(http2::SendRequest<Body>, StreamSlot), UpstreamError> {
+        let mut conns = self.h2.lock().await;
+        if let Some(found) = self.h2_stream(&mut conns) {
+            return Ok(found);
         }
-        // Drop the old handle first: its connection ends when its streams are done.
-        *slot = None;
-        let (io, guard) = Box::pin(self.connect(self.slot()?, true)).await?;
+        if let Some(slot) = self.settings.circuit.try_connection() {
+            return Box::pin(self.h2_connect(&mut conns, slot)).await;
+        }
+        if conns.is_empty() {
+            self.settings.stats.upstream_cx_overflow.inc();
+            return Err(UpstreamError::Overflow("connections"));
+        }
+        drop(conns);
+        // Every connection full and no room for another: wait for a stream to end or a
+        // connection's slot to free.
+        Box::pin(self.pending(|| {
+            Box::pin(async {
+                let mut conns = self.h2.lock().await;
+                if let Some(found) = self.h2_stream(&mut conns) {
+                    return Some(Ok(found));
+                }
+                let slot = self.settings.circuit.try_connection()?;
+                Some(self.h2_connect(&mut conns, slot).await)
+            })
+        }))
+        .await
+    }
+
+    /// A stream on an open connection, after dropping those that are closed or past the
+    /// cluster's idle_timeout, max_requests_per_connection or max_connection_duration (a
+    /// dropped handle's connection closes once its last stream ends).
+    fn h2_stream(&self, conns: &mut Vec<H2Conn>) -> Option<(http2::SendRequest<Body>, StreamSlot)> {
+        let s = &self.settings;
+        conns.retain(|c| {
+            let spent = c.sender.is_closed()
+                || s.idle_timeout.is_some_and(|t| c.last_used.elapsed() >= t)
+                || (s.max_requests_per_connection != 0
+                    && c.streams >= s.max_requests_per_connection)
+                || s.too_old(Some(c.born));
+            !spent
+        });
+        let c = conns
+            .iter_mut()
+            .find(|c| c.active.load(Ordering::Acquire) < s.max_concurrent_streams)?;
+        c.streams += 1;
+        c.last_used = Instant::now();
+        c.active.fetch_add(1, Ordering::AcqRel);
+        Some((
+            c.sender.clone(),
+            StreamSlot {
+                active: c.active.clone(),
+                settings: s.clone(),
+            },
+        ))
+    }
+
+    /// Opens a connection, adds it to `conns` and takes its first stream.
+    async fn h2_connect(
+        &self,
+        conns: &mut Vec<H2Conn>,
+        slot: Guard,
+    ) -> Result<(http2::SendRequest<Body>, StreamSlot), UpstreamError> {
+        let (io, guard) = self.connect(slot, true).await?;
         let handshake = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
@@ -442,7 +532,7 @@ impl HostPool {
             .adaptive_window(false)
             .keep_alive_interval(Duration::from_secs(30))
             .handshake(TokioIo::new(io));
-        let (sender, conn) = Box::pin(handshake)
+        let (sender, conn) = handshake
             .await
             .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
         tokio::spawn(async move {
@@ -450,13 +540,19 @@ impl HostPool {
             let _ = conn.await;
         });
         let now = Instant::now();
-        *slot = Some(H2Conn {
+        let active = Arc::new(AtomicU32::new(1));
+        conns.push(H2Conn {
             sender: sender.clone(),
             born: now,
             last_used: now,
             streams: 1,
+            active: active.clone(),
         });
-        Ok(sender)
+        let stream = StreamSlot {
+            active,
+            settings: self.settings.clone(),
+        };
+        Ok((sender, stream))
     }
 }
 
@@ -546,7 +642,7 @@ pub struct UpstreamBody {
 }
 
 enum Inner {
-    H2(Incoming),
+    H2 { body: Incoming, _slot: StreamSlot },
     H1 { body: H1Body, ret: Option<Return> },
 }
 
@@ -565,7 +661,7 @@ impl UpstreamBody {
     pub fn into_upgraded(self) -> Option<Upgraded> {
         match self.inner {
             Inner::H1 { body, .. } => body.into_upgraded(),
-            Inner::H2(_) => None,
+            Inner::H2 { .. } => None,
         }
     }
 }
@@ -587,7 +683,7 @@ impl HttpBody for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         match &mut self.inner {
-            Inner::H2(b) => Pin::new(b)
+            Inner::H2 { body, .. } => Pin::new(body)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(classify))),
             Inner::H1 { body, ret } => {
@@ -603,13 +699,13 @@ impl HttpBody for UpstreamBody {
     }
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::H2(b) => b.is_end_stream(),
+            Inner::H2 { body, .. } => body.is_end_stream(),
             Inner::H1 { body, .. } => body.is_end_stream(),
         }
     }
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::H2(b) => b.size_hint(),
+            Inner::H2 { body, .. } => body.size_hint(),
             Inner::H1 { body, .. } => body.size_hint(),
         }
     }
