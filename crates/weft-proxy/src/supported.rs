@@ -167,7 +167,9 @@ pub fn allowed(msg: &str, field: &str) -> bool {
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => {
             &["name", "typed_config"]
         }
-        "envoy.extensions.filters.http.router.v3.Router" => &[],
+        "envoy.extensions.filters.http.router.v3.Router" => {
+            &["dynamic_stats", "suppress_envoy_headers"]
+        }
         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => &[
             "stat_prefix",
             "cluster",

@@ -593,6 +593,75 @@ async fn upstream_sees_forwarding_headers() -> Result<()> {
     .await
 }
 
+/// The router's `suppress_envoy_headers` and `dynamic_stats: false` (Envoy's advice for
+/// benchmarks): no `x-envoy-*` header of the router's own — on a proxied response, on an
+/// overflow reply, on a rewritten request — and no per-response cluster stats, where the
+/// defaults add them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_suppresses_envoy_headers_and_dynamic_stats() -> Result<()> {
+    within(60, async {
+        for quiet in [false, true] {
+            let up = EchoServer::start("up").await?;
+            let port = free_port();
+            let vhosts = "- name: all\n  domains: [\"*\"]\n  routes:\n  - match: { prefix: \"/old/\" }\n    route: { cluster: up, prefix_rewrite: \"/headers/\" }\n  - match: { prefix: \"/\" }\n    route: { cluster: up }\n";
+            let mut listener = http_listener("main", port, vhosts).build();
+            if quiet {
+                let router = "envoy.extensions.filters.http.router.v3.Router";
+                listener = listener.replace(
+                    &format!("{router} }}"),
+                    &format!("{router}, suppress_envoy_headers: true, dynamic_stats: false }}"),
+                );
+                ensure!(listener.contains("suppress_envoy_headers"), "{listener}");
+            }
+            let yaml = bootstrap(
+                &[listener],
+                &[cluster(
+                    "up",
+                    &[up.addr],
+                    "circuit_breakers: { thresholds: [{ max_requests: 1 }] }\n",
+                )],
+            );
+            let proxy = Proxy::start(&yaml).await?;
+            let addr = local(port);
+
+            let r = Http::h1().get(addr, "/old/x").await?;
+            ensure!(r.status == 200, "{quiet}: {r:?}");
+            let service_time = r.header("x-envoy-upstream-service-time").is_some();
+            let doc = r.json()?;
+            let original_path = doc["headers"]["x-envoy-original-path"] == "/old/x";
+            // Two at once against max_requests 1: one is refused with 503 UO.
+            let results = concurrent(&Http::h1(), addr, 2, Req::get("/delay/300")).await;
+            let refused = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .find(|r| r.status == 503)
+                .with_context(|| format!("{quiet}: no overflow among {results:?}"))?;
+            let overloaded = refused.header("x-envoy-overloaded") == Some("true");
+            ensure!(
+                [service_time, original_path, overloaded] == [!quiet; 3],
+                "{quiet}: x-envoy-upstream-service-time {service_time}, \
+                 x-envoy-original-path {original_path}, x-envoy-overloaded {overloaded}"
+            );
+
+            // Per-response cluster stats (upstream_rq_xx) count the two 200s only by default;
+            // upstream_rq_total counts them either way.
+            let cl = [("envoy_cluster_name", "up")];
+            proxy
+                .wait_stat("envoy_cluster_upstream_rq_total", &cl, "== 2", |v| v == 2.0)
+                .await?;
+            let stats = proxy.stats().await?;
+            let ok = [("envoy_response_code_class", "2"), ("envoy_cluster_name", "up")];
+            let counted = stats.value("envoy_cluster_upstream_rq_xx", &ok).unwrap_or(0.0);
+            ensure!(
+                counted == if quiet { 0.0 } else { 2.0 },
+                "{quiet}: upstream_rq_xx 2xx = {counted}"
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // gRPC
 // ---------------------------------------------------------------------------------------------

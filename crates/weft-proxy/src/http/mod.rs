@@ -80,6 +80,28 @@ pub struct Hcm {
     /// CORS runs before fault injection (the filters' order in the chain).
     pub cors_first: bool,
     pub local_reply: Option<local_reply::LocalReply>,
+    /// The router filter's own settings.
+    pub router: RouterOptions,
+}
+
+/// What the router filter (`envoy.extensions.filters.http.router.v3.Router`) is told.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterOptions {
+    /// `suppress_envoy_headers`: add no `x-envoy-*` header of the router's own
+    /// (`x-envoy-upstream-service-time`, `x-envoy-overloaded`, `x-envoy-original-path`).
+    pub suppress_envoy_headers: bool,
+    /// `dynamic_stats` (default true): count each upstream response in the cluster's
+    /// `upstream_rq_xx` and `upstream_rq_time`.
+    pub dynamic_stats: bool,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        Self {
+            suppress_envoy_headers: false,
+            dynamic_stats: true,
+        }
+    }
 }
 
 pub fn hcm(
@@ -132,6 +154,7 @@ pub fn hcm(
         None => return Err(ctx.err(f, "route_config or rds is required")),
     };
     let (mut fault, mut cors, mut cors_first) = (None, false, false);
+    let mut router = RouterOptions::default();
     match h.http_filters.as_slice() {
         [] => {
             return Err(ctx.err(
@@ -144,10 +167,10 @@ pub fn hcm(
                 let ff = format!("{f}.http_filters[{i}]");
                 let last = i + 1 == filters.len();
                 match http_filter(ctx, &ff, hf)? {
-                    HttpFilter::Router if !last => {
+                    HttpFilter::Router(_) if !last => {
                         return Err(ctx.err(ff, "the router must be the last HTTP filter"));
                     }
-                    HttpFilter::Router => {}
+                    HttpFilter::Router(options) => router = options,
                     _ if last => {
                         return Err(ctx.err(
                             ff,
@@ -247,12 +270,13 @@ pub fn hcm(
         cors,
         cors_first,
         local_reply,
+        router,
     })
 }
 
 /// One compiled HTTP filter of the chain.
 enum HttpFilter {
-    Router,
+    Router(RouterOptions),
     /// The filter-level config, unless it injects nothing.
     Fault(Option<fault::FaultConfig>),
     Cors,
@@ -274,9 +298,12 @@ fn http_filter(ctx: &Ctx, ff: &str, hf: &hpb::HttpFilter) -> Result<HttpFilter, 
         Some(ConfigType::TypedConfig(any)) => {
             match any.type_url.rsplit('/').next().unwrap_or_default() {
                 "envoy.extensions.filters.http.router.v3.Router" => {
-                    let _: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
+                    let r: envoy_types::pb::envoy::extensions::filters::http::router::v3::Router =
                         decode_any(ctx, &tf, any)?;
-                    Ok(HttpFilter::Router)
+                    Ok(HttpFilter::Router(RouterOptions {
+                        suppress_envoy_headers: r.suppress_envoy_headers,
+                        dynamic_stats: r.dynamic_stats.is_none_or(|b| b.value),
+                    }))
                 }
                 fault::TYPE => {
                     let cfg: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
@@ -293,7 +320,7 @@ fn http_filter(ctx: &Ctx, ff: &str, hf: &hpb::HttpFilter) -> Result<HttpFilter, 
             }
         }
         None => match hf.name.as_str() {
-            "envoy.filters.http.router" => Ok(HttpFilter::Router),
+            "envoy.filters.http.router" => Ok(HttpFilter::Router(RouterOptions::default())),
             fault::NAME => Ok(HttpFilter::Fault(None)),
             cors::NAME => Ok(HttpFilter::Cors),
             _ => Err(unsupported()),

@@ -72,7 +72,19 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
-static X_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+/// `x-envoy-overloaded: true` on an overflow reply, unless the router suppresses its headers.
+static OVERLOADED: [(HeaderName, HeaderValue); 1] = [(
+    HeaderName::from_static("x-envoy-overloaded"),
+    HeaderValue::from_static("true"),
+)];
+
+fn overloaded(hcm: &Hcm) -> &'static [(HeaderName, HeaderValue)] {
+    if hcm.router.suppress_envoy_headers {
+        &[]
+    } else {
+        &OVERLOADED
+    }
+}
 static X_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
@@ -881,7 +893,7 @@ async fn forward(
                 "upstream overflow: cluster `{}` is at its max_requests limit",
                 cluster.name
             ),
-            &[(X_OVERLOADED.clone(), HeaderValue::from_static("true"))],
+            overloaded(hcm),
         );
     };
 
@@ -945,6 +957,7 @@ async fn forward(
         });
     }
     if new_pq.is_some()
+        && !hcm.router.suppress_envoy_headers
         && let Ok(v) = HeaderValue::from_str(parts.uri.path())
     {
         parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
@@ -1236,9 +1249,11 @@ async fn forward(
             }
         }
         if let Attempt::Response(r) = &result {
-            cluster.stats.record_status(r.status().as_u16());
             upstream_time = sent_at.elapsed();
-            cluster.stats.upstream_rq_time.record(upstream_time);
+            if hcm.router.dynamic_stats {
+                cluster.stats.record_status(r.status().as_u16());
+                cluster.stats.upstream_rq_time.record(upstream_time);
+            }
         }
         last = result;
         let Some(p) = policy.as_deref() else {
@@ -1311,17 +1326,21 @@ async fn forward(
                 }
                 let mut resp = Response::from_parts(rparts, ResponseBody::full(Bytes::new()));
                 cx.ex.details = "via_upstream";
-                resp.headers_mut().insert(
-                    X_UPSTREAM_SERVICE_TIME.clone(),
-                    HeaderValue::from(service_time.as_millis() as u64),
-                );
+                if !hcm.router.suppress_envoy_headers {
+                    resp.headers_mut().insert(
+                        X_UPSTREAM_SERVICE_TIME.clone(),
+                        HeaderValue::from(service_time.as_millis() as u64),
+                    );
+                }
                 return cx.finish(resp);
             }
             strip_response_hop_by_hop(&mut rparts.headers);
-            rparts.headers.insert(
-                X_UPSTREAM_SERVICE_TIME.clone(),
-                HeaderValue::from(service_time.as_millis() as u64),
-            );
+            if !hcm.router.suppress_envoy_headers {
+                rparts.headers.insert(
+                    X_UPSTREAM_SERVICE_TIME.clone(),
+                    HeaderValue::from(service_time.as_millis() as u64),
+                );
+            }
             apply_response_mutations(&mut rparts.headers, table, vh, route, weighted);
             if let Some(c) = hash.set_cookie {
                 rparts.headers.append(header::SET_COOKIE, c);
@@ -1349,7 +1368,7 @@ async fn forward(
                         cluster.name,
                         e.reset_reason()
                     ),
-                    &[(X_OVERLOADED.clone(), HeaderValue::from_static("true"))],
+                    overloaded(hcm),
                 );
             }
             if let UpstreamError::DownstreamBody(why) = &e {
@@ -1532,6 +1551,7 @@ async fn connect_tunnel(
     let (stream, guard) = match pool.connect_stream().await {
         Ok(up) => up,
         Err(e @ UpstreamError::Overflow(_)) => {
+            let headers = overloaded(&cx.ex.conn.hcm);
             return cx.local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 e.flag(),
@@ -1541,7 +1561,7 @@ async fn connect_tunnel(
                     cluster.name,
                     e.reset_reason()
                 ),
-                &[(X_OVERLOADED.clone(), HeaderValue::from_static("true"))],
+                headers,
             );
         }
         Err(e) => {
