@@ -303,6 +303,7 @@ nginx_conf() { # DIR PORT [UPSTREAMPORT] — upstream (return 1 KiB) or proxy
             proxy_pass http://up;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
+            proxy_set_header X-Forwarded-Proto \$scheme;
         }"
     fi
     cat >"$dir/nginx.conf" <<EOF
@@ -344,12 +345,17 @@ defaults
     timeout server 30s
 frontend bench
     bind 127.0.0.1:$2
+    http-request set-header X-Forwarded-Proto http
     default_backend upstream
 backend upstream
     server up 127.0.0.1:$3
 EOF
 }
 
+# weft's config does what the peers' configs do, as Envoy's own benchmarking advice has it
+# ("What are best practices for benchmarking Envoy?"): no request id generated, no x-envoy-*
+# headers of the router's own, no per-response cluster stats. weft (as Envoy) always sets
+# X-Forwarded-Proto upstream, so the peers are told to set it too.
 weft_conf() { # FILE PORT ADMINPORT UPSTREAMPORT — Envoy v3 bootstrap
     cat >"$1" <<EOF
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: $3}}}
@@ -364,6 +370,7 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: bench
           codec_type: AUTO
+          generate_request_id: false
           route_config:
             virtual_hosts:
             - name: all
@@ -371,7 +378,10 @@ static_resources:
               routes: [{match: {prefix: "/"}, route: {cluster: upstream}}]
           http_filters:
           - name: envoy.filters.http.router
-            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              suppress_envoy_headers: true
+              dynamic_stats: false
   clusters:
   - name: upstream
     type: STATIC
