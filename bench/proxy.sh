@@ -614,23 +614,42 @@ measure_path() {
 # idle proxy takes no CPU) and wrk switches between the paths every few seconds, rotating their
 # order each round: the report compares paths within a round (median of the per-round ratios).
 throughput() {
-    local d="$R/throughput" path r k n=${#PATHS[@]}
-    mkdir -p "$d"
+    mkdir -p "$R/throughput"
+    all_up throughput
+    log "max throughput: ${#PATHS[@]} paths x $TP_ROUNDS rounds of ${TP_DUR}s"
+    rotate "$TP_ROUNDS" throughput_run
+    all_down
+}
+
+throughput_run() { # PATH ROUND
+    pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${TP_DUR}s" "$(url_of "$1")" \
+        >"$R/throughput/${1}_$2.txt" 2>&1 || true
+}
+
+# all_up PHASE — every path's proxies up at once, each warmed by a second of wrk
+all_up() {
+    local path
     for path in "${PATHS[@]}"; do
-        up_path "$path" || die "$path did not start for the throughput phase"
+        up_path "$path" || die "$path did not start for the $1 phase"
     done
     for path in "${PATHS[@]}"; do
         pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "$(url_of "$path")" >/dev/null
     done
-    log "max throughput: ${#PATHS[@]} paths x $TP_ROUNDS rounds of ${TP_DUR}s"
-    for ((r = 1; r <= TP_ROUNDS; r++)); do
+}
+
+all_down() {
+    local path
+    for path in "${PATHS[@]}"; do down_path "$path"; done
+}
+
+# rotate N FUNC — FUNC PATH CYCLE for every path, N cycles, each cycle starting one path later
+rotate() {
+    local c k n=${#PATHS[@]}
+    for ((c = 1; c <= $1; c++)); do
         for ((k = 0; k < n; k++)); do
-            path=${PATHS[(k + r - 1) % n]}
-            pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${TP_DUR}s" "$(url_of "$path")" \
-                >"$d/${path}_$r.txt" 2>&1 || true
+            "$2" "${PATHS[(k + c - 1) % n]}" "$c"
         done
     done
-    for path in "${PATHS[@]}"; do down_path "$path"; done
 }
 
 # pooled — the latency rows at 1k rps. A path measured for a few seconds minutes apart from
@@ -643,28 +662,20 @@ throughput() {
 # its first LAT_SKIP seconds are left out. Kept per answer: status and latency in µs
 # (latency-corrected: from when the request was due, not when it was sent).
 pooled() {
-    local d="$R/pooled" path c k n=${#PATHS[@]}
-    mkdir -p "$d"
-    for path in "${PATHS[@]}"; do
-        up_path "$path" || die "$path did not start for the latency phase"
-    done
-    for path in "${PATHS[@]}"; do
-        pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "$(url_of "$path")" >/dev/null
-    done
+    mkdir -p "$R/pooled"
+    all_up latency
     log "latency at $LAT_RATE rps: ${#PATHS[@]} paths x $LAT_CYCLES cycles of ${LAT_SLICE}s slices"
-    for ((c = 1; c <= LAT_CYCLES; c++)); do
-        for ((k = 0; k < n; k++)); do
-            path=${PATHS[(k + c - 1) % n]}
-            # oha's CSV lists every answer (any status; transport errors are not in it, and
-            # show as answers missing from the slice)
-            pin "$LOAD_CORE" "$OHA" -q "$LAT_RATE" --latency-correction --no-tui \
-                -z "${LAT_SLICE}s" -c "$CONNS" --output-format csv "$(url_of "$path")" \
-                2>/dev/null | awk -F, -v skip="$LAT_SKIP" \
-                'NR > 1 && $1 >= skip { printf "%s %d\n", $7, $5 * 1e6 + 0.5 }' \
-                >"$d/${path}_$c.txt" || true
-        done
-    done
-    for path in "${PATHS[@]}"; do down_path "$path"; done
+    rotate "$LAT_CYCLES" pooled_slice
+    all_down
+}
+
+pooled_slice() { # PATH CYCLE
+    # oha's CSV lists every answer (any status; transport errors are not in it, and show as
+    # answers missing from the slice)
+    pin "$LOAD_CORE" "$OHA" -q "$LAT_RATE" --latency-correction --no-tui -z "${LAT_SLICE}s" \
+        -c "$CONNS" --output-format csv "$(url_of "$1")" 2>/dev/null |
+        awk -F, -v skip="$LAT_SKIP" 'NR > 1 && $1 >= skip { printf "%s %d\n", $7, $5 * 1e6 + 0.5 }' \
+            >"$R/pooled/${1}_$2.txt" || true
 }
 
 # phases — where each proxy spends its user-space cycles at 1k rps: between a wake-up (epoll
@@ -737,12 +748,11 @@ pooled
 # Rounds interleave the paths and rotate their order, so that a slow minute on this shared
 # machine lands on every path alike instead of on whichever ran then; the report takes the
 # median of the rounds.
-for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
-    n=${#PATHS[@]}
-    for ((k = 0; k < n; k++)); do
-        measure_path "${PATHS[(k + ROUND - 1) % n]}"
-    done
-done
+round_path() { # PATH ROUND
+    ROUND=$2
+    measure_path "$1"
+}
+rotate "$ROUNDS" round_path
 throughput
 if ((FOOTPRINT)); then
     fp_paths=(nginx haproxy)
