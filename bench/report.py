@@ -333,10 +333,15 @@ def pooled_rows(pool: dict[str, list[list[int]]]):
     return rows
 
 
+def sign(v: float) -> str:
+    """The sign of a difference, spelled out: +, − or ± (zero)."""
+    return "+" if v > 0 else "−" if v < 0 else "±"
+
+
 def signed(us: float) -> str:
-    """A difference in µs with its sign spelled out (+3, −12, ±0)."""
+    """A difference in whole µs with its sign (+3, −12, ±0)."""
     r = round(us)
-    return f"+{r}" if r > 0 else f"−{-r}" if r < 0 else "±0"
+    return f"{sign(r)}{abs(r)}"
 
 
 # resamples of whole cycles for the interval of weft's difference to a peer
@@ -652,10 +657,9 @@ def paired_latency(combined) -> str:
                 continue
             lower = sum(d < 0 for d in diffs)
             med = statistics.median(diffs)
-            sign = "+" if med > 0 else "−" if med < 0 else "±"
             cells.append(
                 f"below {PEER_TITLES[peer]} in {lower} of {len(diffs)} rounds, "
-                f"median difference {sign}{fmt(kind, abs(med))}"
+                f"median difference {sign(med)}{fmt(kind, abs(med))}"
             )
         if cells:
             lines.append(f"- {label}, weft 1 hop paired with each peer: " + "; ".join(cells))

@@ -72,19 +72,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static X_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
-/// `x-envoy-overloaded: true` on an overflow reply, unless the router suppresses its headers.
-static OVERLOADED: [(HeaderName, HeaderValue); 1] = [(
-    HeaderName::from_static("x-envoy-overloaded"),
-    HeaderValue::from_static("true"),
-)];
-
-fn overloaded(hcm: &Hcm) -> &'static [(HeaderName, HeaderValue)] {
-    if hcm.router.suppress_envoy_headers {
-        &[]
-    } else {
-        &OVERLOADED
-    }
-}
+static X_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static X_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
@@ -354,6 +342,11 @@ impl Ctx {
         };
         for (k, v) in extra {
             resp.headers_mut().insert(k.clone(), v.clone());
+        }
+        // Every overflow reply says so, as Envoy's router does, unless told not to.
+        if flags.contains(ResponseFlags::UO) && !self.ex.conn.hcm.router.suppress_envoy_headers {
+            resp.headers_mut()
+                .insert(X_OVERLOADED.clone(), HeaderValue::from_static("true"));
         }
         self.finish(resp)
     }
@@ -893,7 +886,7 @@ async fn forward(
                 "upstream overflow: cluster `{}` is at its max_requests limit",
                 cluster.name
             ),
-            overloaded(hcm),
+            &[],
         );
     };
 
@@ -1368,7 +1361,7 @@ async fn forward(
                         cluster.name,
                         e.reset_reason()
                     ),
-                    overloaded(hcm),
+                    &[],
                 );
             }
             if let UpstreamError::DownstreamBody(why) = &e {
@@ -1551,7 +1544,6 @@ async fn connect_tunnel(
     let (stream, guard) = match pool.connect_stream().await {
         Ok(up) => up,
         Err(e @ UpstreamError::Overflow(_)) => {
-            let headers = overloaded(&cx.ex.conn.hcm);
             return cx.local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 e.flag(),
@@ -1561,7 +1553,7 @@ async fn connect_tunnel(
                     cluster.name,
                     e.reset_reason()
                 ),
-                headers,
+                &[],
             );
         }
         Err(e) => {

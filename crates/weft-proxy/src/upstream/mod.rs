@@ -203,10 +203,16 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
     } else {
         Protocol::Http1
     };
-    let mut h2_options = c
+    // The HTTP/2 options in force (the typed extension's replace the deprecated field's):
+    // where they are, and their `max_concurrent_streams`.
+    let streams_of =
+        |f: String, o: &envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions| {
+            (f, o.max_concurrent_streams.map(|v| v.value))
+        };
+    let mut h2_streams = c
         .http2_protocol_options
         .as_ref()
-        .map(|o| ("http2_protocol_options".to_string(), o.clone()));
+        .map(|o| streams_of("http2_protocol_options".into(), o));
     let mut common = c.common_http_protocol_options;
     for (k, any) in &c.typed_extension_protocol_options {
         let f = format!("typed_extension_protocol_options[{k:?}]");
@@ -220,28 +226,15 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         use upb::http_protocol_options::{
             UpstreamProtocolOptions as U, explicit_http_config::ProtocolConfig as P,
         };
-        match &o.upstream_protocol_options {
-            Some(U::ExplicitHttpConfig(e)) => {
-                if let Some(P::Http2ProtocolOptions(h2)) = &e.protocol_config {
-                    h2_options = Some((
-                        format!("{f}.explicit_http_config.http2_protocol_options"),
-                        h2.clone(),
-                    ));
-                }
-            }
-            Some(U::UseDownstreamProtocolConfig(d)) => {
-                if let Some(h2) = &d.http2_protocol_options {
-                    h2_options = Some((
-                        format!("{f}.use_downstream_protocol_config.http2_protocol_options"),
-                        h2.clone(),
-                    ));
-                }
-            }
-            _ => {}
-        }
         protocol = match &o.upstream_protocol_options {
-            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
-                Some(P::Http2ProtocolOptions(_)) => Protocol::Http2,
+            Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(P::Http2ProtocolOptions(h2)) => {
+                    h2_streams = Some(streams_of(
+                        format!("{f}.explicit_http_config.http2_protocol_options"),
+                        h2,
+                    ));
+                    Protocol::Http2
+                }
                 Some(P::HttpProtocolOptions(_)) | None => Protocol::Http1,
                 Some(P::Http3ProtocolOptions(_)) => {
                     return Err(ctx.err(
@@ -250,7 +243,15 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
                     ));
                 }
             },
-            Some(U::UseDownstreamProtocolConfig(_)) => Protocol::Downstream,
+            Some(U::UseDownstreamProtocolConfig(d)) => {
+                if let Some(h2) = &d.http2_protocol_options {
+                    h2_streams = Some(streams_of(
+                        format!("{f}.use_downstream_protocol_config.http2_protocol_options"),
+                        h2,
+                    ));
+                }
+                Protocol::Downstream
+            }
             Some(U::AutoConfig(_)) => {
                 return Err(ctx.err(
                     format!("{f}.auto_config"),
@@ -273,10 +274,7 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         .filter(|d| !d.is_zero()),
     };
     // Envoy's range and default (2^31 - 1: in effect, one connection).
-    let max_concurrent_streams = match h2_options
-        .as_ref()
-        .and_then(|(f, o)| o.max_concurrent_streams.map(|v| (f, v.value)))
-    {
+    let max_concurrent_streams = match h2_streams.and_then(|(f, v)| v.map(|v| (f, v))) {
         None => pool::DEFAULT_MAX_CONCURRENT_STREAMS,
         Some((_, v)) if (1..=pool::DEFAULT_MAX_CONCURRENT_STREAMS).contains(&v) => v,
         Some((f, v)) => {
