@@ -244,8 +244,8 @@ fn wait_status(outbound: SocketAddr, url: &str, status: u16, limit: Duration) ->
     .unwrap_or_else(|| panic!("GET {url} never answered {status} within {limit:?}; last: {last}"))
 }
 
-/// `CONNECT target` through a sidecar, one line sent, the echoed line returned.
-fn tcp_exchange(outbound: SocketAddr, target: &str, line: &str) -> Result<String, String> {
+/// A `CONNECT target` tunnel through a sidecar, established (reads time out after 5 s).
+fn open_tunnel(outbound: SocketAddr, target: &str) -> Result<BufReader<TcpStream>, String> {
     let s = TcpStream::connect_timeout(&outbound, Duration::from_secs(5))
         .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -259,10 +259,20 @@ fn tcp_exchange(outbound: SocketAddr, target: &str, line: &str) -> Result<String
         return Err(format!("CONNECT {target}: {status}"));
     }
     while !read_line(&mut r)?.is_empty() {}
+    Ok(r)
+}
+
+/// One line sent through a tunnel, the echoed line returned.
+fn tunnel_echo(r: &mut BufReader<TcpStream>, line: &str) -> Result<String, String> {
     r.get_mut()
         .write_all(format!("{line}\n").as_bytes())
         .map_err(|e| format!("write: {e}"))?;
-    read_line(&mut r)
+    read_line(r)
+}
+
+/// `CONNECT target` through a sidecar, one line sent, the echoed line returned.
+fn tcp_exchange(outbound: SocketAddr, target: &str, line: &str) -> Result<String, String> {
+    tunnel_echo(&mut open_tunnel(outbound, target)?, line)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -939,7 +949,78 @@ fn tcp_traffic_shifting() {
         (68.0..=92.0).contains(&pct),
         "v1 got {pct:.0} % of {N} connections (80 ± 12): {m:?}"
     );
+
+    // connectionPool.tcp.idleTimeout on the destination: a tunnel silent for 1 s is closed
+    // (without the rule Istio's default, 1 h, applies), one in use is not.
+    apply_yaml(
+        &up.control,
+        tmp.path(),
+        "tcp-echo-idle.yaml",
+        TCP_ECHO_IDLE_TIMEOUT,
+    );
+    let closed = wait_for(Duration::from_secs(30), || {
+        let mut t = open_tunnel(outbound, "tcp-echo:9000").ok()?;
+        tunnel_echo(&mut t, "idle?").ok()?;
+        // Before the rule arrives the tunnel outlives the 3 s wait; after, it closes in ~1 s.
+        t.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .ok()?;
+        let start = Instant::now();
+        match read_line(&mut t) {
+            Err(e) if e == "connection closed" => Some(start.elapsed()),
+            _ => None,
+        }
+    });
+    let after = closed.expect("an idle tunnel was never closed after idleTimeout: 1s");
+    assert!(
+        after < Duration::from_millis(2500),
+        "closed after {after:?}"
+    );
+    let mut t = open_tunnel(outbound, "tcp-echo:9000").expect("tunnel");
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(400));
+        let line = format!("busy {i}");
+        let reply = tunnel_echo(&mut t, &line)
+            .unwrap_or_else(|e| panic!("a tunnel in use was cut after {} ms: {e}", (i + 1) * 400));
+        assert_eq!(reply, format!("one {line}"), "all to v1 again");
+    }
 }
+
+/// The task's DestinationRule with a TCP idle timeout of 1 s, and all traffic back to v1 (a
+/// single destination: with weighted ones Istio keeps the default idle timeout).
+const TCP_ECHO_IDLE_TIMEOUT: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: tcp-echo-destination
+spec:
+  host: tcp-echo
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        idleTimeout: 1s
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: tcp-echo
+spec:
+  hosts:
+  - tcp-echo
+  tcp:
+  - route:
+    - destination:
+        host: tcp-echo
+        port:
+          number: 9000
+        subset: v1
+";
 
 // ---------------------------------------------------------------------------------------------
 // 4. Circuit breaking

@@ -85,11 +85,36 @@ pub struct RouteAction {
     pub host_rewrite: Option<HeaderValue>,
     /// None = no timeout (Envoy's explicit 0); default 15 s.
     pub timeout: Option<Duration>,
+    /// `idle_timeout`: the route's own stream idle timeout, in place of the connection
+    /// manager's `stream_idle_timeout`; see [`RouteAction::stream_idle_timeout`].
+    pub idle_timeout: RouteIdle,
     pub retry_policy: Option<Arc<RetryPolicy>>,
     pub hash_policies: Vec<HashPolicy>,
     pub upgrades: Upgrades,
     /// `request_mirror_policies`.
     pub mirrors: Vec<crate::http::mirror::MirrorPolicy>,
+}
+
+/// A route's `idle_timeout` as Envoy reads it: absent leaves the connection manager's
+/// `stream_idle_timeout` in force, `0s` turns any stream idle timeout off for the route.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RouteIdle {
+    #[default]
+    Inherit,
+    Off,
+    After(Duration),
+}
+
+impl RouteAction {
+    /// How long a stream on this route may go without a byte either way (`None` = forever),
+    /// given the connection manager's `stream_idle_timeout`.
+    pub fn stream_idle_timeout(&self, hcm: Option<Duration>) -> Option<Duration> {
+        match self.idle_timeout {
+            RouteIdle::Inherit => hcm,
+            RouteIdle::Off => None,
+            RouteIdle::After(d) => Some(d),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -1249,6 +1274,13 @@ fn route_action(
             Some(crate::config::duration(ctx, &format!("{f}.timeout"), d)?).filter(|d| !d.is_zero())
         }
     };
+    let idle_timeout = match &ra.idle_timeout {
+        None => RouteIdle::Inherit,
+        Some(d) => match crate::config::duration(ctx, &format!("{f}.idle_timeout"), d)? {
+            d if d.is_zero() => RouteIdle::Off,
+            d => RouteIdle::After(d),
+        },
+    };
     let retry_policy = match &ra.retry_policy {
         Some(p) => Some(Arc::new(retry_policy(
             ctx,
@@ -1271,6 +1303,7 @@ fn route_action(
         regex_rewrite,
         host_rewrite,
         timeout,
+        idle_timeout,
         retry_policy,
         hash_policies,
         upgrades,

@@ -280,6 +280,7 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "regex_rewrite",
             "host_rewrite_literal",
             "timeout",
+            "idle_timeout",
             "retry_policy",
             "hash_policy",
             "upgrade_configs",

@@ -879,6 +879,67 @@ async fn stream_idle_timeout_is_408_si_and_resets_idle_bodies() -> Result<()> {
     .await
 }
 
+/// A route's `idle_timeout` takes the place of the connection manager's
+/// `stream_idle_timeout`: `0s` turns it off for the route, a duration applies even where the
+/// connection manager has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_idle_timeout_overrides_the_stream_idle_timeout() -> Result<()> {
+    within(60, async {
+        let up = EchoServer::start("up").await?;
+        let port = free_port();
+        let vhosts = r#"
+- name: all
+  domains: ["*"]
+  routes:
+  - match: { prefix: "/patient/" }
+    route: { cluster: up, timeout: 10s, idle_timeout: 0s, prefix_rewrite: "/" }
+  - match: { prefix: "/hasty/" }
+    route: { cluster: up, timeout: 10s, idle_timeout: 0.15s, prefix_rewrite: "/" }
+  - match: { prefix: "/" }
+    route: { cluster: up, timeout: 10s }
+"#;
+        let yaml = bootstrap(
+            &[http_listener("main", port, vhosts)
+                .hcm("stream_idle_timeout: 1s")
+                .build()],
+            &[cluster("up", &[up.addr], "")],
+        );
+        let proxy = Proxy::start(&yaml).await?;
+        let addr = local(port);
+        // The connection manager's 1 s applies where the route says nothing.
+        let r = Http::h1().get(addr, "/delay/3000").await?;
+        ensure!(
+            r.status == 408,
+            "default route: status {} {:?}",
+            r.status,
+            r.text()
+        );
+        // `0s`: no idle timeout on this route; a 1.5 s wait is answered.
+        let r = Http::h1().get(addr, "/patient/delay/1500").await?;
+        ensure!(
+            r.status == 200,
+            "idle_timeout 0s: status {} {:?}",
+            r.status,
+            r.text()
+        );
+        // 150 ms on the route: a wait the manager's 1 s would allow is cut, 408 SI.
+        let r = Http::h1().get(addr, "/hasty/delay/900").await?;
+        ensure!(
+            r.status == 408,
+            "idle_timeout 0.15s: status {} {:?}",
+            r.status,
+            r.text()
+        );
+        proxy
+            .wait_access("408 SI", |l| {
+                l.path == "/hasty/delay/900" && l.has_flag("SI")
+            })
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
 /// `request_headers_timeout` is applied; `request_timeout`, which Weft does not enforce, is
 /// refused unless disabled, naming the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

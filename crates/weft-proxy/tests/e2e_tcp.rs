@@ -118,6 +118,66 @@ async fn websocket_ends_after_stream_idle_timeout() -> Result<()> {
     .await
 }
 
+/// A route's `idle_timeout` governs a CONNECT tunnel in place of the connection manager's
+/// (here turned off): a tunnel moving bytes is never cut, a silent one is closed (how weft
+/// control applies a DestinationRule's `connectionPool.tcp.idleTimeout` to TCP services).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnel_ends_after_the_route_idle_timeout() -> Result<()> {
+    within(60, async {
+        let echo = TcpEcho::start().await?;
+        let port = free_port();
+        let vhosts = r#"
+- name: tcp-echo
+  domains: ["*"]
+  routes:
+  - match: { connect_matcher: {} }
+    route:
+      cluster: tcp_echo
+      idle_timeout: 0.4s
+      upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }]
+"#;
+        let yaml = bootstrap(
+            &[http_listener("main", port, vhosts)
+                .hcm("upgrade_configs: [{ upgrade_type: CONNECT }]\nstream_idle_timeout: 0s")
+                .build()],
+            &[cluster("tcp_echo", &[echo.addr], "")],
+        );
+        let _proxy = Proxy::start(&yaml).await?;
+        let mut s = connect(local(port)).await?;
+        s.write_all(b"CONNECT tcpecho.test:7 HTTP/1.1\r\nHost: tcpecho.test:7\r\n\r\n")
+            .await?;
+        let head = read_until(&mut s, b"\r\n\r\n", Duration::from_secs(5)).await?;
+        ensure!(
+            status_of(&String::from_utf8_lossy(&head)) == Some(200),
+            "CONNECT answered {head:?}"
+        );
+        // Busy for 1.2 s, three times the idle timeout: never cut.
+        for i in 0..8 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let msg = format!("m{i}\n");
+            s.write_all(msg.as_bytes()).await?;
+            let back = read_n(&mut s, msg.len(), Duration::from_secs(5))
+                .await
+                .with_context(|| format!("no echo for message {i}"))?;
+            ensure!(back == msg.as_bytes(), "echo {i}: {back:?}");
+        }
+        // Then silent: closed after about 400 ms.
+        let t = Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .context("an idle tunnel was not closed")??;
+        ensure!(rest.is_empty(), "unexpected bytes {rest:?}");
+        ensure!(
+            t.elapsed() < Duration::from_secs(3),
+            "closed after {:?}",
+            t.elapsed()
+        );
+        Ok(())
+    })
+    .await
+}
+
 const CONNECT_VHOSTS: &str = r#"
 - name: tcp-echo
   domains: ["tcpecho.test:7"]

@@ -378,7 +378,7 @@ pub(crate) fn gateway(p: &ProxyNode, env: &Env, out: &mut Output) {
                     };
                     tls_chains.push(json!({"filter_chain_match": chain_match(&names),
                         "transport_socket": ts,
-                        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(&name, &target, logs.as_ref())}]}));
+                        "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(&name, &target, target.tcp_idle_timeout(env, &p.namespace), logs.as_ref())}]}));
                 }
                 Kind::TlsPassthrough => {
                     for (snis, target) in
@@ -388,7 +388,7 @@ pub(crate) fn gateway(p: &ProxyNode, env: &Env, out: &mut Output) {
                             continue;
                         };
                         tls_chains.push(json!({"filter_chain_match": chain_match(&names),
-                            "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(&name, &target, logs.as_ref())}]}));
+                            "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(&name, &target, target.tcp_idle_timeout(env, &p.namespace), logs.as_ref())}]}));
                     }
                 }
                 Kind::Http | Kind::Tcp => {}
@@ -418,7 +418,7 @@ pub(crate) fn gateway(p: &ProxyNode, env: &Env, out: &mut Output) {
                 {
                     plain = Some(
                         json!({"filters": [{"name": "envoy.filters.network.tcp_proxy",
-                        "typed_config": tcp_proxy(&name, &target, logs.as_ref())}]}),
+                        "typed_config": tcp_proxy(&name, &target, target.tcp_idle_timeout(env, &p.namespace), logs.as_ref())}]}),
                     );
                     break;
                 }
@@ -600,7 +600,7 @@ mod tests {
 
     #[test]
     fn tcp_and_tls_passthrough_servers() {
-        let env = gateway_env(
+        let mut env = gateway_env(
             json!([
                 {"port": {"number": 5432, "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]},
                 {"port": {"number": 443, "name": "tls", "protocol": "TLS"}, "hosts": ["*.example.com"], "tls": {"mode": "PASSTHROUGH"}}
@@ -621,9 +621,16 @@ mod tests {
                 ),
             ],
         );
+        env.destination_rules.push(res(
+            "DestinationRule",
+            "secure",
+            json!({"host": "secure", "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": "45s"}}}}),
+        ));
         let out = for_proxy(&gw_proxy(), &env);
         assert_valid(&out);
         let tcp = &out.listeners["0.0.0.0_5432"]["filter_chains"][0]["filters"][0]["typed_config"];
+        // Weighted destinations keep the proxy's default idle timeout, as Istio's.
+        assert!(tcp.get("idle_timeout").is_none(), "{tcp}");
         assert_eq!(
             tcp["weighted_clusters"]["clusters"],
             json!([{"name": "outbound|5432||db.default.svc.cluster.local", "weight": 90},
@@ -645,6 +652,8 @@ mod tests {
             chain["filters"][0]["typed_config"]["cluster"],
             "outbound|8443||secure.default.svc.cluster.local"
         );
+        // One destination: its DestinationRule's TCP idle timeout.
+        assert_eq!(chain["filters"][0]["typed_config"]["idle_timeout"], "45s");
     }
 
     #[test]

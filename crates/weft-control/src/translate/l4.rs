@@ -21,6 +21,21 @@ pub enum Target {
     Weighted(Vec<(String, u32)>),
 }
 
+/// What Istio takes to be the idle timeout of TCP traffic when no DestinationRule sets one.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: &str = "3600s";
+
+impl Target {
+    /// The `connectionPool.tcp.idleTimeout` of the DestinationRule (subset and port-level
+    /// settings included) for TCP traffic to this target, as Istio applies it to a
+    /// single-destination `tcp_proxy`. None for a weighted target, and where no rule sets one.
+    pub(crate) fn tcp_idle_timeout(&self, env: &Env, from_ns: &str) -> Option<Json> {
+        let Target::Cluster(c) = self else {
+            return None;
+        };
+        super::tcp_idle_timeout(env, c, from_ns)
+    }
+}
+
 /// Whether `ip` lies in `cidr` (`10.0.0.0/8`, or a plain address).
 pub fn in_subnet(ip: IpAddr, cidr: &str) -> bool {
     let (base, bits) = match cidr.split_once('/') {
@@ -212,9 +227,11 @@ fn first_tcp(vs: &Res, cx: &RouteCx<'_>, svc: Option<&Service>) -> Option<Target
     None
 }
 
-/// The CONNECT route of an outbound virtual host, to `target`.
-pub fn connect_route(target: &Target) -> Json {
-    let mut action = json!({"timeout": "0s",
+/// The CONNECT route of an outbound virtual host, to `target`. The tunnel carries TCP: it
+/// closes after `idle_timeout` without a byte either way (the route's own stream idle timeout;
+/// the outbound connection manager has none).
+pub fn connect_route(target: &Target, idle_timeout: Json) -> Json {
+    let mut action = json!({"timeout": "0s", "idle_timeout": idle_timeout,
         "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]});
     match target {
         Target::Cluster(c) => action["cluster"] = json!(c),
@@ -402,6 +419,73 @@ mod tests {
                 {"name": "outbound|3306|v1|db.default.svc.cluster.local", "weight": 80},
                 {"name": "outbound|3306|v2|db.default.svc.cluster.local", "weight": 20}
             ])
+        );
+        // Weighted destinations: Istio's default TCP idle timeout.
+        assert_eq!(routes[0]["route"]["idle_timeout"], DEFAULT_TCP_IDLE_TIMEOUT);
+    }
+
+    /// A tunnel to one destination closes after its DestinationRule's TCP idle timeout, the
+    /// subset's own (port-level) setting winning; without a rule, after Istio's default.
+    #[test]
+    fn sidecar_tunnel_idle_timeout_follows_the_destination_rule() {
+        let env = Env {
+            services: vec![
+                tcp_svc(
+                    "db.default.svc.cluster.local",
+                    3306,
+                    Protocol::Tcp,
+                    &[("127.0.1.2", "v1")],
+                ),
+                tcp_svc(
+                    "cache.default.svc.cluster.local",
+                    6379,
+                    Protocol::Tcp,
+                    &[("127.0.1.3", "v1")],
+                ),
+                tcp_svc(
+                    "queue.default.svc.cluster.local",
+                    5672,
+                    Protocol::Tcp,
+                    &[("127.0.1.4", "v1")],
+                ),
+            ],
+            destination_rules: vec![
+                res(
+                    "DestinationRule",
+                    "db",
+                    json!({"host": "db", "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": "90s"}}},
+                        "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"portLevelSettings": [
+                            {"port": {"number": 3306}, "connectionPool": {"tcp": {"idleTimeout": "30s"}}}]}}]}),
+                ),
+                res(
+                    "DestinationRule",
+                    "queue",
+                    json!({"host": "queue", "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": "7200s"}}}}),
+                ),
+            ],
+            virtual_services: vec![res(
+                "VirtualService",
+                "db",
+                json!({"hosts": ["db"], "tcp": [{"route": [{"destination": {"host": "db", "subset": "v1"}}]}]}),
+            )],
+            ..Default::default()
+        };
+        let out = for_proxy(&proxy(), &env);
+        assert_valid(&out);
+        let idle = |name: &str| {
+            out.routes["outbound"]["virtual_hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .map(|v| v["routes"][0]["route"]["idle_timeout"].clone())
+                .unwrap()
+        };
+        assert_eq!(idle("db.default.svc.cluster.local:3306"), "30s");
+        assert_eq!(idle("queue.default.svc.cluster.local:5672"), "7200s");
+        assert_eq!(
+            idle("cache.default.svc.cluster.local:6379"),
+            DEFAULT_TCP_IDLE_TIMEOUT
         );
     }
 

@@ -856,13 +856,6 @@ fn default_route(cluster: &str) -> Json {
     }})
 }
 
-fn connect_route(cluster: &str) -> Json {
-    json!({"name": "connect", "match": {"connect_matcher": {}}, "route": {
-        "cluster": cluster, "timeout": "0s",
-        "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]
-    }})
-}
-
 /// Domains a client uses for `svc:port`: every alias, with and without the port (the bare
 /// name only for port 80).
 fn domains(svc: &Service, port: u16, from_ns: &str) -> Vec<String> {
@@ -955,6 +948,36 @@ fn apply_port_settings(mut p: Json, port: u16) -> Json {
         }
     }
     p
+}
+
+/// `connectionPool.tcp.idleTimeout` in the policy in force for `cluster` (an
+/// `outbound|port|subset|host` name) as seen from namespace `from_ns`; None for other
+/// clusters and where no rule sets it.
+pub(crate) fn tcp_idle_timeout(env: &Env, cluster: &str, from_ns: &str) -> Option<Json> {
+    let mut parts = cluster.splitn(4, '|');
+    let (Some("outbound"), Some(port), Some(subset), Some(host)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let port: u16 = port.parse().ok()?;
+    let dr = env.destination_rule(host, from_ns);
+    let subset = dr.and_then(|d| {
+        d.list("subsets")
+            .into_iter()
+            .find(|s| !subset.is_empty() && s.get("name").and_then(Json::as_str) == Some(subset))
+    });
+    merged_policy(dr, subset, port)?
+        .pointer("/connectionPool/tcp/idleTimeout")
+        .cloned()
+}
+
+/// The idle timeout of a CONNECT tunnel to `target`: the DestinationRule's TCP one, else Istio's
+/// default for TCP traffic.
+fn tunnel_idle_timeout(env: &Env, target: &l4::Target, from_ns: &str) -> Json {
+    target
+        .tcp_idle_timeout(env, from_ns)
+        .unwrap_or_else(|| json!(l4::DEFAULT_TCP_IDLE_TIMEOUT))
 }
 
 /// The traffic policy in force for a cluster, merged as Istio does: the rule's policy with its
@@ -1275,9 +1298,18 @@ pub(crate) fn socket(ip: &str, port: u16) -> Json {
 }
 
 /// A TcpProxy filter config to `route` (a cluster name or weighted clusters, see
-/// [`l4::Target`]), with the access logs in force.
-pub(crate) fn tcp_proxy(stat_prefix: &str, target: &l4::Target, logs: Option<&Json>) -> Json {
+/// [`l4::Target`]), with the access logs in force and `idle_timeout` when set (else the
+/// proxy's default, 1 h, as Envoy's).
+pub(crate) fn tcp_proxy(
+    stat_prefix: &str,
+    target: &l4::Target,
+    idle_timeout: Option<Json>,
+    logs: Option<&Json>,
+) -> Json {
     let mut t = json!({"@type": TCP_PROXY, "stat_prefix": stat_prefix});
+    if let Some(d) = idle_timeout {
+        t["idle_timeout"] = d;
+    }
     match target {
         l4::Target::Cluster(c) => t["cluster"] = json!(c),
         l4::Target::Weighted(ws) => {
@@ -1387,7 +1419,11 @@ fn outbound_vhosts(
             };
             let mut routes = Vec::new();
             if port.protocol.is_http() {
-                routes.push(connect_route(&cluster));
+                let target = l4::Target::Cluster(cluster.clone());
+                routes.push(l4::connect_route(
+                    &target,
+                    tunnel_idle_timeout(env, &target, &p.namespace),
+                ));
                 match vs {
                     Some(vs) => routes.extend(vs_routes(vs, &cx)),
                     None => {
@@ -1405,7 +1441,10 @@ fn outbound_vhosts(
                 // `tls`/`tcp` rules pick the destination(s).
                 let target = l4::sidecar_target(vs, svc, port, &cx)
                     .unwrap_or_else(|| l4::Target::Cluster(cluster.clone()));
-                routes.push(l4::connect_route(&target));
+                routes.push(l4::connect_route(
+                    &target,
+                    tunnel_idle_timeout(env, &target, &p.namespace),
+                ));
             }
             let mut domains = domains(svc, port.number, &p.namespace);
             for a in &svc.addresses {
@@ -1456,7 +1495,7 @@ fn sidecar_routes(p: &ProxyNode, env: &Env, services: &[&Service], out: &mut Out
         // ALLOW_ANY: any other host (and CONNECT target) goes out as it is.
         vhosts.push(json!({"name": "allow_any", "domains": ["*"], "routes": [
             {"name": "allow_any_connect", "match": {"connect_matcher": {}}, "route": {"cluster": PASSTHROUGH, "timeout": "0s",
-                "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}},
+                "idle_timeout": l4::DEFAULT_TCP_IDLE_TIMEOUT, "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}]}},
             {"name": "allow_any", "match": {"prefix": "/"}, "route": {"cluster": PASSTHROUGH, "timeout": "0s"}},
         ]}));
         out.clusters
@@ -1507,7 +1546,7 @@ fn sidecar_local(p: &ProxyNode, env: &Env, out: &mut Output) {
         });
         let http_chain = json!({"filter_chain_match": {"application_protocols": ["http/1.1", "h2c"]},
             "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm(&format!("inbound_0.0.0.0_{port}"), None, Some(route), server_extra.clone())}]});
-        let tcp_chain = json!({"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(&cname, &l4::Target::Cluster(cname.clone()), server_logs.as_ref())}]});
+        let tcp_chain = json!({"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(&cname, &l4::Target::Cluster(cname.clone()), None, server_logs.as_ref())}]});
         let listener = if declared_tcp {
             json!({"name": format!("inbound|{port}"), "address": socket(&ip, *port), "filter_chains": [tcp_chain], "traffic_direction": "INBOUND"})
         } else {
@@ -1720,14 +1759,16 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                         flag(format!("{path}.{}", key.replace('/', ".")));
                     }
                 }
-                // Carried to the cluster's HTTP connections as Istio does; Istio also puts
-                // them on the TCP proxy of TCP services, which this version does not.
-                for key in ["idleTimeout", "maxConnectionDuration"] {
-                    if tp.pointer(&format!("/connectionPool/tcp/{key}")).is_some() {
-                        notes.push(format!(
-                            "{id}: `{path}.connectionPool.tcp.{key}` applies to HTTP connections only: TCP connections to the service (tunnels, tcp_proxy) are not limited by it yet"
-                        ));
-                    }
+                // Carried to the cluster's HTTP connections as Istio does; Istio also puts it
+                // on the TCP proxy of TCP services, which this version does not (idleTimeout
+                // reaches both: tunnels and gateway tcp_proxy).
+                if tp
+                    .pointer("/connectionPool/tcp/maxConnectionDuration")
+                    .is_some()
+                {
+                    notes.push(format!(
+                        "{id}: `{path}.connectionPool.tcp.maxConnectionDuration` applies to HTTP connections only: TCP connections to the service (tunnels, tcp_proxy) are not limited by it yet"
+                    ));
                 }
                 let Some(tls) = tp.get("tls") else {
                     continue;
@@ -2362,7 +2403,7 @@ mod tests {
                 "loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "10s"},
                 "connectionPool": {"http": {"useClientProtocol": true}},
                 "outlierDetection": {"splitExternalLocalOriginErrors": true, "consecutiveLocalOriginFailures": 2},
-                "portLevelSettings": [{"port": {"number": 80}, "connectionPool": {"tcp": {"idleTimeout": "1h"}}}]},
+                "portLevelSettings": [{"port": {"number": 80}, "connectionPool": {"tcp": {"idleTimeout": "1h", "maxConnectionDuration": "2h"}}}]},
               "subsets": [{"name": "v1", "labels": {"v": "1"}, "trafficPolicy": {"tunnel": {"targetHost": "x", "targetPort": 80}}}]}),
         );
         let mut w = unimplemented(&dr);
@@ -2373,13 +2414,13 @@ mod tests {
             [
                 "spec.subsets[0].trafficPolicy.tunnel",
                 "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
-                "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.idleTimeout",
+                "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.maxConnectionDuration",
             ],
             "{w:?}"
         );
         assert!(
             w.iter()
-                .find(|m| m.contains("tcp.idleTimeout"))
+                .find(|m| m.contains("tcp.maxConnectionDuration"))
                 .is_some_and(|m| m.contains("applies to HTTP connections only")),
             "{w:?}"
         );

@@ -842,6 +842,8 @@ async fn forward(
         );
     };
     cx.ex.cluster = Some(cluster.clone());
+    // The route's idle_timeout, else the connection manager's stream_idle_timeout.
+    let stream_idle = ra.stream_idle_timeout(hcm.stream_idle_timeout);
 
     // CONNECT: terminate the tunnel here and splice bytes to the chosen endpoint.
     if parts.method == Method::CONNECT {
@@ -854,7 +856,14 @@ async fn forward(
                 &[],
             );
         }
-        return Box::pin(connect_tunnel(cx, parts, cluster.clone(), &authority)).await;
+        return Box::pin(connect_tunnel(
+            cx,
+            parts,
+            cluster.clone(),
+            &authority,
+            stream_idle,
+        ))
+        .await;
     }
     let upgrade = is_upgrade(&parts);
     if upgrade {
@@ -1151,7 +1160,7 @@ async fn forward(
             .as_ref()
             .and_then(|p| p.per_try_timeout)
             .map(|d| sent_at + d);
-        let idle_at = hcm.stream_idle_timeout.map(|d| sent_at + d);
+        let idle_at = stream_idle.map(|d| sent_at + d);
         cx.ex.upstream_host = Some(host.addr);
         cluster.stats.upstream_rq_total.inc();
         cluster.stats.upstream_rq_active.inc();
@@ -1305,9 +1314,9 @@ async fn forward(
             if rparts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
                 // Splice the two upgraded connections.
                 if let (Some(down), Some(up)) = (down_upgrade.take(), rbody.into_upgraded()) {
-                    // An upgraded stream is still a stream: stream_idle_timeout ends it when
-                    // no byte moves either way for that long.
-                    let idle = hcm.stream_idle_timeout;
+                    // An upgraded stream is still a stream: the stream idle timeout ends it
+                    // when no byte moves either way for that long.
+                    let idle = stream_idle;
                     tokio::spawn(async move {
                         let _guard = up.guard;
                         if let Ok(d) = down.await {
@@ -1342,7 +1351,7 @@ async fn forward(
             cx.finish(Response::from_parts(
                 rparts,
                 ResponseBody::new(Inner::Upstream(rbody), None)
-                    .with_idle_timeout(hcm.stream_idle_timeout)
+                    .with_idle_timeout(stream_idle)
                     .with_deadline(timeout.map(|t| {
                         let end = request_end_at().unwrap_or_else(Instant::now);
                         tokio::time::Instant::from_std(end + t)
@@ -1517,6 +1526,7 @@ async fn connect_tunnel(
     parts: http::request::Parts,
     cluster: Arc<Cluster>,
     authority: &str,
+    idle: Option<Duration>,
 ) -> Response<ResponseBody> {
     let lb_ctx = LbContext {
         hash: None,
@@ -1572,8 +1582,7 @@ async fn connect_tunnel(
             );
         }
     };
-    // The tunnel is one stream: it ends after stream_idle_timeout without a byte either way.
-    let idle = cx.ex.conn.hcm.stream_idle_timeout;
+    // The tunnel is one stream: it ends after the stream idle timeout without a byte either way.
     let upgrade = hyper::upgrade::on(Request::from_parts(parts, ()));
     tokio::spawn(async move {
         let _guard = guard;
