@@ -952,6 +952,8 @@ fn tcp_traffic_shifting() {
 
     // connectionPool.tcp.idleTimeout on the destination: a tunnel silent for 1 s is closed
     // (without the rule Istio's default, 1 h, applies), one in use is not.
+    // All to v1 again (one destination: with weighted ones Istio keeps the default).
+    apply_yaml(&up.control, tmp.path(), "tcp-echo.yaml", TCP_ECHO_SERVICES);
     apply_yaml(
         &up.control,
         tmp.path(),
@@ -986,8 +988,7 @@ fn tcp_traffic_shifting() {
     }
 }
 
-/// The task's DestinationRule with a TCP idle timeout of 1 s, and all traffic back to v1 (a
-/// single destination: with weighted ones Istio keeps the default idle timeout).
+/// The task's DestinationRule with a TCP idle timeout of 1 s.
 const TCP_ECHO_IDLE_TIMEOUT: &str = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
@@ -1005,21 +1006,6 @@ spec:
   - name: v2
     labels:
       version: v2
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: tcp-echo
-spec:
-  hosts:
-  - tcp-echo
-  tcp:
-  - route:
-    - destination:
-        host: tcp-echo
-        port:
-          number: 9000
-        subset: v1
 ";
 
 // ---------------------------------------------------------------------------------------------

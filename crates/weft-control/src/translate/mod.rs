@@ -41,6 +41,12 @@ impl Res {
     pub fn id(&self) -> String {
         format!("{} {}/{}", self.kind, self.namespace, self.name)
     }
+    /// A DestinationRule's subset called `name`.
+    pub(crate) fn subset(&self, name: &str) -> Option<&Json> {
+        self.list("subsets")
+            .into_iter()
+            .find(|s| s.get("name").and_then(Json::as_str) == Some(name))
+    }
     pub(crate) fn list(&self, key: &str) -> Vec<&Json> {
         self.spec
             .get(key)
@@ -792,13 +798,10 @@ pub(crate) fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
                         &vs.namespace,
                     );
                     let dr = cx.env.destination_rule(&host, &cx.proxy.namespace);
-                    let subset = d.get("subset").and_then(Json::as_str).and_then(|s| {
-                        dr.and_then(|dr| {
-                            dr.list("subsets")
-                                .into_iter()
-                                .find(|x| x.get("name").and_then(Json::as_str) == Some(s))
-                        })
-                    });
+                    let subset = d
+                        .get("subset")
+                        .and_then(Json::as_str)
+                        .and_then(|s| dr?.subset(s));
                     if let Some(hp) = hash_policy(merged_policy(dr, subset, cx.port).as_ref()) {
                         action.insert("hash_policy".into(), hp);
                     }
@@ -962,11 +965,9 @@ pub(crate) fn tcp_idle_timeout(env: &Env, cluster: &str, from_ns: &str) -> Optio
     };
     let port: u16 = port.parse().ok()?;
     let dr = env.destination_rule(host, from_ns);
-    let subset = dr.and_then(|d| {
-        d.list("subsets")
-            .into_iter()
-            .find(|s| !subset.is_empty() && s.get("name").and_then(Json::as_str) == Some(subset))
-    });
+    let subset = dr
+        .filter(|_| !subset.is_empty())
+        .and_then(|d| d.subset(subset));
     merged_policy(dr, subset, port)?
         .pointer("/connectionPool/tcp/idleTimeout")
         .cloned()
