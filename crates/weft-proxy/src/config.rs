@@ -79,6 +79,20 @@ pub fn opt_duration(
     d.map(|d| duration(ctx, field, d)).transpose()
 }
 
+/// An Envoy timeout field: absent gives `default`, an explicit zero turns the timeout off
+/// (None), anything else is the timeout.
+pub fn timeout(
+    ctx: &Ctx,
+    field: &str,
+    d: Option<&envoy_types::pb::google::protobuf::Duration>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    Ok(match d {
+        None => default,
+        Some(d) => Some(duration(ctx, field, d)?).filter(|d| !d.is_zero()),
+    })
+}
+
 /// Decodes the `Any` payload of a typed config as `M`, checking the type URL.
 pub fn decode_any<M: prost::Message + prost::Name + Default>(
     ctx: &Ctx,
@@ -362,6 +376,33 @@ pub fn check_listener(l: &lpb::Listener, xds: bool) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_default_when_absent_and_turn_off_at_zero() {
+        use envoy_types::pb::google::protobuf::Duration as Pb;
+        let ctx = Ctx::new("route", "r");
+        let five = Some(Duration::from_secs(5));
+        assert_eq!(timeout(&ctx, "t", None, five).unwrap(), five);
+        let zero = Pb {
+            seconds: 0,
+            nanos: 0,
+        };
+        assert_eq!(timeout(&ctx, "t", Some(&zero), five).unwrap(), None);
+        let half = Pb {
+            seconds: 0,
+            nanos: 500_000_000,
+        };
+        assert_eq!(
+            timeout(&ctx, "t", Some(&half), five).unwrap(),
+            Some(Duration::from_millis(500))
+        );
+        let negative = Pb {
+            seconds: -1,
+            nanos: 0,
+        };
+        let e = timeout(&ctx, "a.b.timeout", Some(&negative), five).unwrap_err();
+        assert!(e.to_string().contains("a.b.timeout"), "{e}");
+    }
 
     fn yaml<M: prost::Message + prost::Name + Default>(y: &str) -> M {
         weft_xds::from_yaml(y, "test").unwrap()

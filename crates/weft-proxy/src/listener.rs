@@ -7,7 +7,7 @@
 //! Each connection holds the listener config it was accepted with; a reload swaps the config
 //! for new connections only, and a drain signal makes HTTP connections close gracefully.
 
-use crate::config::{ConfigError, Ctx, decode_any, opt_duration, socket_addr};
+use crate::config::{ConfigError, Ctx, decode_any, socket_addr, timeout};
 use crate::http::proxy::Conn;
 use crate::http::{Codec, Hcm};
 use crate::io::{MaybeTls, Rewind};
@@ -112,15 +112,12 @@ pub fn build(l: &lpb::Listener, stats: &Stats) -> Result<ListenerConfig, ConfigE
     if chains.is_empty() && default_chain.is_none() {
         return Err(ctx.err("filter_chains", "at least one filter chain is required"));
     }
-    let filters_timeout = match &l.listener_filters_timeout {
-        None => Some(Duration::from_secs(15)),
-        Some(d) => Some(crate::config::duration(
-            &ctx,
-            "listener_filters_timeout",
-            d,
-        )?)
-        .filter(|d| !d.is_zero()),
-    };
+    let filters_timeout = timeout(
+        &ctx,
+        "listener_filters_timeout",
+        l.listener_filters_timeout.as_ref(),
+        Some(Duration::from_secs(15)),
+    )?;
     Ok(ListenerConfig {
         name: l.name.clone(),
         addr,
@@ -216,12 +213,12 @@ fn chain(
             ));
         }
     };
-    let handshake_timeout = opt_duration(
+    let handshake_timeout = timeout(
         ctx,
         &format!("{f}.transport_socket_connect_timeout"),
         fc.transport_socket_connect_timeout.as_ref(),
-    )?
-    .filter(|d| !d.is_zero());
+        None,
+    )?;
     Ok(FilterChain {
         name: fc.name.clone(),
         m,

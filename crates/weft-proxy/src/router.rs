@@ -9,7 +9,7 @@
 // Deprecated Envoy fields are still accepted: existing configs use them.
 #![allow(deprecated)]
 
-use crate::config::{ConfigError, Ctx, decode_any, opt_duration};
+use crate::config::{ConfigError, Ctx, decode_any};
 use crate::upstream::hash::{HashPolicy, hash_policies_from_route};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3 as core;
@@ -1131,12 +1131,12 @@ fn retry_policy(ctx: &Ctx, f: &str, p: &rpb::RetryPolicy) -> Result<RetryPolicy,
     Ok(RetryPolicy {
         on: RetryOn::parse(ctx, &format!("{f}.retry_on"), &p.retry_on)?,
         num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
-        per_try_timeout: opt_duration(
+        per_try_timeout: crate::config::timeout(
             ctx,
             &format!("{f}.per_try_timeout"),
             p.per_try_timeout.as_ref(),
-        )?
-        .filter(|d| !d.is_zero()),
+            None,
+        )?,
         retriable_status_codes: codes,
         base_interval: base,
         max_interval: max.max(base),
@@ -1268,12 +1268,12 @@ fn route_action(
             ))
         })
         .transpose()?;
-    let timeout = match &ra.timeout {
-        None => Some(Duration::from_secs(15)),
-        Some(d) => {
-            Some(crate::config::duration(ctx, &format!("{f}.timeout"), d)?).filter(|d| !d.is_zero())
-        }
-    };
+    let timeout = crate::config::timeout(
+        ctx,
+        &format!("{f}.timeout"),
+        ra.timeout.as_ref(),
+        Some(Duration::from_secs(15)),
+    )?;
     let idle_timeout = match &ra.idle_timeout {
         None => RouteIdle::Inherit,
         Some(d) => match crate::config::duration(ctx, &format!("{f}.idle_timeout"), d)? {

@@ -71,15 +71,12 @@ pub fn build(ctx: &Ctx, f: &str, t: &tpb::TcpProxy) -> Result<TcpProxy, ConfigEr
                 |e| ctx.err(format!("{f}.access_log[{i}]"), e.to_string()),
             )?));
     }
-    let idle_timeout = match &t.idle_timeout {
-        None => Some(Duration::from_secs(3600)),
-        Some(d) => Some(crate::config::duration(
-            ctx,
-            &format!("{f}.idle_timeout"),
-            d,
-        )?)
-        .filter(|d| !d.is_zero()),
-    };
+    let idle_timeout = crate::config::timeout(
+        ctx,
+        &format!("{f}.idle_timeout"),
+        t.idle_timeout.as_ref(),
+        Some(Duration::from_secs(3600)),
+    )?;
     Ok(TcpProxy {
         stat_prefix: t.stat_prefix.clone(),
         clusters,

@@ -40,7 +40,12 @@ async fn websocket_echo_through_proxy() -> Result<()> {
             ],
         );
         let proxy = Proxy::start(&yaml).await?;
-        let mut c = ws_connect(local(port), "ws.test", "/ws/chat").await?;
+        let (mut c, head) = ws_handshake(local(port), "ws.test", "/ws/chat").await?;
+        // The router's header is on the 101 as on any proxied response.
+        ensure!(
+            head.contains_key("x-envoy-upstream-service-time"),
+            "101 without x-envoy-upstream-service-time: {head:?}"
+        );
         for i in 0..5 {
             let text = format!("message {i}");
             c.send(Message::text(text.clone())).await?;

@@ -120,6 +120,18 @@ pub fn cluster_name(port: u16, subset: &str, host: &str) -> String {
     format!("outbound|{port}|{subset}|{host}")
 }
 
+/// The port, subset ("" for none) and host of an outbound [`cluster_name`]; None for any other
+/// name.
+pub fn parse_cluster_name(name: &str) -> Option<(u16, &str, &str)> {
+    let mut parts = name.splitn(4, '|');
+    let (Some("outbound"), Some(port), Some(subset), Some(host)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    Some((port.parse().ok()?, subset, host))
+}
+
 /// A short host resolved in `ns`: `reviews` → `reviews.ns.svc.cluster.local`,
 /// `reviews.other` → `reviews.other.svc.cluster.local`; FQDNs and wildcards as they are.
 pub fn fqdn(host: &str, ns: &str) -> String {
@@ -797,12 +809,9 @@ pub(crate) fn vs_routes(vs: &Res, cx: &RouteCx<'_>) -> Vec<Json> {
                         d.get("host").and_then(Json::as_str).unwrap_or(""),
                         &vs.namespace,
                     );
-                    let dr = cx.env.destination_rule(&host, &cx.proxy.namespace);
-                    let subset = d
-                        .get("subset")
-                        .and_then(Json::as_str)
-                        .and_then(|s| dr?.subset(s));
-                    if let Some(hp) = hash_policy(merged_policy(dr, subset, cx.port).as_ref()) {
+                    let subset = d.get("subset").and_then(Json::as_str).unwrap_or("");
+                    let policy = policy_for(cx.env, &host, subset, cx.port, &cx.proxy.namespace);
+                    if let Some(hp) = hash_policy(policy.as_ref()) {
                         action.insert("hash_policy".into(), hp);
                     }
                 }
@@ -957,20 +966,20 @@ fn apply_port_settings(mut p: Json, port: u16) -> Json {
 /// `outbound|port|subset|host` name) as seen from namespace `from_ns`; None for other
 /// clusters and where no rule sets it.
 pub(crate) fn tcp_idle_timeout(env: &Env, cluster: &str, from_ns: &str) -> Option<Json> {
-    let mut parts = cluster.splitn(4, '|');
-    let (Some("outbound"), Some(port), Some(subset), Some(host)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    let port: u16 = port.parse().ok()?;
+    let (port, subset, host) = parse_cluster_name(cluster)?;
+    policy_for(env, host, subset, port, from_ns)?
+        .pointer("/connectionPool/tcp/idleTimeout")
+        .cloned()
+}
+
+/// The traffic policy in force for `subset` ("" for none) of `host` on `port`, from the
+/// DestinationRule that namespace `from_ns` sees (see [`merged_policy`]).
+fn policy_for(env: &Env, host: &str, subset: &str, port: u16, from_ns: &str) -> Option<Json> {
     let dr = env.destination_rule(host, from_ns);
     let subset = dr
         .filter(|_| !subset.is_empty())
         .and_then(|d| d.subset(subset));
-    merged_policy(dr, subset, port)?
-        .pointer("/connectionPool/tcp/idleTimeout")
-        .cloned()
+    merged_policy(dr, subset, port)
 }
 
 /// The idle timeout of a CONNECT tunnel to `target`: the DestinationRule's TCP one, else Istio's
@@ -2433,6 +2442,22 @@ mod tests {
         let w = unimplemented(&tel);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("spec.tracing"));
+    }
+
+    #[test]
+    fn cluster_names_parse_back() {
+        let n = cluster_name(9080, "v1", "reviews.default.svc.cluster.local");
+        assert_eq!(
+            parse_cluster_name(&n),
+            Some((9080, "v1", "reviews.default.svc.cluster.local"))
+        );
+        assert_eq!(
+            parse_cluster_name(&cluster_name(80, "", "a.example.com")),
+            Some((80, "", "a.example.com"))
+        );
+        assert_eq!(parse_cluster_name("inbound|8080||"), None);
+        assert_eq!(parse_cluster_name("PassthroughCluster"), None);
+        assert_eq!(parse_cluster_name("outbound|x||h"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub mod mirror;
 pub mod proxy;
 
 use crate::access_log::AccessLogger;
-use crate::config::{ConfigError, Ctx, decode_any, opt_duration};
+use crate::config::{ConfigError, Ctx, decode_any, opt_duration, timeout};
 use crate::router::{RouteTable, route_table};
 use crate::stats::{HttpStats, Stats};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hpb;
@@ -250,21 +250,18 @@ pub fn hcm(
                     .map_err(|_| ctx.err(format!("{f}.server_name"), "not a valid header value"))?,
             )
         },
-        stream_idle_timeout: match &h.stream_idle_timeout {
-            None => Some(Duration::from_secs(300)),
-            Some(d) => Some(crate::config::duration(
-                ctx,
-                &format!("{f}.stream_idle_timeout"),
-                d,
-            )?)
-            .filter(|d| !d.is_zero()),
-        },
-        request_headers_timeout: opt_duration(
+        stream_idle_timeout: timeout(
+            ctx,
+            &format!("{f}.stream_idle_timeout"),
+            h.stream_idle_timeout.as_ref(),
+            Some(Duration::from_secs(300)),
+        )?,
+        request_headers_timeout: timeout(
             ctx,
             &format!("{f}.request_headers_timeout"),
             h.request_headers_timeout.as_ref(),
-        )?
-        .filter(|d| !d.is_zero()),
+            None,
+        )?,
         stats: stats.http(&h.stat_prefix),
         fault,
         cors,

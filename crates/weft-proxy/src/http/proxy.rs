@@ -1311,38 +1311,39 @@ async fn forward(
             let (mut rparts, rbody) = resp.into_parts();
             let service_time = upstream_time;
             cx.ex.upstream_service_time = Some(service_time);
+            // The router's own header, added after the upstream's hop-by-hop headers are gone
+            // (an upstream cannot have it removed by listing it in `Connection`).
+            let stamp = |h: &mut HeaderMap| {
+                if !hcm.router.suppress_envoy_headers {
+                    h.insert(
+                        X_UPSTREAM_SERVICE_TIME.clone(),
+                        HeaderValue::from(service_time.as_millis() as u64),
+                    );
+                }
+            };
             if rparts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
                 // Splice the two upgraded connections.
                 if let (Some(down), Some(up)) = (down_upgrade.take(), rbody.into_upgraded()) {
                     // An upgraded stream is still a stream: the stream idle timeout ends it
                     // when no byte moves either way for that long.
-                    let idle = stream_idle;
                     tokio::spawn(async move {
                         let _guard = up.guard;
                         if let Ok(d) = down.await {
                             let mut d = hyper_util::rt::TokioIo::new(d);
                             let mut u = up.io;
-                            crate::tcp::splice(&mut d, &mut u, idle).await;
+                            crate::tcp::splice(&mut d, &mut u, stream_idle).await;
                         }
                     });
                 }
-                let mut resp = Response::from_parts(rparts, ResponseBody::full(Bytes::new()));
+                stamp(&mut rparts.headers);
                 cx.ex.details = "via_upstream";
-                if !hcm.router.suppress_envoy_headers {
-                    resp.headers_mut().insert(
-                        X_UPSTREAM_SERVICE_TIME.clone(),
-                        HeaderValue::from(service_time.as_millis() as u64),
-                    );
-                }
-                return cx.finish(resp);
+                return cx.finish(Response::from_parts(
+                    rparts,
+                    ResponseBody::full(Bytes::new()),
+                ));
             }
             strip_response_hop_by_hop(&mut rparts.headers);
-            if !hcm.router.suppress_envoy_headers {
-                rparts.headers.insert(
-                    X_UPSTREAM_SERVICE_TIME.clone(),
-                    HeaderValue::from(service_time.as_millis() as u64),
-                );
-            }
+            stamp(&mut rparts.headers);
             apply_response_mutations(&mut rparts.headers, table, vh, route, weighted);
             if let Some(c) = hash.set_cookie {
                 rparts.headers.append(header::SET_COOKIE, c);

@@ -17,7 +17,7 @@ pub mod lb;
 pub mod outlier;
 pub mod pool;
 
-use crate::config::{ConfigError, Ctx, decode_any, opt_duration};
+use crate::config::{ConfigError, Ctx, decode_any, opt_duration, timeout};
 use crate::stats::{ClusterStats, Stats};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
@@ -264,15 +264,12 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
             common = o.common_http_protocol_options;
         }
     }
-    let idle_timeout = match common.as_ref().and_then(|c| c.idle_timeout.as_ref()) {
-        None => Some(Duration::from_secs(3600)),
-        Some(d) => Some(crate::config::duration(
-            &ctx,
-            "common_http_protocol_options.idle_timeout",
-            d,
-        )?)
-        .filter(|d| !d.is_zero()),
-    };
+    let idle_timeout = timeout(
+        &ctx,
+        "common_http_protocol_options.idle_timeout",
+        common.as_ref().and_then(|c| c.idle_timeout.as_ref()),
+        Some(Duration::from_secs(3600)),
+    )?;
     // Envoy's range and default (2^31 - 1: in effect, one connection).
     let max_concurrent_streams = match h2_streams.and_then(|(f, v)| v.map(|v| (f, v))) {
         None => pool::DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -284,18 +281,14 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
             ));
         }
     };
-    let max_connection_duration = match common
-        .as_ref()
-        .and_then(|c| c.max_connection_duration.as_ref())
-    {
-        None => None,
-        Some(d) => Some(crate::config::duration(
-            &ctx,
-            "common_http_protocol_options.max_connection_duration",
-            d,
-        )?)
-        .filter(|d| !d.is_zero()),
-    };
+    let max_connection_duration = timeout(
+        &ctx,
+        "common_http_protocol_options.max_connection_duration",
+        common
+            .as_ref()
+            .and_then(|c| c.max_connection_duration.as_ref()),
+        None,
+    )?;
     let max_requests_per_connection = common
         .as_ref()
         .and_then(|c| c.max_requests_per_connection.as_ref())

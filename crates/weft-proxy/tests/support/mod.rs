@@ -1670,6 +1670,18 @@ pub async fn ws_connect(
     host: &str,
     path: &str,
 ) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>> {
+    Ok(ws_handshake(proxy, host, path).await?.0)
+}
+
+/// [`ws_connect`], also returning the headers of the proxy's `101` answer.
+pub async fn ws_handshake(
+    proxy: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<(
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    http::HeaderMap,
+)> {
     let tcp = connect(proxy).await?;
     let (ws, resp) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -1681,7 +1693,7 @@ pub async fn ws_connect(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         bail!("WebSocket handshake answered {}", resp.status());
     }
-    Ok(ws)
+    Ok((ws, resp.headers().clone()))
 }
 
 // --- gRPC ------------------------------------------------------------------------------------
