@@ -936,8 +936,9 @@ spec:
     - destination: {host: reviews, subset: v9}
 ";
 
-/// A valid DestinationRule, then a VirtualService with `weight: 150` on line 21.
-const WARMUP_DR: &str = "apiVersion: networking.istio.io/v1
+/// A DestinationRule with a field Weft does not implement (`proxyProtocol`, line 11) beside
+/// fields it does.
+const UNIMPLEMENTED_DR: &str = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
   name: ratings
@@ -947,10 +948,12 @@ spec:
     loadBalancer:
       simple: ROUND_ROBIN
       warmupDurationSecs: 30s
+    proxyProtocol: {version: V1}
     outlierDetection:
       splitExternalLocalOriginErrors: true
 ";
 
+/// A valid DestinationRule, then a VirtualService with `weight: 150` on line 21.
 const INVALID_APPLY: &str = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
@@ -1008,7 +1011,7 @@ fn analyze_and_errors() {
     let warn_dir = tmp.path().join("unimplemented");
     std::fs::create_dir_all(&warn_dir).expect("dir");
     let warn_file = warn_dir.join("dr.yaml");
-    write(&warn_file, WARMUP_DR);
+    write(&warn_file, UNIMPLEMENTED_DR);
     let r = weft(
         &["analyze", &warn_dir.display().to_string()],
         Duration::from_secs(30),
@@ -1020,15 +1023,17 @@ fn analyze_and_errors() {
     );
     assert!(
         r.stdout.contains(&format!(
-            "{}:10:7 DestinationRule default/ratings: `spec.trafficPolicy.loadBalancer.warmupDurationSecs` is not implemented yet",
+            "{}:11:5 DestinationRule default/ratings: `spec.trafficPolicy.proxyProtocol` is not implemented yet",
             warn_file.display()
         )),
-        "no warning for warmupDurationSecs: {r:?}"
+        "no warning for proxyProtocol: {r:?}"
     );
-    assert!(
-        !r.stdout.contains("splitExternalLocalOriginErrors"),
-        "an implemented field was reported: {r:?}"
-    );
+    for implemented in ["splitExternalLocalOriginErrors", "warmupDurationSecs"] {
+        assert!(
+            !r.stdout.contains(implemented),
+            "an implemented field was reported: {r:?}"
+        );
+    }
 
     // `weft apply` of an invalid file: refused whole, with file:line and field.
     let up = Up::new(tmp.path());

@@ -945,6 +945,36 @@ mod tests {
     }
 
     #[test]
+    fn slow_start_fields_pass_the_supported_walk_and_others_are_named() {
+        let pool = weft_xds::descriptors();
+        let check = |yaml: &str| {
+            let c: envoy_types::pb::envoy::config::cluster::v3::Cluster =
+                weft_xds::from_yaml(yaml, "test").unwrap();
+            unsupported(
+                &pool,
+                "envoy.config.cluster.v3.Cluster",
+                &prost::Message::encode_to_vec(&c),
+            )
+        };
+        let ss = "slow_start_config: {slow_start_window: 30s, aggression: {default_value: 2, \
+                  runtime_key: k}, min_weight_percent: {value: 5}}";
+        assert!(check(&format!("name: c\nround_robin_lb_config: {{{ss}}}\n")).is_empty());
+        assert!(
+            check(&format!(
+                "name: c\nlb_policy: LEAST_REQUEST\nleast_request_lb_config: {{choice_count: 3, {ss}}}\n"
+            ))
+            .is_empty()
+        );
+        assert_eq!(
+            check(
+                "name: c\nlb_policy: LEAST_REQUEST\nleast_request_lb_config: {active_request_bias: \
+                 {default_value: 2, runtime_key: k}}\n"
+            ),
+            ["least_request_lb_config.active_request_bias"]
+        );
+    }
+
+    #[test]
     fn listener_stat_prefix_names_its_stats() {
         let b: Bootstrap = weft_xds::from_yaml(
             r#"

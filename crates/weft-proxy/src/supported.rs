@@ -136,9 +136,9 @@ pub fn allowed(msg: &str, field: &str) -> bool {
         "envoy.config.accesslog.v3.ComparisonFilter" => &["op", "value"],
         "envoy.config.accesslog.v3.ResponseFlagFilter" => &["flags"],
         // No runtime layer: a runtime key always yields its default value, as in Envoy.
-        "envoy.config.core.v3.RuntimeUInt32" | "envoy.config.core.v3.RuntimeFractionalPercent" => {
-            &["default_value", "runtime_key"]
-        }
+        "envoy.config.core.v3.RuntimeUInt32"
+        | "envoy.config.core.v3.RuntimeDouble"
+        | "envoy.config.core.v3.RuntimeFractionalPercent" => &["default_value", "runtime_key"],
         "envoy.type.v3.FractionalPercent" => &["numerator", "denominator"],
         // HTTP filters: fault injection and CORS.
         "envoy.extensions.filters.http.fault.v3.HTTPFault" => {
@@ -365,6 +365,7 @@ pub fn allowed(msg: &str, field: &str) -> bool {
             "eds_cluster_config",
             "common_lb_config",
             "transport_socket",
+            "round_robin_lb_config",
             "least_request_lb_config",
             "ring_hash_lb_config",
             "maglev_lb_config",
@@ -378,7 +379,13 @@ pub fn allowed(msg: &str, field: &str) -> bool {
         }
         "envoy.config.cluster.v3.Cluster.CommonLbConfig" => &["healthy_panic_threshold"],
         "envoy.type.v3.Percent" => &["value"],
-        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => &["choice_count"],
+        "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => {
+            &["choice_count", "slow_start_config"]
+        }
+        "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig" => &["slow_start_config"],
+        "envoy.config.cluster.v3.Cluster.SlowStartConfig" => {
+            &["slow_start_window", "aggression", "min_weight_percent"]
+        }
         "envoy.config.cluster.v3.Cluster.RingHashLbConfig" => {
             &["minimum_ring_size", "maximum_ring_size", "hash_function"]
         }

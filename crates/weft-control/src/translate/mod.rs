@@ -912,7 +912,33 @@ fn lb_policy(tp: Option<&Json>) -> (String, Map<String, Json>) {
         "RANDOM" => "RANDOM",
         _ => "LEAST_REQUEST",
     };
+    let lb_config = match p {
+        "ROUND_ROBIN" => Some("round_robin_lb_config"),
+        "LEAST_REQUEST" => Some("least_request_lb_config"),
+        _ => None,
+    };
+    if let Some(key) = lb_config
+        && let Some(ss) = lb.and_then(slow_start)
+    {
+        extra.insert(key.into(), json!({"slow_start_config": ss}));
+    }
     (p.into(), extra)
+}
+
+/// Envoy's `slow_start_config` for Istio's `warmup` (Istio's defaults: aggression 1, minimum
+/// 10%), else for the older `warmupDurationSecs` (Envoy's defaults).
+fn slow_start(lb: &Json) -> Option<Json> {
+    if let Some(w) = lb.get("warmup") {
+        return Some(json!({
+            "slow_start_window": w.get("duration")?,
+            "aggression": {
+                "default_value": w.get("aggression").cloned().unwrap_or(json!(1.0)),
+                "runtime_key": "weft.slow_start.aggression",
+            },
+            "min_weight_percent": {"value": w.get("minimumPercent").cloned().unwrap_or(json!(10.0))},
+        }));
+    }
+    Some(json!({"slow_start_window": lb.get("warmupDurationSecs")?}))
 }
 
 /// Route-level hash policy for a destination with consistent hashing.
@@ -1624,6 +1650,7 @@ fn proxyless(p: &ProxyNode, env: &Env) -> Output {
             // gRPC clients support round robin and ring hash; the rest is Envoy's business.
             if o.get("lb_policy").and_then(Json::as_str) == Some("LEAST_REQUEST") {
                 o.insert("lb_policy".into(), json!("ROUND_ROBIN"));
+                o.remove("least_request_lb_config");
             }
             o.remove("typed_extension_protocol_options");
             o.remove("circuit_breakers");
@@ -1706,34 +1733,7 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
             }
         }
         "DestinationRule" => {
-            // Policies can sit at the top level, in subsets and in port-level settings.
-            let mut policies: Vec<(String, &Json)> = Vec::new();
-            if let Some(tp) = r.spec.get("trafficPolicy") {
-                policies.push(("spec.trafficPolicy".into(), tp));
-                for (j, pls) in tp
-                    .get("portLevelSettings")
-                    .and_then(Json::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    policies.push((format!("spec.trafficPolicy.portLevelSettings[{j}]"), pls));
-                }
-            }
-            for (j, sub) in r.list("subsets").iter().enumerate() {
-                if let Some(tp) = sub.get("trafficPolicy") {
-                    policies.push((format!("spec.subsets[{j}].trafficPolicy"), tp));
-                }
-            }
-            for (path, tp) in &policies {
-                if tp.pointer("/loadBalancer/simple").and_then(Json::as_str) == Some("PASSTHROUGH")
-                {
-                    flag(format!("{path}.loadBalancer.simple: PASSTHROUGH"));
-                }
-                if tp.pointer("/connectionPool/tcp/tcpKeepalive").is_some() {
-                    flag(format!("{path}.connectionPool.tcp.tcpKeepalive"));
-                }
-            }
+            // Policies can sit at the top level, in subsets and in port-level settings of both.
             let mut policies: Vec<(String, &Json)> = Vec::new();
             if let Some(tp) = r.spec.get("trafficPolicy") {
                 policies.push(("spec.trafficPolicy".into(), tp));
@@ -1757,10 +1757,13 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                 all.push((path, tp));
             }
             for (path, tp) in all {
+                if tp.pointer("/loadBalancer/simple").and_then(Json::as_str) == Some("PASSTHROUGH")
+                {
+                    flag(format!("{path}.loadBalancer.simple: PASSTHROUGH"));
+                }
                 // Valid Istio that the translation does not carry over.
                 for key in [
-                    "loadBalancer/warmupDurationSecs",
-                    "loadBalancer/warmup",
+                    "connectionPool/tcp/tcpKeepalive",
                     "loadBalancer/consistentHash/httpCookie/attributes",
                     "tunnel",
                     "proxyProtocol",
@@ -1768,6 +1771,18 @@ pub fn unimplemented(r: &Res) -> Vec<String> {
                     if tp.pointer(&format!("/{key}")).is_some() {
                         flag(format!("{path}.{}", key.replace('/', ".")));
                     }
+                }
+                // As in Istio, slow start exists for round robin and least request only.
+                if let Some(lb) = tp.get("loadBalancer")
+                    && let Some(w) = ["warmup", "warmupDurationSecs"]
+                        .into_iter()
+                        .find(|k| lb.get(k).is_some())
+                    && (lb.get("consistentHash").is_some()
+                        || lb.get("simple").and_then(Json::as_str) == Some("RANDOM"))
+                {
+                    notes.push(format!(
+                        "{id}: `{path}.loadBalancer.{w}` has no effect: slow start applies to ROUND_ROBIN and LEAST_REQUEST load balancing only"
+                    ));
                 }
                 // Carried to the cluster's HTTP connections as Istio does; Istio also puts it
                 // on the TCP proxy of TCP services, which this version does not (idleTimeout
@@ -2251,6 +2266,64 @@ mod tests {
     }
 
     #[test]
+    fn warmup_becomes_slow_start_for_round_robin_and_least_request() {
+        let env = reviews_with_rule(json!({"host": "reviews",
+        "trafficPolicy": {"loadBalancer": {"warmupDurationSecs": "30s"}},
+        "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"loadBalancer":
+                {"simple": "ROUND_ROBIN", "warmupDurationSecs": "5s",
+                 "warmup": {"duration": "60s", "minimumPercent": 5, "aggression": 2}}}},
+            {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"loadBalancer":
+                {"simple": "RANDOM", "warmupDurationSecs": "10s"}}},
+            {"name": "v3", "labels": {"version": "v3"}, "trafficPolicy": {"loadBalancer":
+                {"consistentHash": {"useSourceIp": true}, "warmup": {"duration": "10s"}}}}
+        ]}));
+        let out = for_proxy(&proxy(), &env);
+        assert_valid(&out);
+        let cluster = |subset: &str| {
+            out.clusters[&format!("outbound|9080|{subset}|reviews.default.svc.cluster.local")]
+                .clone()
+        };
+        // Istio's default balancer with the older field: the window alone, Envoy's defaults.
+        let c = cluster("");
+        assert_eq!(c["lb_policy"], "LEAST_REQUEST");
+        assert_eq!(
+            c["least_request_lb_config"],
+            json!({"slow_start_config": {"slow_start_window": "30s"}})
+        );
+        // `warmup` wins over `warmupDurationSecs`.
+        let ss = &cluster("v1")["round_robin_lb_config"]["slow_start_config"];
+        assert_eq!(ss["slow_start_window"], "60s");
+        assert_eq!(ss["aggression"]["default_value"], 2);
+        assert_eq!(ss["min_weight_percent"]["value"], 5);
+        // Istio's defaults for `warmup`: linear, 10% floor.
+        let out3 = for_proxy(
+            &proxy(),
+            &reviews_with_rule(json!({"host": "reviews", "trafficPolicy": {"loadBalancer":
+                {"simple": "LEAST_REQUEST", "warmup": {"duration": "20s"}}}})),
+        );
+        let ss = &out3.clusters["outbound|9080||reviews.default.svc.cluster.local"]["least_request_lb_config"]
+            ["slow_start_config"];
+        assert_eq!(ss["aggression"]["default_value"], 1.0);
+        assert_eq!(ss["min_weight_percent"]["value"], 10.0);
+        // No slow start for random or consistent hashing (as in Istio); `weft analyze` says so.
+        for subset in ["v2", "v3"] {
+            let c = cluster(subset);
+            assert!(
+                c.get("round_robin_lb_config").is_none()
+                    && c.get("least_request_lb_config").is_none(),
+                "{subset}: {c}"
+            );
+        }
+        let notes = unimplemented(&env.destination_rules[0]);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes.iter().all(|n| n.contains("has no effect")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
     fn sidecar_scoping_and_registry_only() {
         let mut other = svc(
             "ratings.other.svc.cluster.local",
@@ -2411,7 +2484,7 @@ mod tests {
             "r",
             json!({"host": "r", "trafficPolicy": {
                 "loadBalancer": {"simple": "ROUND_ROBIN", "warmupDurationSecs": "10s"},
-                "connectionPool": {"http": {"useClientProtocol": true}},
+                "connectionPool": {"http": {"useClientProtocol": true}, "tcp": {"tcpKeepalive": {"time": "60s"}}},
                 "outlierDetection": {"splitExternalLocalOriginErrors": true, "consecutiveLocalOriginFailures": 2},
                 "portLevelSettings": [{"port": {"number": 80}, "connectionPool": {"tcp": {"idleTimeout": "1h", "maxConnectionDuration": "2h"}}}]},
               "subsets": [{"name": "v1", "labels": {"v": "1"}, "trafficPolicy": {"tunnel": {"targetHost": "x", "targetPort": 80}}}]}),
@@ -2423,7 +2496,7 @@ mod tests {
             paths,
             [
                 "spec.subsets[0].trafficPolicy.tunnel",
-                "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
                 "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.maxConnectionDuration",
             ],
             "{w:?}"

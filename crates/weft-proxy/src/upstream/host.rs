@@ -12,10 +12,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use super::lb::{LbConfig, PriorityLb, random_u64, uniform};
+use super::lb::{LbConfig, PriorityLb, Ramp, random_u64, uniform};
 use super::outlier::{OutlierState, health_epoch};
 
 /// Envoy's overprovisioning factor, in percent.
@@ -43,6 +44,9 @@ pub struct Host {
     /// Priority level (0 is the most preferred).
     pub priority: u32,
     pub locality: Locality,
+    /// When the host joined its cluster (kept across endpoint updates): where its slow start
+    /// counts from.
+    pub added: Instant,
     pub(crate) active_rq: AtomicU32,
     pub outlier: OutlierState,
 }
@@ -56,6 +60,7 @@ impl Host {
             weight: weight.max(1),
             priority,
             locality,
+            added: Instant::now(),
             active_rq: AtomicU32::new(0),
             outlier: OutlierState::default(),
         }
@@ -129,6 +134,8 @@ struct Level {
     priority: u32,
     hosts: Box<[Arc<Host>]>,
     lb: PriorityLb,
+    /// Picks while some host of the level is within its slow-start window.
+    ramp: Option<Box<Ramp>>,
 }
 
 /// Per-priority load and panic state for one health epoch.
@@ -191,16 +198,23 @@ impl EndpointSet {
         let mut priorities: Vec<u32> = hosts.iter().map(|h| h.priority).collect();
         priorities.sort_unstable();
         priorities.dedup();
+        let now = Instant::now();
         let levels: Box<[Level]> = priorities
             .into_iter()
             .map(|p| {
                 let level_hosts: Box<[Arc<Host>]> =
                     hosts.iter().filter(|h| h.priority == p).cloned().collect();
+                let ramp = lb
+                    .slow_start
+                    .as_ref()
+                    .and_then(|s| Ramp::build(&level_hosts, s, &lb.policy, now))
+                    .map(Box::new);
                 let lb = PriorityLb::build(&level_hosts, &lb.policy);
                 Level {
                     priority: p,
                     hosts: level_hosts,
                     lb,
+                    ramp,
                 }
             })
             .collect();
@@ -319,6 +333,11 @@ impl EndpointSet {
             return (0, 0);
         };
         let panic = health.panic(l);
+        if let Some(ramp) = level.ramp.as_ref().filter(|r| r.running())
+            && let Some(i) = ramp.pick(&level.hosts, !panic, Instant::now())
+        {
+            return (l, i);
+        }
         let i = level
             .lb
             .pick(&level.hosts, hash, attempt, !panic)
@@ -691,6 +710,7 @@ mod tests {
             &LbConfig {
                 policy: LbPolicy::RoundRobin,
                 healthy_panic_threshold: 0.0,
+                slow_start: None,
             },
         );
         let t = tally(&set, 400, |_| None);
@@ -767,5 +787,33 @@ mod tests {
             .weight,
             1
         );
+    }
+
+    #[test]
+    fn slow_start_ramps_a_host_that_joins_an_existing_set() {
+        use crate::upstream::lb::SlowStart;
+        let window = Duration::from_millis(1_000);
+        let cfg = LbConfig {
+            policy: LbPolicy::RoundRobin,
+            slow_start: Some(SlowStart {
+                window,
+                aggression: 1.0,
+                min_weight: 0.1,
+            }),
+            ..LbConfig::default()
+        };
+        let old = host(1, 1, 0);
+        std::thread::sleep(window);
+        // The first host is past its window when the second joins: the newcomer starts at the
+        // 10% floor (until 100 ms into its window), about 1 pick in 11 — against 1 in 2 without
+        // slow start; the bound leaves room for a descheduled test thread.
+        let set = EndpointSet::new(vec![old.clone(), host(2, 1, 0)], &cfg);
+        let t = tally(&set, 1_100, |_| None);
+        let new = t.get(&host(2, 1, 0).addr).copied().unwrap_or(0);
+        assert!((80..=300).contains(&new), "{t:?}");
+        // Once the window has passed: plain round robin again, an exact alternation.
+        std::thread::sleep(window);
+        let t = tally(&set, 1_000, |_| None);
+        assert_eq!(t.values().copied().collect::<Vec<_>>(), [500, 500], "{t:?}");
     }
 }

@@ -5,15 +5,18 @@
 //! Everything expensive (schedules, rings, tables) is built here at config time; a pick is a
 //! few loads, an atomic increment or a binary search. This module must not allocate, lock or
 //! touch protobuf types on the pick path, and it knows nothing about priorities, panic mode or
-//! retries: `host.rs` drives it per priority level.
+//! retries: `host.rs` drives it per priority level. The one exception is slow start
+//! ([`Ramp`]): while a host of a level is new, weights change with time and picks go through a
+//! small locked schedule, for clusters that configure it and only until the window has passed.
 
 use std::cell::RefCell;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -38,6 +41,8 @@ pub const MAX_MAGLEV_TABLE_SIZE: u64 = 5_000_011;
 pub const DEFAULT_CHOICE_COUNT: u32 = 2;
 /// Envoy's default healthy panic threshold (percent).
 pub const DEFAULT_HEALTHY_PANIC_THRESHOLD: f64 = 50.0;
+/// Envoy's default `slow_start_config.min_weight_percent`.
+pub const DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT: f64 = 10.0;
 
 /// Upper bound on a weighted round-robin schedule; weights are scaled down beyond it.
 const MAX_RR_SCHEDULE: u64 = 1 << 16;
@@ -103,6 +108,36 @@ impl LbPolicy {
     }
 }
 
+/// Slow start (Envoy's `slow_start_config` of a round-robin or least-request cluster): a host
+/// that joined less than `window` ago has its weight scaled by
+/// `max(min_weight, (age / window) ^ (1 / aggression))`, so traffic to it ramps up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowStart {
+    /// How long a new host ramps up.
+    pub window: Duration,
+    /// Shape of the ramp: 1 is linear, larger values ramp up faster early on.
+    pub aggression: f64,
+    /// Floor of the scale factor, as a fraction (Envoy's `min_weight_percent` / 100).
+    pub min_weight: f64,
+}
+
+impl SlowStart {
+    /// The factor a host's weight is scaled by `age` after it joined (1 once past the window);
+    /// ages under a millisecond count as one, as in Envoy.
+    pub fn factor(&self, age: Duration) -> f64 {
+        if age >= self.window {
+            return 1.0;
+        }
+        let t = age.max(Duration::from_millis(1)).as_secs_f64() / self.window.as_secs_f64();
+        let f = if self.aggression == 1.0 {
+            t
+        } else {
+            t.powf(1.0 / self.aggression)
+        };
+        f.max(self.min_weight)
+    }
+}
+
 /// Load-balancing configuration of one cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LbConfig {
@@ -111,6 +146,8 @@ pub struct LbConfig {
     /// Percent of healthy hosts in a priority below which that priority ignores health
     /// (panic mode); `0.0` disables panic mode.
     pub healthy_panic_threshold: f64,
+    /// Slow start of new hosts (round robin and least request only).
+    pub slow_start: Option<SlowStart>,
 }
 
 impl Default for LbConfig {
@@ -118,17 +155,19 @@ impl Default for LbConfig {
         Self {
             policy: LbPolicy::default(),
             healthy_panic_threshold: DEFAULT_HEALTHY_PANIC_THRESHOLD,
+            slow_start: None,
         }
     }
 }
 
 /// Translates the load-balancing part of an Envoy `Cluster`.
 ///
-/// Reads `lb_policy`, `least_request_lb_config`, `ring_hash_lb_config`, `maglev_lb_config` and
-/// `common_lb_config.healthy_panic_threshold`. Policies Weft does not implement, typed
-/// `load_balancing_policy`, subset load balancing and non-xxHash rings are refused.
-/// Slow start (`slow_start_config`), locality-weighted and zone-aware settings are refused
-/// before this runs: they are not in `supported.rs`, so the unsupported-field walk names them.
+/// Reads `lb_policy`, `round_robin_lb_config` and `least_request_lb_config` (slow start),
+/// `ring_hash_lb_config`, `maglev_lb_config` and `common_lb_config.healthy_panic_threshold`.
+/// Policies Weft does not implement, typed `load_balancing_policy`, subset load balancing and
+/// non-xxHash rings are refused. Locality-weighted and zone-aware settings and
+/// `active_request_bias` are refused before this runs: they are not in `supported.rs`, so the
+/// unsupported-field walk names them.
 pub fn lb_config_from_cluster(c: &Cluster) -> Result<LbConfig, UnsupportedField> {
     if c.load_balancing_policy.is_some() {
         return Err(UnsupportedField::new(
@@ -146,12 +185,25 @@ pub fn lb_config_from_cluster(c: &Cluster) -> Result<LbConfig, UnsupportedField>
         ));
     }
 
+    let mut slow_start = None;
     let policy = match cluster_pb::LbPolicy::try_from(c.lb_policy) {
-        Ok(cluster_pb::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(cluster_pb::LbPolicy::RoundRobin) => {
+            if let Some(LbConfigPb::RoundRobinLbConfig(rr)) = &c.lb_config {
+                slow_start = slow_start_from(
+                    "round_robin_lb_config.slow_start_config",
+                    rr.slow_start_config.as_ref(),
+                )?;
+            }
+            LbPolicy::RoundRobin
+        }
         Ok(cluster_pb::LbPolicy::Random) => LbPolicy::Random,
         Ok(cluster_pb::LbPolicy::LeastRequest) => {
             let choice_count = match &c.lb_config {
                 Some(LbConfigPb::LeastRequestLbConfig(lr)) => {
+                    slow_start = slow_start_from(
+                        "least_request_lb_config.slow_start_config",
+                        lr.slow_start_config.as_ref(),
+                    )?;
                     lr.choice_count.map_or(DEFAULT_CHOICE_COUNT, |v| v.value)
                 }
                 _ => DEFAULT_CHOICE_COUNT,
@@ -273,7 +325,47 @@ pub fn lb_config_from_cluster(c: &Cluster) -> Result<LbConfig, UnsupportedField>
     Ok(LbConfig {
         policy,
         healthy_panic_threshold,
+        slow_start,
     })
+}
+
+/// Reads a `slow_start_config` (at `field`); `None` when absent or with a zero window, which
+/// Envoy takes as slow start off. The aggression's `runtime_key` is not consulted: Weft has no
+/// runtime layer, so its `default_value` applies.
+fn slow_start_from(
+    field: &str,
+    c: Option<&cluster_pb::SlowStartConfig>,
+) -> Result<Option<SlowStart>, UnsupportedField> {
+    let Some(c) = c else { return Ok(None) };
+    let window = match &c.slow_start_window {
+        Some(d) => duration_from_proto(&format!("{field}.slow_start_window"), d)?,
+        None => Duration::ZERO,
+    };
+    if window.is_zero() {
+        return Ok(None);
+    }
+    let aggression = c.aggression.as_ref().map_or(1.0, |a| a.default_value);
+    if !(aggression.is_finite() && aggression > 0.0) {
+        return Err(UnsupportedField::new(
+            format!("{field}.aggression.default_value"),
+            format!("must be greater than 0, got {aggression}"),
+        ));
+    }
+    let min_percent = c
+        .min_weight_percent
+        .as_ref()
+        .map_or(DEFAULT_SLOW_START_MIN_WEIGHT_PERCENT, |p| p.value);
+    if !(0.0..=100.0).contains(&min_percent) {
+        return Err(UnsupportedField::new(
+            format!("{field}.min_weight_percent"),
+            format!("must be a percentage between 0 and 100, got {min_percent}"),
+        ));
+    }
+    Ok(Some(SlowStart {
+        window,
+        aggression,
+        min_weight: min_percent / 100.0,
+    }))
 }
 
 /// Converts a protobuf `Duration`, refusing negative or out-of-range values.
@@ -627,6 +719,172 @@ impl Weights {
             }
         }
         scan_from_random(hosts, skip_ejected)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow start
+// ---------------------------------------------------------------------------------------------
+
+/// A priority level's picks while some of its hosts are within their slow-start window.
+///
+/// As in Envoy, an earliest-deadline-first schedule where a picked host is queued again with
+/// its weight at that moment: its configured weight scaled by its slow-start factor, and for
+/// least request divided by its active requests + 1. Once the last host's window has passed,
+/// [`pick`](Self::pick) answers `None` for good and the level's precomputed structure takes
+/// over. Until then a pick reads the clock and takes this schedule's lock.
+pub(crate) struct Ramp {
+    cfg: SlowStart,
+    least_request: bool,
+    /// When the newest host of the level leaves its window.
+    until: Instant,
+    over: AtomicBool,
+    edf: Mutex<Edf>,
+}
+
+impl fmt::Debug for Ramp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ramp")
+            .field("cfg", &self.cfg)
+            .field("until", &self.until)
+            .field("over", &self.over.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// The schedule: virtual time advances to each picked deadline.
+struct Edf {
+    now: f64,
+    seq: u64,
+    queue: BinaryHeap<std::cmp::Reverse<Due>>,
+}
+
+/// One host's next deadline; ties go to the host queued first.
+struct Due {
+    at: f64,
+    seq: u64,
+    idx: u32,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+
+impl Eq for Due {}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.at.total_cmp(&other.at).then(self.seq.cmp(&other.seq))
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Edf {
+    fn queue(&mut self, idx: usize, weight: f64) {
+        self.seq += 1;
+        self.queue.push(std::cmp::Reverse(Due {
+            at: self.now + 1.0 / weight.max(f64::MIN_POSITIVE),
+            seq: self.seq,
+            idx: u32::try_from(idx).unwrap_or(u32::MAX),
+        }));
+    }
+}
+
+impl Ramp {
+    /// The ramp of a level whose hosts are `hosts`, or `None` when no host of it is within its
+    /// window at `now`, the level has a single host, or the policy has no slow start (Envoy
+    /// offers it for round robin and least request only).
+    pub(crate) fn build(
+        hosts: &[Arc<Host>],
+        cfg: &SlowStart,
+        policy: &LbPolicy,
+        now: Instant,
+    ) -> Option<Self> {
+        let least_request = match policy {
+            LbPolicy::RoundRobin => false,
+            LbPolicy::LeastRequest { .. } => true,
+            _ => return None,
+        };
+        if hosts.len() < 2 {
+            return None;
+        }
+        let until = hosts.iter().map(|h| h.added + cfg.window).max()?;
+        if until <= now {
+            return None;
+        }
+        let ramp = Self {
+            cfg: cfg.clone(),
+            least_request,
+            until,
+            over: AtomicBool::new(false),
+            edf: Mutex::new(Edf {
+                now: 0.0,
+                seq: 0,
+                queue: BinaryHeap::with_capacity(hosts.len()),
+            }),
+        };
+        {
+            let mut edf = ramp.edf.lock().unwrap_or_else(|p| p.into_inner());
+            // A random host first, so that proxies updated together do not move in step.
+            let start = uniform_index(hosts.len());
+            for k in 0..hosts.len() {
+                let i = (start + k) % hosts.len();
+                if let Some(h) = hosts.get(i) {
+                    edf.queue(i, ramp.weight(h, now));
+                }
+            }
+        }
+        Some(ramp)
+    }
+
+    /// A host's weight at `now`.
+    fn weight(&self, host: &Host, now: Instant) -> f64 {
+        let mut w = f64::from(host.weight.max(1));
+        if self.least_request {
+            w /= f64::from(host.active_requests()) + 1.0;
+        }
+        w * self.cfg.factor(now.saturating_duration_since(host.added))
+    }
+
+    /// Whether picks still go through the ramp (one atomic load once it is over).
+    #[inline]
+    pub(crate) fn running(&self) -> bool {
+        !self.over.load(Ordering::Relaxed)
+    }
+
+    /// Picks an index into `hosts` (the level's hosts, in the order given to
+    /// [`build`](Self::build)); `None` once every host is past its window, or when no host is
+    /// usable.
+    pub(crate) fn pick(
+        &self,
+        hosts: &[Arc<Host>],
+        skip_ejected: bool,
+        now: Instant,
+    ) -> Option<usize> {
+        if now >= self.until {
+            self.over.store(true, Ordering::Relaxed);
+            return None;
+        }
+        let mut edf = self.edf.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..hosts.len() {
+            let std::cmp::Reverse(due) = edf.queue.pop()?;
+            edf.now = due.at;
+            let idx = due.idx as usize;
+            let host = hosts.get(idx)?;
+            let w = self.weight(host, now);
+            edf.queue(idx, w);
+            if usable(host, skip_ejected) {
+                return Some(idx);
+            }
+        }
+        None
     }
 }
 
@@ -1248,5 +1506,183 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    fn ss(window_ms: u64, aggression: f64, min_weight: f64) -> SlowStart {
+        SlowStart {
+            window: Duration::from_millis(window_ms),
+            aggression,
+            min_weight,
+        }
+    }
+
+    #[test]
+    fn slow_start_factor_follows_envoy() {
+        let s = ss(10_000, 1.0, 0.1);
+        let at = |ms| s.factor(Duration::from_millis(ms));
+        assert_eq!(at(0), 0.1, "floor at min_weight_percent");
+        assert!((at(5_000) - 0.5).abs() < 1e-9);
+        assert!((at(9_000) - 0.9).abs() < 1e-9);
+        assert_eq!(at(10_000), 1.0);
+        assert_eq!(at(60_000), 1.0);
+        // Aggression 2: the square root of the time factor.
+        let s = ss(10_000, 2.0, 0.1);
+        assert!((s.factor(Duration::from_millis(2_500)) - 0.5).abs() < 1e-9);
+        // No floor: a host just added counts as 1 ms old.
+        let s = ss(10_000, 1.0, 0.0);
+        assert!((s.factor(Duration::ZERO) - 0.0001).abs() < 1e-12);
+    }
+
+    #[test]
+    fn slow_start_config_read_and_checked() {
+        use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+            RoundRobinLbConfig, SlowStartConfig,
+        };
+        use envoy_types::pb::envoy::config::core::v3::RuntimeDouble;
+        let cfg = |window: i64, aggression: Option<f64>, min: Option<f64>| SlowStartConfig {
+            slow_start_window: Some(PbDuration {
+                seconds: window,
+                nanos: 0,
+            }),
+            aggression: aggression.map(|a| RuntimeDouble {
+                default_value: a,
+                runtime_key: "k".into(),
+            }),
+            min_weight_percent: min.map(|value| Percent { value }),
+        };
+        let rr = |c: SlowStartConfig| Cluster {
+            lb_policy: cluster_pb::LbPolicy::RoundRobin as i32,
+            lb_config: Some(LbConfigPb::RoundRobinLbConfig(RoundRobinLbConfig {
+                slow_start_config: Some(c),
+            })),
+            ..Default::default()
+        };
+        let lr = |c: SlowStartConfig| Cluster {
+            lb_policy: cluster_pb::LbPolicy::LeastRequest as i32,
+            lb_config: Some(LbConfigPb::LeastRequestLbConfig(LeastRequestLbConfig {
+                slow_start_config: Some(c),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let got = lb_config_from_cluster(&rr(cfg(30, None, None))).unwrap();
+        assert_eq!(got.policy, LbPolicy::RoundRobin);
+        assert_eq!(
+            got.slow_start,
+            Some(ss(30_000, 1.0, 0.1)),
+            "Envoy's defaults"
+        );
+        let got = lb_config_from_cluster(&lr(cfg(5, Some(2.0), Some(25.0)))).unwrap();
+        assert_eq!(got.policy, LbPolicy::LeastRequest { choice_count: 2 });
+        assert_eq!(got.slow_start, Some(ss(5_000, 2.0, 0.25)));
+        // A zero window is slow start off.
+        assert_eq!(
+            lb_config_from_cluster(&rr(cfg(0, None, None)))
+                .unwrap()
+                .slow_start,
+            None
+        );
+        let e = lb_config_from_cluster(&rr(cfg(5, Some(0.0), None))).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "field `round_robin_lb_config.slow_start_config.aggression.default_value`: must be \
+             greater than 0, got 0"
+        );
+        let e = lb_config_from_cluster(&lr(cfg(5, None, Some(150.0)))).unwrap_err();
+        assert_eq!(
+            e.field,
+            "least_request_lb_config.slow_start_config.min_weight_percent"
+        );
+        let e = lb_config_from_cluster(&lr(cfg(-5, None, None))).unwrap_err();
+        assert_eq!(
+            e.field,
+            "least_request_lb_config.slow_start_config.slow_start_window"
+        );
+    }
+
+    /// Hosts with the given weights that joined `ago` before `now`.
+    fn joined(now: Instant, spec: &[(u32, Duration)]) -> Vec<Arc<Host>> {
+        spec.iter()
+            .enumerate()
+            .map(|(i, &(w, ago))| {
+                let mut h = Host::new(
+                    SocketAddr::from(([10, 1, 0, i as u8], 8080)),
+                    w,
+                    0,
+                    Locality::default(),
+                );
+                h.added = now - ago;
+                Arc::new(h)
+            })
+            .collect()
+    }
+
+    fn ramp_counts(ramp: &Ramp, hs: &[Arc<Host>], n: usize, now: Instant) -> Vec<usize> {
+        let mut c = vec![0; hs.len()];
+        for _ in 0..n {
+            c[ramp.pick(hs, true, now).expect("a host")] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn a_new_host_ramps_up_over_the_window() {
+        let t0 = Instant::now();
+        let old = Duration::from_secs(100);
+        let hs = joined(t0, &[(1, old), (1, Duration::ZERO), (1, old)]);
+        let cfg = ss(10_000, 1.0, 0.1);
+        let ramp = Ramp::build(&hs, &cfg, &LbPolicy::RoundRobin, t0).expect("a host is new");
+        // 2 s in: weights 1, 0.2, 1 — the new host gets 0.2 / 2.2 of the picks, in an exact
+        // schedule.
+        let c = ramp_counts(&ramp, &hs, 2_200, t0 + Duration::from_secs(2));
+        assert!((c[1] as i64 - 200).abs() <= 2, "{c:?}");
+        assert!(
+            (c[0] as i64 - 1_000).abs() <= 2 && (c[2] as i64 - 1_000).abs() <= 2,
+            "{c:?}"
+        );
+        // 8 s in: 0.8 / 2.8.
+        let c = ramp_counts(&ramp, &hs, 2_800, t0 + Duration::from_secs(8));
+        assert!((c[1] as i64 - 800).abs() <= 3, "{c:?}");
+        // Once its window has passed, the ramp hands back to the level's own structure.
+        assert!(ramp.running());
+        assert_eq!(ramp.pick(&hs, true, t0 + Duration::from_secs(10)), None);
+        assert!(!ramp.running());
+
+        // Nothing to ramp: every host past its window, a single host, or a hashing policy.
+        let settled = joined(t0, &[(1, old), (1, old)]);
+        assert!(Ramp::build(&settled, &cfg, &LbPolicy::RoundRobin, t0).is_none());
+        let single = joined(t0, &[(1, Duration::ZERO)]);
+        assert!(Ramp::build(&single, &cfg, &LbPolicy::RoundRobin, t0).is_none());
+        let ring = LbPolicy::RingHash {
+            min_ring_size: 1024,
+            max_ring_size: 1024,
+        };
+        assert!(Ramp::build(&hs, &cfg, &ring, t0).is_none());
+    }
+
+    #[test]
+    fn ramp_weights_combine_with_weight_aggression_and_active_requests() {
+        let t0 = Instant::now();
+        let old = Duration::from_secs(100);
+        // Weight 3, new, aggression 2, 4 s into a 16 s window: 3 * sqrt(0.25) = 1.5 against 1.
+        let hs = joined(t0, &[(1, old), (3, Duration::ZERO)]);
+        let ramp = Ramp::build(&hs, &ss(16_000, 2.0, 0.1), &LbPolicy::RoundRobin, t0).unwrap();
+        let c = ramp_counts(&ramp, &hs, 2_500, t0 + Duration::from_secs(4));
+        assert!((c[1] as i64 - 1_500).abs() <= 2, "{c:?}");
+        // Least request divides by active requests + 1: the old host with one request in flight
+        // weighs 0.5, like the new host at half its window.
+        let hs = joined(t0, &[(1, old), (1, Duration::ZERO)]);
+        let _busy = hs[0].track_request();
+        let lr = LbPolicy::LeastRequest { choice_count: 2 };
+        let ramp = Ramp::build(&hs, &ss(10_000, 1.0, 0.1), &lr, t0).unwrap();
+        let c = ramp_counts(&ramp, &hs, 2_000, t0 + Duration::from_secs(5));
+        assert!((c[0] as i64 - 1_000).abs() <= 2, "{c:?}");
+        // An ejected host is skipped; with every host ejected, nothing is usable.
+        hs[1].outlier.mark_ejected(t0, Duration::from_secs(60));
+        let c = ramp_counts(&ramp, &hs, 100, t0 + Duration::from_secs(5));
+        assert_eq!(c, [100, 0]);
+        assert!(ramp.pick(&hs, false, t0 + Duration::from_secs(5)).is_some());
+        hs[0].outlier.mark_ejected(t0, Duration::from_secs(60));
+        assert_eq!(ramp.pick(&hs, true, t0 + Duration::from_secs(5)), None);
     }
 }

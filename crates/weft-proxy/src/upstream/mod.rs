@@ -110,7 +110,7 @@ impl Cluster {
             old.set.hosts().iter().map(|h| (h.addr, h)).collect();
         let hosts: Vec<Arc<Host>> = hosts
             .into_iter()
-            .map(|h| match old_hosts.get(&h.addr) {
+            .map(|mut h| match old_hosts.get(&h.addr) {
                 Some(o)
                     if o.weight == h.weight
                         && o.priority == h.priority
@@ -118,7 +118,15 @@ impl Cluster {
                 {
                     Arc::clone(o)
                 }
-                _ => h,
+                Some(o) => {
+                    // The same endpoint with new attributes: as in Envoy, not a new host for
+                    // slow start.
+                    if let Some(fresh) = Arc::get_mut(&mut h) {
+                        fresh.added = o.added;
+                    }
+                    h
+                }
+                None => h,
             })
             .collect();
         let pools = hosts
