@@ -87,9 +87,10 @@ LAT_SKIP=0.25 # and the start of each slice left out (its connections being open
 FP_REQS=3000 # requests per footprint run (cachegrind)
 FP_RATE=300  # their rate: valgrind slows a proxy ~50x
 FP_WARMUP=500 # requests before each footprint run, in both runs alike
+PHASE_RUNS=5 # phase-profile runs per proxy, interleaved (DUR seconds each)
 if ((QUICK)); then
     DUR=3 WARMUP=1 ROUNDS=${ROUNDS:-1} TP_DUR=2 TP_ROUNDS=${TP_ROUNDS:-2} FP_REQS=500
-    LAT_CYCLES=${LAT_CYCLES:-2}
+    LAT_CYCLES=${LAT_CYCLES:-2} PHASE_RUNS=1
 fi
 ROUNDS=${ROUNDS:-3}
 LAT_CYCLES=${LAT_CYCLES:-20}
@@ -128,14 +129,18 @@ setup_tools() {
     fi
     PATH="$PATH:/usr/sbin"
     # hardware counters (linux-perf); some VMs have none, and the table then leaves them out
+    # (perf stat succeeds without them, counting "<not supported>"; perf record would sample a
+    # software clock instead of cycles, slowing the proxy tenfold)
     PERF=0
-    if command -v perf >/dev/null && perf stat -x, -e instructions:u true >/dev/null 2>&1; then
+    if command -v perf >/dev/null &&
+        perf stat -x, -e instructions:u true 2>&1 | grep -q '^[0-9]'; then
         PERF=1
     fi
-    # the same with syscall tracepoints, for the phase profile (root or perf_event_paranoid -1)
+    # syscall tracepoints (root or perf_event_paranoid -1), for the phase profile: its timeline
+    # of wake-ups and writes, and, with hardware counters, where the user cycles fall in it
     PHASES=0
-    if ((PERF)) && perf record -q -o /dev/null -e cycles:u -e syscalls:sys_exit_epoll_wait \
-        true >/dev/null 2>&1; then
+    if command -v perf >/dev/null &&
+        perf record -q -o /dev/null -e syscalls:sys_exit_epoll_wait true >/dev/null 2>&1; then
         PHASES=1
     fi
     # the footprint phase (cachegrind); --no-footprint or no valgrind leaves it out
@@ -556,6 +561,7 @@ fi
     echo "fp_requests=$FP_REQS"
     echo "fp_rate=$FP_RATE"
     echo "fp_warmup=$FP_WARMUP"
+    echo "phase_runs=$PHASE_RUNS"
     echo "nginx=$("$NGINX" -v 2>&1 | sed 's/.*version: //')"
     echo "haproxy=$("$HAPROXY" -v | awk 'NR == 1 {print $3}')"
     echo "oha=$("$OHA" --version | awk '{print $2}')"
@@ -678,30 +684,41 @@ pooled_slice() { # PATH CYCLE
             >"$R/pooled/${1}_$2.txt" || true
 }
 
-# phases — where each proxy spends its user-space cycles at 1k rps: between a wake-up (epoll
-# returning) and the write it leads to, which a request waits for, or after that write. perf
-# samples user cycles and records the syscalls; report.py puts each sample, per thread, in the
-# phase it fell in. Its own runs: sampling slows the proxy, so latency is not measured here.
+# phases — how long each proxy holds a request at 1k rps. perf records, per thread, the syscalls
+# that bound the work a request waits for: epoll returning (a wake-up), the read that follows
+# (its size tells a request from a response: 1 KiB body) and the write it leads to. report.py
+# takes the time from wake-up to write, per direction: what the proxy itself adds to a
+# request's latency, beside the wake-ups of the idle vCPUs that the latency rows also contain.
+# With hardware counters it also samples user cycles and puts each in the phase it fell in
+# (before or after the write). Its own runs, PHASE_RUNS per proxy interleaved like the rounds
+# (the machine's speed drifts by more than the proxies differ): tracing slows every proxy alike,
+# by the same tracepoints per request, so latency is not measured here.
 phases() {
-    local d="$R/phases" path pids
-    mkdir -p "$d"
-    for path in "$@"; do
-        up_path "$path" || die "$path did not start for the phase profile"
-        pids=$(tree "${PID[$path]}" | paste -sd,)
-        pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "$(url_of "$path")" >/dev/null
-        log "$path: phase profile at 1000 rps for ${DUR}s"
-        perf record -q -o "$d/$path.data" -c 10007 -e cycles:u \
-            -e syscalls:sys_exit_epoll_wait,syscalls:sys_exit_epoll_pwait \
-            -e syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_write \
-            -p "$pids" -- sleep "$DUR" >/dev/null 2>&1 &
-        local perf_pid=$!
-        pin "$LOAD_CORE" "$OHA" -q 1000 --no-tui -z "${DUR}s" -c "$CONNS" "$(url_of "$path")" \
-            >/dev/null 2>&1 || true
-        wait "$perf_pid" || true
-        perf script -i "$d/$path.data" -F tid,event >"$d/$path.txt" 2>/dev/null || true
-        rm -f "$d/$path.data"
-        down_path "$path"
-    done
+    local PATHS=("$@") # rotate's list, for this phase (bash locals are dynamically scoped)
+    mkdir -p "$R/phases"
+    PHASE_CYCLES=()
+    ((PERF)) && PHASE_CYCLES=(-c 10007 -e cycles:u)
+    rotate "$PHASE_RUNS" phase_run
+}
+
+phase_run() { # PATH RUN
+    local path=$1 out="$R/phases/$1_$2" pids
+    up_path "$path" || die "$path did not start for the phase profile"
+    pids=$(tree "${PID[$path]}" | paste -sd,)
+    pin "$LOAD_CORE" wrk -t1 -c"$CONNS" -d1s "$(url_of "$path")" >/dev/null
+    log "$path: phase profile $2 at 1000 rps for ${DUR}s"
+    perf record -q -o "$out.data" "${PHASE_CYCLES[@]}" \
+        -e syscalls:sys_exit_epoll_wait,syscalls:sys_exit_epoll_pwait \
+        -e syscalls:sys_exit_recvfrom,syscalls:sys_exit_read \
+        -e syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_write \
+        -p "$pids" -- sleep "$DUR" >/dev/null 2>&1 &
+    local perf_pid=$!
+    pin "$LOAD_CORE" "$OHA" -q 1000 --no-tui -z "${DUR}s" -c "$CONNS" "$(url_of "$path")" \
+        >/dev/null 2>&1 || true
+    wait "$perf_pid" || true
+    perf script -i "$out.data" -F tid,time,event,trace --ns >"$out.txt" 2>/dev/null || true
+    rm -f "$out.data"
+    down_path "$path"
 }
 
 # footprint — per request, the work each proxy's own code does in user space, counted rather

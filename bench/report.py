@@ -12,9 +12,10 @@ Reads RESULTS_DIR written by proxy.sh:
                                  switching between them; the headline latency rows)
   throughput/<path>_<N>.txt      wrk, closed loop, throughput round N (all paths up at once,
                                  wrk switching between them)
-  phases/<path>.txt              perf script -F tid,event of the path's processes at 1k rps:
-                                 user-cycle samples and the epoll_wait returns and write-type
-                                 syscalls around them (the phase profile; optional)
+  phases/<path>_<N>.txt          perf script -F tid,time,event,trace of the path's processes at
+                                 1k rps, run N (runs interleaved across paths): epoll returns,
+                                 reads and writes, and user-cycle samples when the machine has
+                                 counters (the phase profile; optional)
   footprint/<path>_<N>.txt       valgrind cachegrind totals (I refs, I1 and D1 misses) of the
                                  proxy serving N requests after a warm-up, N = 0 and one N > 0;
                                  per request = difference / N (optional)
@@ -176,40 +177,85 @@ def load_throughput(d: Path) -> dict[str, list[dict | None]]:
 
 
 WAKES = ("syscalls:sys_exit_epoll_wait", "syscalls:sys_exit_epoll_pwait")
+READS = ("syscalls:sys_exit_recvfrom", "syscalls:sys_exit_read")
 WRITES = ("syscalls:sys_enter_sendto", "syscalls:sys_enter_writev", "syscalls:sys_enter_write")
 BEFORE_WRITE = "user cycles spent before the write @ 1k rps"
+HELD = "time in the proxy per request @ 1k rps (wake-up → write, p50)"
+# A read this large was the upstream's response (1 KiB body); a smaller one, a request.
+RESPONSE_BYTES = 600
 
 
-def parse_phases(path: Path) -> float | None:
-    """The share of user-cycle samples that fell, in their thread, between epoll returning and
-    the next write-type syscall: the work a request waits for. None without samples."""
+def parse_phases(path: Path) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """From one phase-profile run (perf script -F tid,time,event,trace): per thread, the time
+    from each wake-up (epoll returning events) to the first write after it, split by the size of
+    the read in between into the request's way up and the response's way down (seconds); and
+    the user-cycle samples that fell before and after the write, when there are any."""
+    legs: dict[str, list[float]] = {"request": [], "response": []}
+    samples = {"before": 0, "after": 0}
     try:
         lines = path.read_text().splitlines()
     except OSError:
-        return None
-    state: dict[str, str] = {}
-    before = after = 0
+        return legs, samples
+    woke: dict[str, float | None] = {}
+    read: dict[str, int] = {}
+    after: dict[str, bool] = {}
     for line in lines:
-        fields = line.split()
-        if len(fields) < 2:
+        fields = line.split(None, 3)
+        if len(fields) < 3:
             continue
-        tid, event = fields[0], fields[1].rstrip(":")
+        tid, event = fields[0], fields[2].rstrip(":")
+        try:
+            t = float(fields[1].rstrip(":"))
+        except ValueError:
+            continue
+        ret = fields[3].strip() if len(fields) > 3 else ""
         if event in WAKES:
-            state[tid] = "before"
+            woke[tid] = t if ret not in ("", "0x0") else None
+            read[tid] = 0
+            after[tid] = False
+        elif event in READS:
+            try:
+                n = int(ret, 16)
+            except ValueError:
+                continue
+            if 0 < n < 1 << 62:  # errors are large unsigned values
+                read[tid] = n
         elif event in WRITES:
-            state[tid] = "after"
+            start = woke.get(tid)
+            if start is not None:
+                leg = "response" if read.get(tid, 0) >= RESPONSE_BYTES else "request"
+                legs[leg].append(t - start)
+                woke[tid] = None
+            after[tid] = True
         elif event.startswith("cycles"):
-            phase = state.get(tid)
-            if phase == "before":
-                before += 1
-            elif phase == "after":
-                after += 1
-    return before / (before + after) if before + after else None
+            samples["after" if after.get(tid) else "before"] += 1
+    return legs, samples
 
 
-def load_phases(d: Path) -> dict[str, float]:
-    found = {f.stem: parse_phases(f) for f in d.glob("*.txt")}
-    return {path: v for path, v in found.items() if v is not None}
+def load_phases(d: Path) -> dict[str, dict]:
+    """Per path, over its runs (<path>_<N>.txt, interleaved with the other paths'): the median
+    time from wake-up to write on each way, pooled over the runs, and the share of user-cycle
+    samples before the write."""
+    pooled: dict[str, tuple[dict[str, list[float]], dict[str, int]]] = {}
+    for f in sorted(d.glob("*.txt")):
+        stem, _, n = f.stem.rpartition("_")
+        path = stem if n.isdigit() else f.stem
+        legs, samples = parse_phases(f)
+        into = pooled.setdefault(path, ({"request": [], "response": []}, {"before": 0, "after": 0}))
+        for k, v in legs.items():
+            into[0][k].extend(v)
+        for k, v in samples.items():
+            into[1][k] += v
+    out: dict[str, dict] = {}
+    for path, (legs, samples) in pooled.items():
+        v: dict = {}
+        if all(legs.values()):
+            v["legs"] = {k: statistics.median(x) for k, x in legs.items()}
+        if samples["before"] + samples["after"]:
+            v["share"] = samples["before"] / (samples["before"] + samples["after"])
+        if v:
+            out[path] = v
+    return out
 
 
 FOOTPRINT_ROWS = (
@@ -574,8 +620,12 @@ def combine(
         out.insert(at, throughput_row(tp))
     # rows measured once after the rounds go after the per-request counts, before memory
     once: list[tuple[str, str, dict]] = []
-    if ph:
-        once.append((BEFORE_WRITE, "share", dict(ph)))
+    held = {p: sum(v["legs"].values()) for p, v in (ph or {}).items() if "legs" in v}
+    if held:
+        once.append((HELD, "latency", held))
+    share = {p: v["share"] for p, v in (ph or {}).items() if "share" in v}
+    if share:
+        once.append((BEFORE_WRITE, "share", share))
     for label, key in FOOTPRINT_ROWS:
         vals = {p: c[key] for p, c in (fp or {}).items() if key in c}
         if vals:
@@ -742,11 +792,31 @@ def render(
             tn=meta.get("tp_rounds", "?"),
         )
     )
-    if ph:
+    legs = {p: v["legs"] for p, v in (ph or {}).items() if "legs" in v}
+    if legs:
+        split = "; ".join(
+            "{t} {a:.1f} + {b:.1f} µs".format(
+                t=title, a=legs[k]["request"] * 1e6, b=legs[k]["response"] * 1e6
+            )
+            for k, title in COLUMNS
+            if k in legs
+        )
         parts.append(
-            "Before the write: perf samples of user cycles at 1k rps (separate runs after the "
-            "rounds) that fell between epoll returning and the next write in their thread, as a "
-            "share of all; the rest ran after the write, which a request does not wait for."
+            "Time in the proxy: separate runs at 1k rps after the rounds ({n} per proxy, "
+            "interleaved), the proxy's syscalls traced (perf); per thread, from epoll returning "
+            "to the write it leads to, the median on the request's way to the upstream plus the "
+            "median on the response's way back ({split}). It is the part of a hop's added "
+            "latency the proxy's own work "
+            "makes; the rest is the kernel's and the idle vCPUs' wake-ups. Tracing adds the "
+            "same few tracepoints per request to every proxy.".format(
+                split=split, n=meta.get("phase_runs", "?")
+            )
+        )
+    if any("share" in v for v in (ph or {}).values()):
+        parts.append(
+            "Before the write: perf samples of user cycles at 1k rps (the same runs) that fell "
+            "between epoll returning and the next write in their thread, as a share of all; the "
+            "rest ran after the write, which a request does not wait for."
         )
     if fp:
         parts.append(
