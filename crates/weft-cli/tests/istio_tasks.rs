@@ -1770,6 +1770,48 @@ spec:
       consecutiveLocalOriginFailures: 2
 ";
 
+/// The httpbin tasks' mesh: a local control plane with `rule` applied, and the small HTTP app
+/// written out (`python3 APP 0 FLAG` answers 200 while the file FLAG does not exist). Dropped
+/// in field order: the control plane, then the temporary directory.
+struct HttpbinMesh {
+    _cp: Proc,
+    up: Up,
+    app: String,
+    tmp: tempfile::TempDir,
+}
+
+fn httpbin_mesh(rule: &str) -> HttpbinMesh {
+    require_python3();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let up = Up::new(tmp.path());
+    write(&up.dir.join("httpbin-dr.yaml"), rule);
+    let cp = up.start("weft-up");
+    let app = script(tmp.path(), "small_http.py", SMALL_HTTP);
+    HttpbinMesh {
+        _cp: cp,
+        up,
+        app,
+        tmp,
+    }
+}
+
+/// Polls (bounded) until `who` answers the client's requests with a 200 while `also()` holds.
+fn wait_served_by(outbound: SocketAddr, who: &str, also: impl Fn() -> bool) {
+    let mut last = String::new();
+    let ok = wait_for(Duration::from_secs(30), || match served(outbound) {
+        Ok((200, w)) if w == who && also() => Some(()),
+        Ok((s, w)) => {
+            last = format!("{s} from {w}");
+            None
+        }
+        Err(e) => {
+            last = e;
+            None
+        }
+    });
+    assert!(ok.is_some(), "{who} not serving the client: {last}");
+}
+
 /// Which workload served a request (`served by NAME PATH`).
 fn served(outbound: SocketAddr) -> Result<(u16, String), String> {
     let r = proxied_get(outbound, "http://httpbin:8000/where", &[])?;
@@ -1785,49 +1827,29 @@ fn served(outbound: SocketAddr) -> Result<(u16, String), String> {
 #[test]
 fn locality_failover() {
     let _serial = serial();
-    require_python3();
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let up = Up::new(tmp.path());
-    write(&up.dir.join("httpbin-dr.yaml"), LOCALITY_FAILOVER);
-    let _cp = up.start("weft-up");
-    let app = script(tmp.path(), "small_http.py", SMALL_HTTP);
-    let fail_local = tmp.path().join("fail-local");
+    let mesh = httpbin_mesh(LOCALITY_FAILOVER);
+    let (up, app) = (&mesh.up, &mesh.app);
+    let fail_local = mesh.tmp.path().join("fail-local");
     let fail_local_s = fail_local.display().to_string();
-    let never = tmp.path().join("never").display().to_string();
+    let never = mesh.tmp.path().join("never").display().to_string();
     const T: &str = "topology.kubernetes.io";
     let _local = up.run(
         "httpbin-local",
         &format!("app=httpbin,{T}/region=region1,{T}/zone=zone1"),
         8000,
-        &["python3", &app, "0", &fail_local_s],
+        &["python3", app, "0", &fail_local_s],
     );
     let _remote = up.run(
         "httpbin-remote",
         &format!("app=httpbin,{T}/region=region1,{T}/zone=zone2"),
         8000,
-        &["python3", &app, "0", &never],
+        &["python3", app, "0", &never],
     );
-    let (_client, outbound) = start_client(
-        &up,
-        &format!("app=client,{T}/region=region1,{T}/zone=zone1"),
-    );
-    wait_synced(&up, &["client", "httpbin-local", "httpbin-remote"]);
-    let mut last = String::new();
-    let ok = wait_for(Duration::from_secs(30), || {
-        // Both endpoints known and the local one preferred.
-        match served(outbound) {
-            Ok((200, w)) if w == "httpbin-local" && up.synced(&["client"]) => Some(()),
-            Ok((s, w)) => {
-                last = format!("{s} from {w}");
-                None
-            }
-            Err(e) => {
-                last = e;
-                None
-            }
-        }
-    });
-    assert!(ok.is_some(), "httpbin-local not serving the client: {last}");
+    let (_client, outbound) =
+        start_client(up, &format!("app=client,{T}/region=region1,{T}/zone=zone1"));
+    wait_synced(up, &["client", "httpbin-local", "httpbin-remote"]);
+    // Both endpoints known and the local one preferred.
+    wait_served_by(outbound, "httpbin-local", || up.synced(&["client"]));
     sleep_ms(500);
 
     // Same zone first: every request stays local (without locality LB, round robin would
@@ -1881,7 +1903,7 @@ fn locality_failover() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Warm-up (slow start) of a new endpoint
+// 9. Warm-up (slow start) of a new endpoint
 // ---------------------------------------------------------------------------------------------
 
 /// Istio's `warmup` on httpbin: a new endpoint starts at 10% of its weight and ramps up
@@ -1907,30 +1929,18 @@ fn share(seen: &[(Instant, String)], who: &str) -> f64 {
 #[test]
 fn warmup_ramps_up_a_new_endpoint() {
     let _serial = serial();
-    require_python3();
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let up = Up::new(tmp.path());
-    write(&up.dir.join("httpbin-dr.yaml"), WARMUP);
-    let _cp = up.start("weft-up");
-    let app = script(tmp.path(), "small_http.py", SMALL_HTTP);
-    let never = tmp.path().join("never").display().to_string();
+    let mesh = httpbin_mesh(WARMUP);
+    let (up, app) = (&mesh.up, &mesh.app);
+    let never = mesh.tmp.path().join("never").display().to_string();
     let _a = up.run(
         "httpbin-a",
         "app=httpbin",
         8000,
-        &["python3", &app, "0", &never],
+        &["python3", app, "0", &never],
     );
-    let (_client, outbound) = start_client(&up, "app=client");
-    wait_synced(&up, &["client", "httpbin-a"]);
-    let mut last = String::new();
-    wait_for(Duration::from_secs(30), || match served(outbound) {
-        Ok((200, w)) if w == "httpbin-a" => Some(()),
-        other => {
-            last = format!("{other:?}");
-            None
-        }
-    })
-    .unwrap_or_else(|| panic!("httpbin-a not serving the client: {last}"));
+    let (_client, outbound) = start_client(up, "app=client");
+    wait_synced(up, &["client", "httpbin-a"]);
+    wait_served_by(outbound, "httpbin-a", || true);
     // Let httpbin-a's own window pass in the client's sidecar.
     std::thread::sleep(Duration::from_millis(6_500));
 
@@ -1939,7 +1949,7 @@ fn warmup_ramps_up_a_new_endpoint() {
         "httpbin-b",
         "app=httpbin",
         8000,
-        &["python3", &app, "0", &never],
+        &["python3", app, "0", &never],
     );
     let mut seen: Vec<(Instant, String)> = Vec::new();
     let first_b = wait_for(Duration::from_secs(30), || {

@@ -547,3 +547,33 @@ fn spawn_dns(
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(last: u8, weight: u32) -> Arc<Host> {
+        Arc::new(Host::new(
+            SocketAddr::from(([10, 3, 0, last], 80)),
+            weight,
+            0,
+            Locality::default(),
+        ))
+    }
+
+    #[test]
+    fn endpoint_updates_keep_when_a_host_joined() {
+        let c: cpb::Cluster = weft_xds::from_yaml("name: c\ntype: STATIC\n", "test").unwrap();
+        let cluster = build(&c, &Stats::new(), false).unwrap();
+        cluster.set_hosts(vec![host(1, 1), host(2, 1)]);
+        let joined = |i: usize| cluster.endpoints.load().set.hosts()[i].added;
+        let (one, two) = (joined(0), joined(1));
+        std::thread::sleep(Duration::from_millis(5));
+        // Unchanged, reweighted, and new: only the new host starts its slow start now.
+        cluster.set_hosts(vec![host(1, 1), host(2, 3), host(3, 1)]);
+        assert_eq!(joined(0), one);
+        assert_eq!(joined(1), two);
+        assert_eq!(cluster.endpoints.load().set.hosts()[1].weight, 3);
+        assert!(joined(2) > two);
+    }
+}
