@@ -227,8 +227,8 @@ def parse_phases(path: Path) -> tuple[dict[str, list[float]], dict[str, int]]:
                 legs[leg].append(t - start)
                 woke[tid] = None
             after[tid] = True
-        elif event.startswith("cycles"):
-            samples["after" if after.get(tid) else "before"] += 1
+        elif event.startswith("cycles") and tid in after:
+            samples["after" if after[tid] else "before"] += 1
     return legs, samples
 
 
