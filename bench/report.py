@@ -535,6 +535,8 @@ def fmt(kind: str, v: object) -> str:
     assert isinstance(v, float | int)
     if kind == "latency":
         return f"{v * 1e3:.2f} ms" if abs(v) >= 1e-3 else f"{v * 1e6:.0f} µs"
+    if kind == "held":  # the proxy's own time: its differences are tenths of a microsecond
+        return f"{v * 1e6:.1f} µs"
     if kind == "rps":
         return f"{v / 1000:.1f}k"
     if kind == "cpu":
@@ -622,7 +624,7 @@ def combine(
     once: list[tuple[str, str, dict]] = []
     held = {p: sum(v["legs"].values()) for p, v in (ph or {}).items() if "legs" in v}
     if held:
-        once.append((HELD, "latency", held))
+        once.append((HELD, "held", held))
     share = {p: v["share"] for p, v in (ph or {}).items() if "share" in v}
     if share:
         once.append((BEFORE_WRITE, "share", share))

@@ -1921,9 +1921,16 @@ spec:
         duration: 6s
 ";
 
-/// The share of requests `who` served among `seen`.
-fn share(seen: &[(Instant, String)], who: &str) -> f64 {
-    seen.iter().filter(|(_, w)| w == who).count() as f64 / seen.len().max(1) as f64
+/// Sends `n` requests through the client's sidecar, each answered 200 (else the test fails,
+/// naming `when`), and returns the share `who` served.
+fn share_served_by(outbound: SocketAddr, who: &str, n: usize, when: &str) -> f64 {
+    let mut hits = 0;
+    for i in 0..n {
+        let (s, w) = served(outbound).unwrap_or_else(|e| panic!("{when}, request {i}: {e}"));
+        assert_eq!(s, 200, "{when}, request {i}: status from {w}");
+        hits += usize::from(w == who);
+    }
+    hits as f64 / n as f64
 }
 
 #[test]
@@ -1951,29 +1958,20 @@ fn warmup_ramps_up_a_new_endpoint() {
         8000,
         &["python3", app, "0", &never],
     );
-    let mut seen: Vec<(Instant, String)> = Vec::new();
     let first_b = wait_for(Duration::from_secs(30), || {
         let (s, w) = served(outbound).ok()?;
         assert_eq!(s, 200, "a request failed while httpbin-b joined");
-        let b = w == "httpbin-b";
-        seen.push((Instant::now(), w));
-        b.then(Instant::now)
+        (w == "httpbin-b").then(Instant::now)
     })
     .expect("httpbin-b never served a request");
     // Its first requests: weight max(t / 6 s, 10%) against 1, about one request in ten at
     // first — where plain round robin alternates. The client's sidecar may know httpbin-b
     // before its app listens (those picks fail and are retried on httpbin-a), so the bound
     // follows the time since httpbin-b was started.
-    seen.clear();
-    for _ in 0..60 {
-        let (s, w) = served(outbound).expect("request during the warm-up");
-        assert_eq!(s, 200);
-        seen.push((Instant::now(), w));
-    }
+    let early = share_served_by(outbound, "httpbin-b", 60, "during the warm-up");
     let took = started_b.elapsed().as_secs_f64();
     let w = (took / 6.0).max(0.1);
     let bound = w / (1.0 + w) + 0.1;
-    let early = share(&seen, "httpbin-b");
     eprintln!(
         "httpbin-b served {:.0}% of 60 requests, {took:.2} s after it started (bound {:.0}%)",
         early * 100.0,
@@ -1990,13 +1988,7 @@ fn warmup_ramps_up_a_new_endpoint() {
     while first_b.elapsed() < Duration::from_millis(6_500) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    seen.clear();
-    for _ in 0..40 {
-        let (s, w) = served(outbound).expect("request after the warm-up");
-        assert_eq!(s, 200);
-        seen.push((Instant::now(), w));
-    }
-    let late = share(&seen, "httpbin-b");
+    let late = share_served_by(outbound, "httpbin-b", 40, "after the warm-up");
     assert!(
         (0.4..=0.6).contains(&late),
         "after the warm-up httpbin-b served {:.0}% of 40 requests",
