@@ -10,6 +10,7 @@ pub mod access_log;
 pub mod admin;
 pub mod after_write;
 pub mod config;
+pub mod fastmap;
 pub mod flags;
 pub mod http;
 pub mod io;

@@ -607,9 +607,10 @@ pub async fn serve_http(
     let svc_conn = conn.clone();
     let io = TokioIo::new(io);
     if h2 {
-        // Each stream's future is spawned as a task of its own: already in fresh memory.
+        // Each stream's future runs in a task of its own; boxed, the task stays small and
+        // hyper's and tokio's moves of it copy a pointer instead of the whole future.
         let svc = hyper::service::service_fn(move |req| {
-            crate::http::proxy::handle(svc_conn.clone(), req)
+            crate::http::proxy::handle_boxed(svc_conn.clone(), req)
         });
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
@@ -625,21 +626,23 @@ pub async fn serve_http(
             let _ = c.await;
         }
     } else {
-        // hyper keeps a connection's request future (~5 KiB) in place, in memory last touched a
-        // request of that connection ago: with many kept-alive connections taking turns, cold.
-        // Boxed per request it lands in blocks the allocator recycles within a few requests:
-        // 0.5–0.7 µs less time in the proxy per request at 1k rps over 64 connections, at the
-        // price of an allocation and a copy (bench/RESULTS.md, 2026-12-08 00:05).
+        // hyper keeps a connection's request future in place, in memory last touched a request
+        // of that connection ago: with many kept-alive connections taking turns, cold. Boxed per
+        // request it lands in blocks the allocator recycles within a few requests: 0.5–0.7 µs
+        // less time in the proxy per request at 1k rps over 64 connections (bench/RESULTS.md,
+        // 2026-12-08 00:05), and built in place, without the copy a plain `Box::pin` makes.
         let svc = hyper::service::service_fn(move |req| {
-            Box::pin(crate::http::proxy::handle(svc_conn.clone(), req))
+            crate::http::proxy::handle_boxed(svc_conn.clone(), req)
         });
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())
             .keep_alive(true)
-            // One send of head and body gathered in hyper's buffer instead of a writev of both:
-            // measured ~1.3k fewer instructions per request (user and kernel) on small
-            // responses; the copy it adds is noise next to the kernel's own.
-            .writev(false)
+            // Head and body in one writev, the body straight from the upstream read buffer
+            // (warm, just read) rather than copied into hyper's per-connection write buffer,
+            // which with many kept-alive connections taking turns is cold: ~0.6 µs less time in
+            // the proxy per request at 1k rps over 64 connections, though a single send of a
+            // gathered buffer runs ~1.3k fewer instructions (bench/RESULTS.md, 2026-12-08).
+            .writev(true)
             .max_buf_size((hcm.max_request_headers_kb as usize * 1024).max(8192))
             // None unless configured: hyper would otherwise arm a timer for every request.
             .header_read_timeout(hcm.request_headers_timeout);

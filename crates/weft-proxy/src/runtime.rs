@@ -7,6 +7,7 @@
 //! then swaps it in: a bad change is refused (reload error, or xDS NACK) and the last good config
 //! keeps serving. Nothing here is on the per-request path except `Shared::snapshot`.
 
+use crate::fastmap::FastMap;
 use crate::listener::{self, ListenerConfig};
 use crate::router::RouteTable;
 use crate::stats::Stats;
@@ -48,8 +49,8 @@ pub struct Dynamic {
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
-    pub clusters: HashMap<String, Arc<Cluster>>,
-    pub routes: HashMap<String, Arc<RouteTable>>,
+    pub clusters: FastMap<String, Arc<Cluster>>,
+    pub routes: FastMap<String, Arc<RouteTable>>,
     /// Listeners ready to serve.
     pub listeners: Vec<Arc<ListenerConfig>>,
     /// Listeners waiting for their route configuration (Envoy's listener warming).
@@ -171,7 +172,7 @@ pub fn compile(
 ) -> Result<Snapshot, LoadError> {
     let xds = uses_xds(b);
     let sr = b.static_resources.clone().unwrap_or_default();
-    let mut clusters = HashMap::new();
+    let mut clusters = FastMap::default();
     let all_clusters = sr
         .clusters
         .iter()
@@ -202,7 +203,7 @@ pub fn compile(
             .into());
         }
     }
-    let mut routes = HashMap::new();
+    let mut routes = FastMap::default();
     for (name, rc) in &dynamic.routes {
         let table = crate::router::route_table(&rc.value)?;
         // RDS tables are checked only when they say `validate_clusters: true` (Envoy's default
@@ -282,7 +283,7 @@ pub fn compile(
 /// `validate_clusters`), so a typo fails at load instead of as 503s at run time.
 fn validate_clusters(
     l: &ListenerConfig,
-    clusters: &HashMap<String, Arc<Cluster>>,
+    clusters: &FastMap<String, Arc<Cluster>>,
 ) -> Result<(), LoadError> {
     let chains = l.chains.iter().chain(l.default_chain.iter());
     for chain in chains {
@@ -312,7 +313,7 @@ fn validate_clusters(
 /// The first cluster `table` names that `clusters` does not define, with its field path.
 fn missing_cluster<'t>(
     table: &'t RouteTable,
-    clusters: &HashMap<String, Arc<Cluster>>,
+    clusters: &FastMap<String, Arc<Cluster>>,
 ) -> Option<(String, &'t str)> {
     table
         .referenced_clusters()

@@ -292,6 +292,20 @@ impl Ctx {
         self.local_with(status, None, flags, details, body, extra)
     }
 
+    /// A circuit breaker's overflow (flag `UO`): 503 naming the cluster and the limit hit.
+    fn overflow(self, cluster: &str, e: &UpstreamError) -> Response<ResponseBody> {
+        self.local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.flag(),
+            "upstream_reset_before_response_started{overflow}",
+            format!(
+                "upstream overflow: cluster `{cluster}` {}",
+                e.reset_reason()
+            ),
+            &[],
+        )
+    }
+
     /// `local` with an explicit gRPC status for gRPC callers (else mapped from `status`). The
     /// connection manager's local reply mapping applies first.
     fn local_with(
@@ -412,177 +426,206 @@ impl Ctx {
     }
 }
 
-/// Serves one request. Never fails: every problem becomes a response that says why.
-pub async fn handle(
+/// [`handle`]'s future, built straight into its heap block.
+///
+/// The future is ~5 KiB (every await point's state), and a future is a value: `Box::pin(handle(..))`
+/// builds it on the stack and copies all of it to the heap, though only the arguments are set
+/// (~100 cache lines copied per request, half the proxy's L1d misses on small requests).
+/// Allocating first and letting a call that is not inlined return into the block lets the
+/// compiler pass the block as the call's return slot: no copy. The box also keeps the future out
+/// of memory that only its connection touches (hyper's per-connection slot for HTTP/1, the
+/// stream task for HTTP/2), which with many connections taking turns is cold.
+pub fn handle_boxed(
     conn: Arc<Conn>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let start = Instant::now();
-    let hcm = &conn.hcm;
-    hcm.stats.downstream_rq_total.inc();
-    hcm.stats.downstream_rq_active.inc();
-    let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    if hcm.generate_request_id && !parts.headers.contains_key(&X_REQUEST_ID) {
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id());
+) -> Pin<Box<impl Future<Output = Result<Response<ResponseBody>, Infallible>>>> {
+    #[inline(never)]
+    fn start(
+        conn: Arc<Conn>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
+        handle(conn, req)
     }
-    let grpc = is_grpc(&parts.headers);
-    let logging = !hcm.access_logs.is_empty();
-    let ex = Box::new(Exchange {
-        conn: conn.clone(),
-        start,
-        start_time: logging.then(SystemTime::now),
-        request: logging.then(|| clone_parts(&parts)),
-        protocol: protocol_name(parts.version),
-        status: 0,
-        response_headers: None,
-        flags: ResponseFlags::NONE,
-        details: "via_upstream",
-        bytes_received: body.size_hint().exact().unwrap_or(0),
-        upstream_service_time: None,
-        upstream_host: None,
-        cluster: None,
-        route_name: None,
-        authority: if logging {
-            authority.clone()
+    Box::into_pin(Box::write(Box::new_uninit(), start(conn, req)))
+}
+
+/// Serves one request. Never fails: every problem becomes a response that says why.
+// An async block rather than an `async fn`: an `async fn` moves its parameters into locals of
+// its own, so its future holds each of them twice and copies each once more per call (see
+// docs/ARCHITECTURE.md, "Request futures").
+#[allow(clippy::manual_async_fn)]
+pub fn handle(
+    conn: Arc<Conn>,
+    req: Request<Incoming>,
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> {
+    async move {
+        let start = Instant::now();
+        let hcm = &conn.hcm;
+        hcm.stats.downstream_rq_total.inc();
+        hcm.stats.downstream_rq_active.inc();
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        if hcm.generate_request_id && !parts.headers.contains_key(&X_REQUEST_ID) {
+            parts.headers.insert(X_REQUEST_ID.clone(), request_id());
+        }
+        let grpc = is_grpc(&parts.headers);
+        let logging = !hcm.access_logs.is_empty();
+        let ex = Box::new(Exchange {
+            conn: conn.clone(),
+            start,
+            start_time: logging.then(SystemTime::now),
+            request: logging.then(|| clone_parts(&parts)),
+            protocol: protocol_name(parts.version),
+            status: 0,
+            response_headers: None,
+            flags: ResponseFlags::NONE,
+            details: "via_upstream",
+            bytes_received: body.size_hint().exact().unwrap_or(0),
+            upstream_service_time: None,
+            upstream_host: None,
+            cluster: None,
+            route_name: None,
+            authority: if logging {
+                authority.clone()
+            } else {
+                String::new()
+            },
+            fault: None,
+            recorded: false,
+        });
+        let cx = Ctx {
+            ex,
+            grpc,
+            cors: None,
+        };
+
+        // Both Content-Length and Transfer-Encoding never reach here: hyper's HTTP/1 parser keeps
+        // Transfer-Encoding, drops Content-Length and closes the connection after the response
+        // (RFC 9112 §6.1), and HTTP/2 rejects Transfer-Encoding outright.
+
+        let snapshot = conn.shared.snapshot();
+        let table: &Arc<RouteTable> = match &hcm.routes {
+            Routes::Static(t) => t,
+            Routes::Rds(name) => match snapshot.routes.get(name) {
+                Some(t) => t,
+                None => {
+                    return Ok(cx.local(
+                        StatusCode::NOT_FOUND,
+                        ResponseFlags::NR,
+                        "route_not_found",
+                        format!("route configuration `{name}` has not been received"),
+                        &[],
+                    ));
+                }
+            },
+        };
+        let scheme = if conn.tls {
+            "https"
         } else {
-            String::new()
-        },
-        fault: None,
-        recorded: false,
-    });
-    let cx = Ctx {
-        ex,
-        grpc,
-        cors: None,
-    };
+            parts.uri.scheme_str().unwrap_or("http")
+        };
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let view = RequestView {
+            method: &parts.method,
+            authority: &authority,
+            path_and_query,
+            scheme,
+            headers: &parts.headers,
+            is_grpc: grpc,
+        };
+        let Some(vh) = table.vhost(&authority) else {
+            return Ok(cx.local(
+                StatusCode::NOT_FOUND,
+                ResponseFlags::NR,
+                "route_not_found",
+                format!("no virtual host for authority `{authority}`"),
+                &[],
+            ));
+        };
+        let Some(route) = vh.route(&view) else {
+            return Ok(cx.local(
+                StatusCode::NOT_FOUND,
+                ResponseFlags::NR,
+                "route_not_found",
+                format!(
+                    "no route in virtual host `{}` matches {} {}",
+                    vh.name, parts.method, path_and_query
+                ),
+                &[],
+            ));
+        };
+        let mut cx = cx;
+        if logging {
+            cx.ex.route_name = Some(route.name.clone());
+        }
 
-    // Both Content-Length and Transfer-Encoding never reach here: hyper's HTTP/1 parser keeps
-    // Transfer-Encoding, drops Content-Length and closes the connection after the response
-    // (RFC 9112 §6.1), and HTTP/2 rejects Transfer-Encoding outright.
-
-    let snapshot = conn.shared.snapshot();
-    let table: &Arc<RouteTable> = match &hcm.routes {
-        Routes::Static(t) => t,
-        Routes::Rds(name) => match snapshot.routes.get(name) {
-            Some(t) => t,
-            None => {
-                return Ok(cx.local(
-                    StatusCode::NOT_FOUND,
-                    ResponseFlags::NR,
-                    "route_not_found",
-                    format!("route configuration `{name}` has not been received"),
+        // HTTP filters before the router, in the chain's order: CORS, fault injection.
+        let mut faulted = false;
+        if hcm.cors_first {
+            cx = match cors_filter(cx, hcm, route, &parts) {
+                Ok(cx) => cx,
+                Err(preflight) => return Ok(*preflight),
+            };
+        }
+        if let Some(ff) = &hcm.fault
+            && let Some(cfg) = route.filters.fault.as_deref().or(ff.config.as_deref())
+            && let Some(inj) = ff.decide(cfg, &view)
+        {
+            faulted = true;
+            cx.ex.fault = Some(inj.guard);
+            if let Some(d) = inj.delay {
+                cx.ex.flags.insert(ResponseFlags::DI);
+                tokio::time::sleep(d).await;
+            }
+            if let Some(a) = inj.abort {
+                return Ok(cx.local_with(
+                    a.status,
+                    a.grpc_status,
+                    ResponseFlags::FI,
+                    fault::ABORT_DETAILS,
+                    String::from_utf8_lossy(&a.body).into_owned(),
                     &[],
                 ));
             }
-        },
-    };
-    let scheme = if conn.tls {
-        "https"
-    } else {
-        parts.uri.scheme_str().unwrap_or("http")
-    };
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let view = RequestView {
-        method: &parts.method,
-        authority: &authority,
-        path_and_query,
-        scheme,
-        headers: &parts.headers,
-        is_grpc: grpc,
-    };
-    let Some(vh) = table.vhost(&authority) else {
-        return Ok(cx.local(
-            StatusCode::NOT_FOUND,
-            ResponseFlags::NR,
-            "route_not_found",
-            format!("no virtual host for authority `{authority}`"),
-            &[],
-        ));
-    };
-    let Some(route) = vh.route(&view) else {
-        return Ok(cx.local(
-            StatusCode::NOT_FOUND,
-            ResponseFlags::NR,
-            "route_not_found",
-            format!(
-                "no route in virtual host `{}` matches {} {}",
-                vh.name, parts.method, path_and_query
-            ),
-            &[],
-        ));
-    };
-    let mut cx = cx;
-    if logging {
-        cx.ex.route_name = Some(route.name.clone());
-    }
-
-    // HTTP filters before the router, in the chain's order: CORS, fault injection.
-    let mut faulted = false;
-    if hcm.cors_first {
-        cx = match cors_filter(cx, hcm, route, &parts) {
-            Ok(cx) => cx,
-            Err(preflight) => return Ok(*preflight),
-        };
-    }
-    if let Some(ff) = &hcm.fault
-        && let Some(cfg) = route.filters.fault.as_deref().or(ff.config.as_deref())
-        && let Some(inj) = ff.decide(cfg, &view)
-    {
-        faulted = true;
-        cx.ex.fault = Some(inj.guard);
-        if let Some(d) = inj.delay {
-            cx.ex.flags.insert(ResponseFlags::DI);
-            tokio::time::sleep(d).await;
         }
-        if let Some(a) = inj.abort {
-            return Ok(cx.local_with(
-                a.status,
-                a.grpc_status,
-                ResponseFlags::FI,
-                fault::ABORT_DETAILS,
-                String::from_utf8_lossy(&a.body).into_owned(),
-                &[],
-            ));
+        if !hcm.cors_first {
+            cx = match cors_filter(cx, hcm, route, &parts) {
+                Ok(cx) => cx,
+                Err(preflight) => return Ok(*preflight),
+            };
         }
-    }
-    if !hcm.cors_first {
-        cx = match cors_filter(cx, hcm, route, &parts) {
-            Ok(cx) => cx,
-            Err(preflight) => return Ok(*preflight),
-        };
-    }
 
-    match &route.action {
-        Action::Direct { status, body } => Ok(cx.direct(*status, body.clone(), |h| {
-            apply_response_mutations(h, table, vh, route, None)
-        })),
-        Action::Redirect(rd) => {
-            let path = path_and_query.split('?').next().unwrap_or("");
-            let prefix = matched_len(&route.matcher.path, path).and_then(|n| path.get(..n));
-            let loc = rd.location(scheme, &authority, path_and_query, prefix);
-            Ok(cx.direct(rd.status, Bytes::new(), |h| {
-                if let Ok(v) = HeaderValue::from_str(&loc) {
-                    h.insert(header::LOCATION, v);
-                }
+        match &route.action {
+            Action::Direct { status, body } => Ok(cx.direct(*status, body.clone(), |h| {
                 apply_response_mutations(h, table, vh, route, None)
-            }))
+            })),
+            Action::Redirect(rd) => {
+                let path = path_and_query.split('?').next().unwrap_or("");
+                let prefix = matched_len(&route.matcher.path, path).and_then(|n| path.get(..n));
+                let loc = rd.location(scheme, &authority, path_and_query, prefix);
+                Ok(cx.direct(rd.status, Bytes::new(), |h| {
+                    if let Ok(v) = HeaderValue::from_str(&loc) {
+                        h.insert(header::LOCATION, v);
+                    }
+                    apply_response_mutations(h, table, vh, route, None)
+                }))
+            }
+            Action::Forward(ra) => Ok(forward(
+                cx, parts, body, table, vh, route, ra, &snapshot, hcm, authority, faulted,
+            )
+            .await),
         }
-        Action::Forward(ra) => Ok(forward(
-            cx, parts, body, table, vh, route, ra, &snapshot, hcm, authority, faulted,
-        )
-        .await),
     }
 }
 
@@ -810,7 +853,11 @@ fn is_upgrade(parts: &http::request::Parts) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+// An async block rather than an `async fn`: an `async fn` moves its parameters into locals of
+// its own, so its future holds each of them twice and copies each once more per call (see
+// docs/ARCHITECTURE.md, "Request futures").
+#[allow(clippy::manual_async_fn)]
+fn forward(
     mut cx: Ctx,
     mut parts: http::request::Parts,
     body: Incoming,
@@ -822,602 +869,599 @@ async fn forward(
     hcm: &Hcm,
     authority: String,
     faulted: bool,
-) -> Response<ResponseBody> {
-    let Some((cluster_name, weighted)) = ra.clusters.pick(&parts.headers, rand::random) else {
-        return cx.local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlags::NC,
-            "cluster_not_found",
-            "no cluster could be chosen for this route".into(),
-            &[],
-        );
-    };
-    let Some(cluster) = snapshot.clusters.get(cluster_name.as_ref()) else {
-        return cx.local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlags::NC,
-            "cluster_not_found",
-            format!("cluster `{cluster_name}` is not configured"),
-            &[],
-        );
-    };
-    cx.ex.cluster = Some(cluster.clone());
-    // The route's idle_timeout, else the connection manager's stream_idle_timeout.
-    let stream_idle = ra.stream_idle_timeout(hcm.stream_idle_timeout);
-
-    // CONNECT: terminate the tunnel here and splice bytes to the chosen endpoint.
-    if parts.method == Method::CONNECT {
-        if !(hcm.connect && ra.upgrades.connect_terminate) {
-            return cx.local(
-                StatusCode::FORBIDDEN,
-                ResponseFlags::NONE,
-                "upgrade_failed",
-                "CONNECT is not enabled on this route".into(),
-                &[],
-            );
-        }
-        return Box::pin(connect_tunnel(
-            cx,
-            parts,
-            cluster.clone(),
-            &authority,
-            stream_idle,
-        ))
-        .await;
-    }
-    let upgrade = is_upgrade(&parts);
-    if upgrade {
-        let kind = parts
-            .headers
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let allowed = kind.eq_ignore_ascii_case("websocket")
-            && ra.upgrades.websocket.unwrap_or(hcm.websocket);
-        if !allowed {
-            return cx.local(
-                StatusCode::FORBIDDEN,
-                ResponseFlags::NONE,
-                "upgrade_failed",
-                format!("upgrade `{kind}` is not enabled on this route"),
-                &[],
-            );
-        }
-    }
-
-    let Some(_rq_slot) = cluster.pool.circuit.try_request() else {
-        cluster.stats.upstream_rq_pending_overflow.inc();
-        return cx.local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ResponseFlags::UO,
-            "upstream_reset_before_response_started{overflow}",
-            format!(
-                "upstream overflow: cluster `{}` is at its max_requests limit",
-                cluster.name
-            ),
-            &[],
-        );
-    };
-
-    // Request headers: hop-by-hop out, mutations in (least specific first so the most specific
-    // wins, as Envoy does), rewrites, forwarding headers.
-    let mut down_upgrade = if upgrade {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    };
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    table.request_headers.apply(&mut parts.headers);
-    vh.request_headers.apply(&mut parts.headers);
-    route.request_headers.apply(&mut parts.headers);
-    if let Some(w) = weighted {
-        w.request_headers.apply(&mut parts.headers);
-    }
-    let scheme = if cx.ex.conn.tls { "https" } else { "http" };
-    if hcm.use_remote_address || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-        parts.headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(if cx.ex.conn.tls { "https" } else { "http" }),
-        );
-    }
-    if hcm.use_remote_address {
-        let ip = cx.ex.conn.remote.ip().to_string();
-        let v = match parts
-            .headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            parts.headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
-    }
-    let orig_uri = &parts.uri;
-    let orig_pq = orig_uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut new_pq: Option<String> = None;
-    let orig_path = orig_pq.split('?').next().unwrap_or("");
-    if let (Some(rw), Some(n)) = (
-        &ra.prefix_rewrite,
-        matched_len(&route.matcher.path, orig_path),
-    ) {
-        let rest = orig_pq.get(n..).unwrap_or("");
-        new_pq = Some(if rw.ends_with('/') && rest.starts_with('/') {
-            format!("{rw}{}", &rest[1..])
-        } else {
-            format!("{rw}{rest}")
-        });
-    } else if let Some((re, sub)) = &ra.regex_rewrite {
-        let (path, query) = orig_pq
-            .split_once('?')
-            .map_or((orig_pq, None), |(p, q)| (p, Some(q)));
-        let np = re.replace_all(path, sub.as_str());
-        new_pq = Some(match query {
-            Some(q) => format!("{np}?{q}"),
-            None => np.into_owned(),
-        });
-    }
-    if new_pq.is_some()
-        && !hcm.router.suppress_envoy_headers
-        && let Ok(v) = HeaderValue::from_str(parts.uri.path())
-    {
-        parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
-    }
-    let pq = new_pq.as_deref().unwrap_or(orig_pq);
-    // The Host sent upstream: a rewrite, else the request's own (reused when it already is the
-    // authority, as for every origin-form HTTP/1 request).
-    let up_authority = match &ra.host_rewrite {
-        Some(h) => Some(h.clone()),
-        None => match parts.headers.get(header::HOST) {
-            Some(h) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
-            _ => HeaderValue::from_str(&authority).ok(),
-        },
-    };
-    if let Some(a) = &up_authority
-        && parts.headers.get(header::HOST) != Some(a)
-    {
-        parts.headers.insert(header::HOST, a.clone());
-    }
-
-    // Like Istio, a request that received a fault gets neither retries nor the route timeout.
-    let policy = if faulted {
-        None
-    } else {
-        ra.retry_policy.clone()
-    };
-    let timeout = if faulted { None } else { ra.timeout };
-    let no_body = body.is_end_stream();
-    // The body is boxed only when there is one; a mirrored one is read first.
-    let mut body = Some(body);
-    let mut mirrored: Option<Body> = None;
-    if !ra.mirrors.is_empty() && !upgrade {
-        let shadow = ShadowSource {
-            parts: &parts,
-            scheme,
-            authority: up_authority
-                .as_ref()
-                .and_then(|a| a.to_str().ok())
-                .unwrap_or(&authority),
-            path_and_query: pq,
-            timeout: ra.timeout,
-        };
-        mirrored = match Box::pin(mirror_request(
-            ra,
-            snapshot,
-            cluster.retry_buffer_limit,
-            &shadow,
-            &mut body,
-            no_body,
-        ))
-        .await
-        {
-            Ok(b) => b,
-            Err(why) => {
-                return cx.local(
-                    StatusCode::BAD_REQUEST,
-                    ResponseFlags::DPE,
-                    "downstream_remote_disconnect_or_protocol_error",
-                    format!("bad request body: {why}"),
-                    &[(header::CONNECTION, HeaderValue::from_static("close"))],
-                );
-            }
-        };
-    }
-
-    // A dynamic forward proxy cluster connects where the request says.
-    let dynamic = match &cluster.dfp {
-        None => None,
-        // Boxed, as every path off the common one: it would grow each request's future.
-        Some(cache) => match Box::pin(cache.resolve(&authority, 80)).await {
-            Ok(found) => Some(found),
-            Err(e) => return dns_failure(cx, cluster, &authority, &e),
-        },
-    };
-
-    let h2 = match cluster.protocol {
-        Protocol::Http2 => !upgrade,
-        Protocol::Http1 => false,
-        Protocol::Downstream => parts.version == Version::HTTP_2,
-    };
-    let mut uri: Uri = if h2 {
-        let auth = up_authority
-            .as_ref()
-            .and_then(|a| a.to_str().ok())
-            .unwrap_or("localhost");
-        format!("{scheme}://{auth}{pq}")
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"))
-    } else if new_pq.is_none() && parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
-        // Already origin-form and not rewritten: reuse it (a refcount, no parse).
-        parts.uri.clone()
-    } else {
-        pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
-    };
-    if h2 {
-        parts.headers.remove(header::HOST);
-    }
-
-    // Body: replayable while small when a retry policy applies.
-    let hash = if cluster.lb.policy.is_hash_based() && !ra.hash_policies.is_empty() {
-        crate::upstream::hash::compute_hash(&ra.hash_policies, &parts, cx.ex.conn.remote)
-    } else {
-        crate::upstream::hash::HashOutcome::default()
-    };
-    // Envoy's route timeout counts from when the request has been completely received: the
-    // end of its body, marked as the body is read.
-    // Tracked only when it can differ from the start (there is a body) and matters (there is
-    // a route timeout): no allocation for the common bodyless request.
-    let request_end = (!no_body && timeout.is_some()).then(|| RequestEnd::new(cx.ex.start));
-    let primary = if no_body {
-        None
-    } else {
-        let b = mirrored.or_else(|| body.take().map(boxed));
-        match &request_end {
-            Some(end) => b.map(|b| boxed(MarkEnd::new(b, end.clone()))),
-            None => b,
-        }
-    };
-    let start = cx.ex.start;
-    // When the request was completely received, once it has been.
-    let request_end_at = || match &request_end {
-        None => Some(start),
-        Some(end) => end.at(),
-    };
-    let (mut replay, mut single): (Option<ReplayBody>, Option<Body>) = match (&policy, primary) {
-        (_, None) => (None, None),
-        (Some(_), Some(b)) => (Some(ReplayBody::new(b, cluster.retry_buffer_limit)), None),
-        (None, Some(b)) => (None, Some(b)),
-    };
-
-    // The route's deadline as known at `now`: the request's end plus the timeout, or, while
-    // the request is still arriving, no earlier than `now` plus the timeout.
-    let route_deadline =
-        |now: Instant| -> Option<Instant> { timeout.map(|t| request_end_at().unwrap_or(now) + t) };
-    let max_attempts = 1 + policy.as_ref().map_or(0, |p| p.num_retries);
-    let max_picks = policy.as_deref().and_then(|p| p.max_picks);
-    let mut tried: Vec<Arc<Host>> = Vec::new();
-    let mut attempt_no = 0u32;
-    let mut last: Attempt;
-    // Response-head time of the attempt whose answer is returned (the last one).
-    let mut upstream_time = Duration::ZERO;
-    // The body of the next attempt: the first from the replay buffer, retries taken when decided.
-    let mut next_body: Option<Body> = replay.as_ref().and_then(|r| r.replay()).map(boxed);
-    loop {
-        attempt_no += 1;
-        let lb_ctx = LbContext {
-            hash: hash.hash,
-            excluded: &tried,
-            max_picks,
-        };
-        let picked = match &dynamic {
-            Some((h, p)) => Some((h.clone(), p.clone())),
-            None => cluster.pick(&lb_ctx),
-        };
-        let Some((host, pool)) = picked else {
-            cluster.stats.upstream_cx_none_healthy.inc();
+) -> impl Future<Output = Response<ResponseBody>> {
+    async move {
+        let Some((cluster_name, weighted)) = ra.clusters.pick(&parts.headers, rand::random) else {
             return cx.local(
                 StatusCode::SERVICE_UNAVAILABLE,
-                ResponseFlags::UH,
-                "no_healthy_upstream",
-                format!("no healthy upstream in cluster `{}`", cluster.name),
+                ResponseFlags::NC,
+                "cluster_not_found",
+                "no cluster could be chosen for this route".into(),
                 &[],
             );
         };
-        let attempt_body: Body = if let Some(b) = next_body.take() {
-            b
-        } else if let Some(b) = single.take() {
-            b
-        } else {
-            boxed(http_body_util::Empty::<Bytes>::new())
+        let Some(cluster) = snapshot.clusters.get(cluster_name.as_ref()) else {
+            return cx.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::NC,
+                "cluster_not_found",
+                format!("cluster `{cluster_name}` is not configured"),
+                &[],
+            );
         };
-        let mut req = Request::new(attempt_body);
-        *req.method_mut() = parts.method.clone();
-        // Without a retry policy there is one attempt: the URI and headers move into it.
-        *req.uri_mut() = if policy.is_some() {
-            uri.clone()
-        } else {
-            std::mem::take(&mut uri)
-        };
-        *req.version_mut() = if h2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        *req.headers_mut() = if policy.is_some() {
-            parts.headers.clone()
-        } else {
-            std::mem::take(&mut parts.headers)
-        };
-        if attempt_no > 1 {
-            req.headers_mut()
-                .insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt_no));
-        }
-        let sent_at = Instant::now();
-        // The attempt waits for response headers until the soonest of the route's deadline,
-        // the per-try timeout and the stream idle timeout (a tie goes to the earlier one).
-        let per_try_at = policy
-            .as_ref()
-            .and_then(|p| p.per_try_timeout)
-            .map(|d| sent_at + d);
-        let idle_at = stream_idle.map(|d| sent_at + d);
-        cx.ex.upstream_host = Some(host.addr);
-        cluster.stats.upstream_rq_total.inc();
-        cluster.stats.upstream_rq_active.inc();
-        let active = host.track_request();
-        let mut fut = std::pin::pin!(pool.send(req, h2, upgrade));
-        let mut now = sent_at;
-        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let waited = loop {
-            let mut limit: Option<(Instant, Wait)> = None;
-            for c in [
-                route_deadline(now).map(|d| (d, Wait::Route)),
-                per_try_at.map(|d| (d, Wait::PerTry)),
-                idle_at.map(|d| (d, Wait::Idle)),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if limit.is_none_or(|(l, _)| c.0 < l) {
-                    limit = Some(c);
-                }
-            }
-            let Some((at, kind)) = limit else {
-                break Ok(fut.await);
-            };
-            let sleep = match &mut timer {
-                Some(t) => {
-                    t.as_mut().reset(at.into());
-                    t
-                }
-                None => timer.insert(cx.ex.conn.take_timer(at)),
-            };
-            tokio::select! {
-                biased;
-                r = &mut fut => break Ok(r),
-                () = sleep.as_mut() => {
-                    now = Instant::now();
-                    // The route deadline moves while the request body is still being sent
-                    // (it counts from the body's end): look again rather than fire early.
-                    if kind == Wait::Route && route_deadline(now).is_some_and(|d| d > now) {
-                        continue;
-                    }
-                    break Err(kind);
-                }
-            }
-        };
-        if let Some(t) = timer {
-            cx.ex.conn.keep_timer(t);
-        }
-        let result = match waited {
-            Ok(r) => r.map(Attempt::Response).unwrap_or_else(Attempt::Failed),
-            Err(Wait::PerTry) => {
-                cluster.stats.upstream_rq_per_try_timeout.inc();
-                Attempt::PerTryTimeout
-            }
-            Err(kind) => {
-                drop(active);
-                cluster.stats.upstream_rq_active.dec();
-                if kind == Wait::Idle {
-                    // Envoy answers a stream that saw no activity for stream_idle_timeout with
-                    // 408 and flag SI; it is not an upstream timeout.
-                    return cx.local(
-                        StatusCode::REQUEST_TIMEOUT,
-                        ResponseFlags::SI,
-                        "stream_idle_timeout",
-                        "stream timeout".into(),
-                        &[],
-                    );
-                }
-                cluster.stats.upstream_rq_timeout.inc();
-                cluster.report(&host, Outcome::Timeout);
-                return cx.upstream_timeout();
-            }
-        };
-        drop(active);
-        cluster.stats.upstream_rq_active.dec();
-        if cluster.outlier.is_some() {
-            let outcome = match &result {
-                Attempt::Response(r) => Some(Outcome::Status(r.status().as_u16())),
-                Attempt::Failed(e) if e.is_connect_failure() => Some(Outcome::ConnectFailure),
-                Attempt::Failed(UpstreamError::Overflow(_) | UpstreamError::DownstreamBody(_)) => {
-                    None
-                }
-                Attempt::Failed(_) => Some(Outcome::Reset),
-                Attempt::PerTryTimeout => Some(Outcome::Timeout),
-            };
-            if let Some(outcome) = outcome {
-                cluster.report(&host, outcome);
-            }
-        }
-        if let Attempt::Response(r) = &result {
-            upstream_time = sent_at.elapsed();
-            if hcm.router.dynamic_stats {
-                cluster.stats.record_status(r.status().as_u16());
-                cluster.stats.upstream_rq_time.record(upstream_time);
-            }
-        }
-        last = result;
-        let Some(p) = policy.as_deref() else {
-            break;
-        };
-        // Hosts already tried matter only to a retry.
-        tried.push(host);
-        if !retriable(p, &last) {
-            if attempt_no > 1 {
-                cluster.stats.upstream_rq_retry_success.inc();
-            }
-            break;
-        }
-        if attempt_no >= max_attempts {
-            cluster.stats.upstream_rq_retry_limit_exceeded.inc();
-            cx.ex.flags.insert(ResponseFlags::URX);
-            break;
-        }
-        if (replay.is_none() && !no_body) || upgrade {
-            break;
-        }
-        // Take the replay now, while the last answer can still be returned: the previous
-        // attempt's body may still be streaming (on the connection task) and outgrow the buffer.
-        if let Some(r) = replay.as_ref() {
-            match r.replay() {
-                Some(b) => next_body = Some(boxed(b)),
-                None => break,
-            }
-        }
-        // Like Envoy, the retry breaker counts retries waiting to be sent (in backoff).
-        let Some(retry_slot) = cluster.pool.circuit.try_retry() else {
-            cluster.stats.upstream_rq_retry_overflow.inc();
-            cx.ex.flags.insert(ResponseFlags::UO);
-            break;
-        };
-        cluster.stats.upstream_rq_retry.inc();
-        let wait = backoff(p, attempt_no);
-        let now = Instant::now();
-        if let Some(d) = route_deadline(now)
-            && now + wait >= d
-        {
-            cluster.stats.upstream_rq_timeout.inc();
-            return cx.upstream_timeout();
-        }
-        drop(last);
-        tokio::time::sleep(wait).await;
-        drop(retry_slot);
-    }
-    replay.take();
+        cx.ex.cluster = Some(cluster.clone());
+        // The route's idle_timeout, else the connection manager's stream_idle_timeout.
+        let stream_idle = ra.stream_idle_timeout(hcm.stream_idle_timeout);
 
-    match last {
-        Attempt::Response(resp) => {
-            let (mut rparts, rbody) = resp.into_parts();
-            let service_time = upstream_time;
-            cx.ex.upstream_service_time = Some(service_time);
-            // The router's own header, added after the upstream's hop-by-hop headers are gone
-            // (an upstream cannot have it removed by listing it in `Connection`).
-            let stamp = |h: &mut HeaderMap| {
-                if !hcm.router.suppress_envoy_headers {
-                    h.insert(
-                        X_UPSTREAM_SERVICE_TIME.clone(),
-                        HeaderValue::from(service_time.as_millis() as u64),
-                    );
-                }
-            };
-            if rparts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
-                // Splice the two upgraded connections.
-                if let (Some(down), Some(up)) = (down_upgrade.take(), rbody.into_upgraded()) {
-                    // An upgraded stream is still a stream: the stream idle timeout ends it
-                    // when no byte moves either way for that long.
-                    tokio::spawn(async move {
-                        let _guard = up.guard;
-                        if let Ok(d) = down.await {
-                            let mut d = hyper_util::rt::TokioIo::new(d);
-                            let mut u = up.io;
-                            crate::tcp::splice(&mut d, &mut u, stream_idle).await;
-                        }
-                    });
-                }
-                stamp(&mut rparts.headers);
-                cx.ex.details = "via_upstream";
-                return cx.finish(Response::from_parts(
-                    rparts,
-                    ResponseBody::full(Bytes::new()),
-                ));
-            }
-            strip_response_hop_by_hop(&mut rparts.headers);
-            stamp(&mut rparts.headers);
-            apply_response_mutations(&mut rparts.headers, table, vh, route, weighted);
-            if let Some(c) = hash.set_cookie {
-                rparts.headers.append(header::SET_COOKIE, c);
-            }
-            rparts.version = Version::HTTP_11;
-            cx.finish(Response::from_parts(
-                rparts,
-                ResponseBody::new(Inner::Upstream(rbody), None)
-                    .with_idle_timeout(stream_idle)
-                    .with_deadline(timeout.map(|t| {
-                        let end = request_end_at().unwrap_or_else(Instant::now);
-                        tokio::time::Instant::from_std(end + t)
-                    })),
-            ))
-        }
-        Attempt::Failed(e) => {
-            let flag = e.flag();
-            if matches!(e, UpstreamError::Overflow(_)) {
+        // CONNECT: terminate the tunnel here and splice bytes to the chosen endpoint.
+        if parts.method == Method::CONNECT {
+            if !(hcm.connect && ra.upgrades.connect_terminate) {
                 return cx.local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    flag,
-                    "upstream_reset_before_response_started{overflow}",
-                    format!(
-                        "upstream overflow: cluster `{}` {}",
-                        cluster.name,
-                        e.reset_reason()
-                    ),
+                    StatusCode::FORBIDDEN,
+                    ResponseFlags::NONE,
+                    "upgrade_failed",
+                    "CONNECT is not enabled on this route".into(),
                     &[],
                 );
             }
-            if let UpstreamError::DownstreamBody(why) = &e {
+            return Box::pin(connect_tunnel(
+                cx,
+                parts,
+                cluster.clone(),
+                &authority,
+                stream_idle,
+            ))
+            .await;
+        }
+        let upgrade = is_upgrade(&parts);
+        if upgrade {
+            let kind = parts
+                .headers
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let allowed = kind.eq_ignore_ascii_case("websocket")
+                && ra.upgrades.websocket.unwrap_or(hcm.websocket);
+            if !allowed {
                 return cx.local(
-                    StatusCode::BAD_REQUEST,
-                    flag,
-                    "downstream_remote_disconnect_or_protocol_error",
-                    format!("bad request body: {why}"),
-                    &[(header::CONNECTION, HeaderValue::from_static("close"))],
+                    StatusCode::FORBIDDEN,
+                    ResponseFlags::NONE,
+                    "upgrade_failed",
+                    format!("upgrade `{kind}` is not enabled on this route"),
+                    &[],
                 );
             }
-            let host = cx
-                .ex
-                .upstream_host
-                .map(|h| h.to_string())
-                .unwrap_or_default();
-            let details = match &e {
-                UpstreamError::ConnectFailure(_)
-                | UpstreamError::ConnectTimeout
-                | UpstreamError::Tls(_) => {
-                    "upstream_reset_before_response_started{connection_failure}"
-                }
-                UpstreamError::ConnectionTermination => {
-                    "upstream_reset_before_response_started{connection_termination}"
-                }
-                UpstreamError::RefusedStream | UpstreamError::RemoteReset => {
-                    "upstream_reset_before_response_started{remote_reset}"
-                }
-                _ => "upstream_reset_before_response_started{protocol_error}",
-            };
-            let status = if matches!(e, UpstreamError::Protocol(_)) {
-                StatusCode::BAD_GATEWAY
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            cx.local(status, flag, details, format!("upstream connect error or disconnect/reset before headers. reset reason: {} (cluster `{}`, endpoint {host})", e.reset_reason(), cluster.name), &[])
         }
-        Attempt::PerTryTimeout => {
-            cluster.stats.upstream_rq_timeout.inc();
-            cx.local(
-                StatusCode::GATEWAY_TIMEOUT,
-                ResponseFlags::UT,
-                "upstream_per_try_timeout",
-                "upstream request timeout".into(),
+
+        let Some(_rq_slot) = cluster.pool.circuit.try_request() else {
+            cluster.stats.upstream_rq_pending_overflow.inc();
+            return cx.local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ResponseFlags::UO,
+                "upstream_reset_before_response_started{overflow}",
+                format!(
+                    "upstream overflow: cluster `{}` is at its max_requests limit",
+                    cluster.name
+                ),
                 &[],
-            )
+            );
+        };
+
+        // Request headers: hop-by-hop out, mutations in (least specific first so the most specific
+        // wins, as Envoy does), rewrites, forwarding headers.
+        let mut down_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        table.request_headers.apply(&mut parts.headers);
+        vh.request_headers.apply(&mut parts.headers);
+        route.request_headers.apply(&mut parts.headers);
+        if let Some(w) = weighted {
+            w.request_headers.apply(&mut parts.headers);
+        }
+        let scheme = if cx.ex.conn.tls { "https" } else { "http" };
+        if hcm.use_remote_address || !parts.headers.contains_key(&X_FORWARDED_PROTO) {
+            parts.headers.insert(
+                X_FORWARDED_PROTO.clone(),
+                HeaderValue::from_static(if cx.ex.conn.tls { "https" } else { "http" }),
+            );
+        }
+        if hcm.use_remote_address {
+            let ip = cx.ex.conn.remote.ip().to_string();
+            let v = match parts
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                parts.headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+        let orig_uri = &parts.uri;
+        let orig_pq = orig_uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut new_pq: Option<String> = None;
+        let orig_path = orig_pq.split('?').next().unwrap_or("");
+        if let (Some(rw), Some(n)) = (
+            &ra.prefix_rewrite,
+            matched_len(&route.matcher.path, orig_path),
+        ) {
+            let rest = orig_pq.get(n..).unwrap_or("");
+            new_pq = Some(if rw.ends_with('/') && rest.starts_with('/') {
+                format!("{rw}{}", &rest[1..])
+            } else {
+                format!("{rw}{rest}")
+            });
+        } else if let Some((re, sub)) = &ra.regex_rewrite {
+            let (path, query) = orig_pq
+                .split_once('?')
+                .map_or((orig_pq, None), |(p, q)| (p, Some(q)));
+            let np = re.replace_all(path, sub.as_str());
+            new_pq = Some(match query {
+                Some(q) => format!("{np}?{q}"),
+                None => np.into_owned(),
+            });
+        }
+        if new_pq.is_some()
+            && !hcm.router.suppress_envoy_headers
+            && let Ok(v) = HeaderValue::from_str(parts.uri.path())
+        {
+            parts.headers.insert(X_ENVOY_ORIGINAL_PATH.clone(), v);
+        }
+        let pq = new_pq.as_deref().unwrap_or(orig_pq);
+        // The Host sent upstream: a rewrite, else the request's own (reused when it already is the
+        // authority, as for every origin-form HTTP/1 request).
+        let up_authority = match &ra.host_rewrite {
+            Some(h) => Some(h.clone()),
+            None => match parts.headers.get(header::HOST) {
+                Some(h) if h.as_bytes() == authority.as_bytes() => Some(h.clone()),
+                _ => HeaderValue::from_str(&authority).ok(),
+            },
+        };
+        if let Some(a) = &up_authority
+            && parts.headers.get(header::HOST) != Some(a)
+        {
+            parts.headers.insert(header::HOST, a.clone());
+        }
+
+        // Like Istio, a request that received a fault gets neither retries nor the route timeout.
+        let policy = if faulted {
+            None
+        } else {
+            ra.retry_policy.clone()
+        };
+        let timeout = if faulted { None } else { ra.timeout };
+        let no_body = body.is_end_stream();
+        // The body is boxed only when there is one; a mirrored one is read first.
+        let mut body = Some(body);
+        let mut mirrored: Option<Body> = None;
+        if !ra.mirrors.is_empty() && !upgrade {
+            let shadow = ShadowSource {
+                parts: &parts,
+                scheme,
+                authority: up_authority
+                    .as_ref()
+                    .and_then(|a| a.to_str().ok())
+                    .unwrap_or(&authority),
+                path_and_query: pq,
+                timeout: ra.timeout,
+            };
+            mirrored = match Box::pin(mirror_request(
+                ra,
+                snapshot,
+                cluster.retry_buffer_limit,
+                &shadow,
+                &mut body,
+                no_body,
+            ))
+            .await
+            {
+                Ok(b) => b,
+                Err(why) => {
+                    return cx.local(
+                        StatusCode::BAD_REQUEST,
+                        ResponseFlags::DPE,
+                        "downstream_remote_disconnect_or_protocol_error",
+                        format!("bad request body: {why}"),
+                        &[(header::CONNECTION, HeaderValue::from_static("close"))],
+                    );
+                }
+            };
+        }
+
+        // A dynamic forward proxy cluster connects where the request says.
+        let dynamic = match &cluster.dfp {
+            None => None,
+            // Boxed, as every path off the common one: it would grow each request's future.
+            Some(cache) => match Box::pin(cache.resolve(&authority, 80)).await {
+                Ok(found) => Some(found),
+                Err(e) => return dns_failure(cx, cluster, &authority, &e),
+            },
+        };
+
+        let h2 = match cluster.protocol {
+            Protocol::Http2 => !upgrade,
+            Protocol::Http1 => false,
+            Protocol::Downstream => parts.version == Version::HTTP_2,
+        };
+        let mut uri: Uri = if h2 {
+            let auth = up_authority
+                .as_ref()
+                .and_then(|a| a.to_str().ok())
+                .unwrap_or("localhost");
+            format!("{scheme}://{auth}{pq}")
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("/"))
+        } else if new_pq.is_none()
+            && parts.uri.scheme().is_none()
+            && parts.uri.authority().is_none()
+        {
+            // Already origin-form and not rewritten: reuse it (a refcount, no parse).
+            parts.uri.clone()
+        } else {
+            pq.parse().unwrap_or_else(|_| Uri::from_static("/"))
+        };
+        if h2 {
+            parts.headers.remove(header::HOST);
+        }
+
+        // Body: replayable while small when a retry policy applies.
+        let hash = if cluster.lb.policy.is_hash_based() && !ra.hash_policies.is_empty() {
+            crate::upstream::hash::compute_hash(&ra.hash_policies, &parts, cx.ex.conn.remote)
+        } else {
+            crate::upstream::hash::HashOutcome::default()
+        };
+        // Envoy's route timeout counts from when the request has been completely received: the
+        // end of its body, marked as the body is read.
+        // Tracked only when it can differ from the start (there is a body) and matters (there is
+        // a route timeout): no allocation for the common bodyless request.
+        let request_end = (!no_body && timeout.is_some()).then(|| RequestEnd::new(cx.ex.start));
+        let primary = if no_body {
+            None
+        } else {
+            let b = mirrored.or_else(|| body.take().map(boxed));
+            match &request_end {
+                Some(end) => b.map(|b| boxed(MarkEnd::new(b, end.clone()))),
+                None => b,
+            }
+        };
+        let start = cx.ex.start;
+        // When the request was completely received, once it has been.
+        let request_end_at = || match &request_end {
+            None => Some(start),
+            Some(end) => end.at(),
+        };
+        let (mut replay, mut single): (Option<ReplayBody>, Option<Body>) = match (&policy, primary)
+        {
+            (_, None) => (None, None),
+            (Some(_), Some(b)) => (Some(ReplayBody::new(b, cluster.retry_buffer_limit)), None),
+            (None, Some(b)) => (None, Some(b)),
+        };
+
+        // The route's deadline as known at `now`: the request's end plus the timeout, or, while
+        // the request is still arriving, no earlier than `now` plus the timeout.
+        let route_deadline = |now: Instant| -> Option<Instant> {
+            timeout.map(|t| request_end_at().unwrap_or(now) + t)
+        };
+        let max_attempts = 1 + policy.as_ref().map_or(0, |p| p.num_retries);
+        let max_picks = policy.as_deref().and_then(|p| p.max_picks);
+        let mut tried: Vec<Arc<Host>> = Vec::new();
+        let mut attempt_no = 0u32;
+        let mut last: Attempt;
+        // Response-head time of the attempt whose answer is returned (the last one).
+        let mut upstream_time = Duration::ZERO;
+        // The body of the next attempt: the first from the replay buffer, retries taken when decided.
+        let mut next_body: Option<Body> = replay.as_ref().and_then(|r| r.replay()).map(boxed);
+        loop {
+            attempt_no += 1;
+            let lb_ctx = LbContext {
+                hash: hash.hash,
+                excluded: &tried,
+                max_picks,
+            };
+            let picked = match &dynamic {
+                Some((h, p)) => Some((h.clone(), p.clone())),
+                None => cluster.pick(&lb_ctx),
+            };
+            let Some((host, pool)) = picked else {
+                cluster.stats.upstream_cx_none_healthy.inc();
+                return cx.local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::UH,
+                    "no_healthy_upstream",
+                    format!("no healthy upstream in cluster `{}`", cluster.name),
+                    &[],
+                );
+            };
+            let attempt_body: Body = if let Some(b) = next_body.take() {
+                b
+            } else if let Some(b) = single.take() {
+                b
+            } else {
+                boxed(http_body_util::Empty::<Bytes>::new())
+            };
+            let mut req = Request::new(attempt_body);
+            *req.method_mut() = parts.method.clone();
+            // Without a retry policy there is one attempt: the URI and headers move into it.
+            *req.uri_mut() = if policy.is_some() {
+                uri.clone()
+            } else {
+                std::mem::take(&mut uri)
+            };
+            *req.version_mut() = if h2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            *req.headers_mut() = if policy.is_some() {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
+            if attempt_no > 1 {
+                req.headers_mut()
+                    .insert(X_ATTEMPT_COUNT.clone(), HeaderValue::from(attempt_no));
+            }
+            let sent_at = Instant::now();
+            // The attempt waits for response headers until the soonest of the route's deadline,
+            // the per-try timeout and the stream idle timeout (a tie goes to the earlier one).
+            let per_try_at = policy
+                .as_ref()
+                .and_then(|p| p.per_try_timeout)
+                .map(|d| sent_at + d);
+            let idle_at = stream_idle.map(|d| sent_at + d);
+            cx.ex.upstream_host = Some(host.addr);
+            cluster.stats.upstream_rq_total.inc();
+            cluster.stats.upstream_rq_active.inc();
+            let active = host.track_request();
+            let mut fut = std::pin::pin!(pool.send(req, h2, upgrade));
+            let mut now = sent_at;
+            let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+            let waited = loop {
+                let mut limit: Option<(Instant, Wait)> = None;
+                for c in [
+                    route_deadline(now).map(|d| (d, Wait::Route)),
+                    per_try_at.map(|d| (d, Wait::PerTry)),
+                    idle_at.map(|d| (d, Wait::Idle)),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    if limit.is_none_or(|(l, _)| c.0 < l) {
+                        limit = Some(c);
+                    }
+                }
+                let Some((at, kind)) = limit else {
+                    break Ok(fut.await);
+                };
+                let sleep = match &mut timer {
+                    Some(t) => {
+                        t.as_mut().reset(at.into());
+                        t
+                    }
+                    None => timer.insert(cx.ex.conn.take_timer(at)),
+                };
+                tokio::select! {
+                    biased;
+                    r = &mut fut => break Ok(r),
+                    () = sleep.as_mut() => {
+                        now = Instant::now();
+                        // The route deadline moves while the request body is still being sent
+                        // (it counts from the body's end): look again rather than fire early.
+                        if kind == Wait::Route && route_deadline(now).is_some_and(|d| d > now) {
+                            continue;
+                        }
+                        break Err(kind);
+                    }
+                }
+            };
+            if let Some(t) = timer {
+                cx.ex.conn.keep_timer(t);
+            }
+            let result = match waited {
+                Ok(r) => r.map(Attempt::Response).unwrap_or_else(Attempt::Failed),
+                Err(Wait::PerTry) => {
+                    cluster.stats.upstream_rq_per_try_timeout.inc();
+                    Attempt::PerTryTimeout
+                }
+                Err(kind) => {
+                    drop(active);
+                    cluster.stats.upstream_rq_active.dec();
+                    if kind == Wait::Idle {
+                        // Envoy answers a stream that saw no activity for stream_idle_timeout with
+                        // 408 and flag SI; it is not an upstream timeout.
+                        return cx.local(
+                            StatusCode::REQUEST_TIMEOUT,
+                            ResponseFlags::SI,
+                            "stream_idle_timeout",
+                            "stream timeout".into(),
+                            &[],
+                        );
+                    }
+                    cluster.stats.upstream_rq_timeout.inc();
+                    cluster.report(&host, Outcome::Timeout);
+                    return cx.upstream_timeout();
+                }
+            };
+            drop(active);
+            cluster.stats.upstream_rq_active.dec();
+            if cluster.outlier.is_some() {
+                let outcome = match &result {
+                    Attempt::Response(r) => Some(Outcome::Status(r.status().as_u16())),
+                    Attempt::Failed(e) if e.is_connect_failure() => Some(Outcome::ConnectFailure),
+                    Attempt::Failed(
+                        UpstreamError::Overflow(_) | UpstreamError::DownstreamBody(_),
+                    ) => None,
+                    Attempt::Failed(_) => Some(Outcome::Reset),
+                    Attempt::PerTryTimeout => Some(Outcome::Timeout),
+                };
+                if let Some(outcome) = outcome {
+                    cluster.report(&host, outcome);
+                }
+            }
+            if let Attempt::Response(r) = &result {
+                upstream_time = sent_at.elapsed();
+                if hcm.router.dynamic_stats {
+                    cluster.stats.record_status(r.status().as_u16());
+                    cluster.stats.upstream_rq_time.record(upstream_time);
+                }
+            }
+            last = result;
+            let Some(p) = policy.as_deref() else {
+                break;
+            };
+            // Hosts already tried matter only to a retry.
+            tried.push(host);
+            if !retriable(p, &last) {
+                if attempt_no > 1 {
+                    cluster.stats.upstream_rq_retry_success.inc();
+                }
+                break;
+            }
+            if attempt_no >= max_attempts {
+                cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+                cx.ex.flags.insert(ResponseFlags::URX);
+                break;
+            }
+            if (replay.is_none() && !no_body) || upgrade {
+                break;
+            }
+            // Take the replay now, while the last answer can still be returned: the previous
+            // attempt's body may still be streaming (on the connection task) and outgrow the buffer.
+            if let Some(r) = replay.as_ref() {
+                match r.replay() {
+                    Some(b) => next_body = Some(boxed(b)),
+                    None => break,
+                }
+            }
+            // Like Envoy, the retry breaker counts retries waiting to be sent (in backoff).
+            let Some(retry_slot) = cluster.pool.circuit.try_retry() else {
+                cluster.stats.upstream_rq_retry_overflow.inc();
+                cx.ex.flags.insert(ResponseFlags::UO);
+                break;
+            };
+            cluster.stats.upstream_rq_retry.inc();
+            let wait = backoff(p, attempt_no);
+            let now = Instant::now();
+            if let Some(d) = route_deadline(now)
+                && now + wait >= d
+            {
+                cluster.stats.upstream_rq_timeout.inc();
+                return cx.upstream_timeout();
+            }
+            drop(last);
+            tokio::time::sleep(wait).await;
+            drop(retry_slot);
+        }
+        replay.take();
+
+        match last {
+            Attempt::Response(resp) => {
+                let (mut rparts, rbody) = resp.into_parts();
+                let service_time = upstream_time;
+                cx.ex.upstream_service_time = Some(service_time);
+                // The router's own header, added after the upstream's hop-by-hop headers are gone
+                // (an upstream cannot have it removed by listing it in `Connection`).
+                let stamp = |h: &mut HeaderMap| {
+                    if !hcm.router.suppress_envoy_headers {
+                        h.insert(
+                            X_UPSTREAM_SERVICE_TIME.clone(),
+                            HeaderValue::from(service_time.as_millis() as u64),
+                        );
+                    }
+                };
+                if rparts.status == StatusCode::SWITCHING_PROTOCOLS && upgrade {
+                    // Splice the two upgraded connections.
+                    if let (Some(down), Some(up)) = (down_upgrade.take(), rbody.into_upgraded()) {
+                        // An upgraded stream is still a stream: the stream idle timeout ends it
+                        // when no byte moves either way for that long.
+                        tokio::spawn(async move {
+                            let _guard = up.guard;
+                            if let Ok(d) = down.await {
+                                let mut d = hyper_util::rt::TokioIo::new(d);
+                                let mut u = up.io;
+                                crate::tcp::splice(&mut d, &mut u, stream_idle).await;
+                            }
+                        });
+                    }
+                    stamp(&mut rparts.headers);
+                    cx.ex.details = "via_upstream";
+                    return cx.finish(Response::from_parts(
+                        rparts,
+                        ResponseBody::full(Bytes::new()),
+                    ));
+                }
+                strip_response_hop_by_hop(&mut rparts.headers);
+                stamp(&mut rparts.headers);
+                apply_response_mutations(&mut rparts.headers, table, vh, route, weighted);
+                if let Some(c) = hash.set_cookie {
+                    rparts.headers.append(header::SET_COOKIE, c);
+                }
+                rparts.version = Version::HTTP_11;
+                cx.finish(Response::from_parts(
+                    rparts,
+                    ResponseBody::new(Inner::Upstream(rbody), None)
+                        .with_idle_timeout(stream_idle)
+                        .with_deadline(timeout.map(|t| {
+                            let end = request_end_at().unwrap_or_else(Instant::now);
+                            tokio::time::Instant::from_std(end + t)
+                        })),
+                ))
+            }
+            Attempt::Failed(e) => {
+                let flag = e.flag();
+                if matches!(e, UpstreamError::Overflow(_)) {
+                    return cx.overflow(&cluster.name, &e);
+                }
+                if let UpstreamError::DownstreamBody(why) = &e {
+                    return cx.local(
+                        StatusCode::BAD_REQUEST,
+                        flag,
+                        "downstream_remote_disconnect_or_protocol_error",
+                        format!("bad request body: {why}"),
+                        &[(header::CONNECTION, HeaderValue::from_static("close"))],
+                    );
+                }
+                let host = cx
+                    .ex
+                    .upstream_host
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                let details = match &e {
+                    UpstreamError::ConnectFailure(_)
+                    | UpstreamError::ConnectTimeout
+                    | UpstreamError::Tls(_) => {
+                        "upstream_reset_before_response_started{connection_failure}"
+                    }
+                    UpstreamError::ConnectionTermination => {
+                        "upstream_reset_before_response_started{connection_termination}"
+                    }
+                    UpstreamError::RefusedStream | UpstreamError::RemoteReset => {
+                        "upstream_reset_before_response_started{remote_reset}"
+                    }
+                    _ => "upstream_reset_before_response_started{protocol_error}",
+                };
+                let status = if matches!(e, UpstreamError::Protocol(_)) {
+                    StatusCode::BAD_GATEWAY
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                cx.local(status, flag, details, format!("upstream connect error or disconnect/reset before headers. reset reason: {} (cluster `{}`, endpoint {host})", e.reset_reason(), cluster.name), &[])
+            }
+            Attempt::PerTryTimeout => {
+                cluster.stats.upstream_rq_timeout.inc();
+                cx.local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ResponseFlags::UT,
+                    "upstream_per_try_timeout",
+                    "upstream request timeout".into(),
+                    &[],
+                )
+            }
         }
     }
 }
@@ -1554,19 +1598,7 @@ async fn connect_tunnel(
     // The cluster's connect path: `max_connections`, TLS origination, connection stats.
     let (stream, guard) = match pool.connect_stream().await {
         Ok(up) => up,
-        Err(e @ UpstreamError::Overflow(_)) => {
-            return cx.local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.flag(),
-                "upstream_reset_before_response_started{overflow}",
-                format!(
-                    "upstream overflow: cluster `{}` {}",
-                    cluster.name,
-                    e.reset_reason()
-                ),
-                &[],
-            );
-        }
+        Err(e @ UpstreamError::Overflow(_)) => return cx.overflow(&cluster.name, &e),
         Err(e) => {
             cluster.report(&host, Outcome::ConnectFailure);
             return cx.local(

@@ -30,6 +30,8 @@ use tokio_util::io::poll_read_buf;
 
 /// Response headers parsed at most (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Response headers whose positions are noted on the stack while a head is parsed.
+const FEW_HEADERS: usize = 24;
 /// Largest response head accepted (Envoy's default `max_response_headers_kb`, 60 KiB).
 const MAX_HEAD: usize = 60 * 1024;
 /// Largest chunk-size line or trailer section accepted.
@@ -138,41 +140,50 @@ impl H1Conn {
     /// returned body, which gives it back (see `H1Body::take_reusable`) once read to its end;
     /// a request body still being sent when the head arrives goes on being sent as the
     /// response body is read (a server may answer before it has read the whole request).
-    pub async fn send(mut self, req: Request<Body>) -> Result<Response<H1Body>, UpstreamError> {
-        let (parts, body) = req.into_parts();
-        let enc = self.encode_head(&parts, &body);
-        let head_req = parts.method == Method::HEAD;
-        // Not needed past this point (the head is encoded), but dropped only after the first
-        // poll, which writes the head: freeing the headers is not worth delaying the request.
-        let mut req_parts = Some(parts);
-        let mut sending = Some(Sending {
-            body: (enc != Encoder::Empty).then_some(body),
-            enc,
-            written: 0,
-            flushed: false,
-        });
-        let mut cut = false;
-        let head = std::future::poll_fn(|cx| {
-            let r = self.poll_exchange(cx, &mut sending, &mut cut, head_req);
-            drop(req_parts.take());
-            r
-        })
-        .await?;
-        let (parts, ()) = head.response.into_parts();
-        let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        let mut body = H1Body {
-            decoder: if upgraded {
-                Decoder::Done
-            } else {
-                head.decoder
-            },
-            reusable: head.keep_alive && !cut && !upgraded,
-            upgraded,
-            sending: sending.map(Box::new),
-            conn: Some(self),
-        };
-        body.settle();
-        Ok(Response::from_parts(parts, body))
+    // An async block rather than an `async fn`: an `async fn` moves its parameters into locals of
+    // its own, so its future holds each of them twice and copies each once more per call (see
+    // docs/ARCHITECTURE.md, "Request futures").
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
+        mut self,
+        req: Request<Body>,
+    ) -> impl Future<Output = Result<Response<H1Body>, UpstreamError>> {
+        async move {
+            let (parts, body) = req.into_parts();
+            let enc = self.encode_head(&parts, &body);
+            let head_req = parts.method == Method::HEAD;
+            // Not needed past this point (the head is encoded), but dropped only after the first
+            // poll, which writes the head: freeing the headers is not worth delaying the request.
+            let mut req_parts = Some(parts);
+            let mut sending = Some(Sending {
+                body: (enc != Encoder::Empty).then_some(body),
+                enc,
+                written: 0,
+                flushed: false,
+            });
+            let mut cut = false;
+            let head = std::future::poll_fn(|cx| {
+                let r = self.poll_exchange(cx, &mut sending, &mut cut, head_req);
+                drop(req_parts.take());
+                r
+            })
+            .await?;
+            let (parts, ()) = head.response.into_parts();
+            let upgraded = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+            let mut body = H1Body {
+                decoder: if upgraded {
+                    Decoder::Done
+                } else {
+                    head.decoder
+                },
+                reusable: head.keep_alive && !cut && !upgraded,
+                upgraded,
+                sending: sending.map(Box::new),
+                conn: Some(self),
+            };
+            body.settle();
+            Ok(Response::from_parts(parts, body))
+        }
     }
 
     /// Writes the request line and headers into the write buffer and picks the body framing.
@@ -381,8 +392,20 @@ fn write_length(w: &mut Vec<u8>, n: u64) {
     let _ = write!(w, "content-length: {n}\r\n");
 }
 
+/// A `content-length` value: ASCII digits only (RFC 9110 §8.6; no sign, unlike `str::parse`),
+/// surrounding whitespace aside.
 fn parse_length(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
+    let v = v.trim_ascii();
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 fn encode_frame(
@@ -470,9 +493,18 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> Result<Option<Head>, Upstre
     let http10 = res.version == Some(0);
     // Where each header sits in the head, so values can share its storage once it is cut off.
     let base = buf.as_ptr() as usize;
-    // Name and value offsets: [name start, name end, value start, value end].
-    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    // Name and value offsets: [name start, name end, value start, value end]. On the stack for
+    // the usual few headers (zeroing room for all MAX_HEADERS cost 1.6 KiB of stores per
+    // response), on the heap past that.
     let count = res.headers.len();
+    let mut few = [[0u32; 4]; FEW_HEADERS];
+    let mut many = Vec::new();
+    let spans: &mut [[u32; 4]] = if count <= FEW_HEADERS {
+        &mut few[..count]
+    } else {
+        many.resize(count, [0; 4]);
+        &mut many
+    };
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
@@ -527,7 +559,7 @@ fn parse_head(buf: &mut BytesMut, head_req: bool) -> Result<Option<Head>, Upstre
     // Values share the head's storage once it is cut off the buffer (a reference count each).
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
-    for &[n0, n1, v0, v1] in &spans[..count] {
+    for &[n0, n1, v0, v1] in spans.iter() {
         let name = HeaderName::from_bytes(&head[n0 as usize..n1 as usize])
             .map_err(|_| protocol("invalid response header name"))?;
         if consume(&name) {
@@ -1179,6 +1211,45 @@ mod tests {
         let (_, keep, _) =
             parse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n");
         assert!(keep);
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        for (v, n) in [
+            (&b"0"[..], Some(0)),
+            (b"1024", Some(1024)),
+            (b" 7 ", Some(7)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+            (b"+5", None),
+            (b"-1", None),
+            (b"1 2", None),
+            (b"0x10", None),
+            (b"", None),
+            (b"  ", None),
+        ] {
+            assert_eq!(parse_length(v), n, "{:?}", String::from_utf8_lossy(v));
+        }
+    }
+
+    #[test]
+    fn heads_with_few_and_many_headers_keep_every_name_and_value() {
+        for n in [0, FEW_HEADERS, FEW_HEADERS + 1, MAX_HEADERS - 1] {
+            let mut raw = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
+            for i in 0..n {
+                raw.push_str(&format!("X-H{i}: value-{i}\r\n"));
+            }
+            raw.push_str("\r\nok");
+            let mut b = BytesMut::from(raw.as_str());
+            let h = parse_head(&mut b, false).unwrap().unwrap();
+            let headers = h.response.headers();
+            assert_eq!(headers.len(), n + 1, "{n} headers");
+            for i in 0..n {
+                assert_eq!(headers[format!("x-h{i}").as_str()], format!("value-{i}"));
+            }
+            assert_eq!(h.decoder, Decoder::Length(2));
+            assert_eq!(&b[..], b"ok", "the head is cut off, the body stays");
+        }
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@ pub mod outlier;
 pub mod pool;
 
 use crate::config::{ConfigError, Ctx, decode_any, opt_duration, timeout};
+use crate::fastmap::FastMap;
 use crate::stats::{ClusterStats, Stats};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::cluster::v3 as cpb;
@@ -45,7 +46,7 @@ pub enum Protocol {
 #[derive(Debug)]
 pub struct Endpoints {
     pub set: EndpointSet,
-    pools: HashMap<SocketAddr, Arc<HostPool>>,
+    pools: FastMap<SocketAddr, Arc<HostPool>>,
 }
 
 #[derive(Debug)]
@@ -361,7 +362,7 @@ pub fn build(c: &cpb::Cluster, stats: &Stats, xds: bool) -> Result<Arc<Cluster>,
         lb: lb.clone(),
         endpoints: ArcSwap::from_pointee(Endpoints {
             set: EndpointSet::new(Vec::new(), &lb),
-            pools: HashMap::new(),
+            pools: FastMap::default(),
         }),
         outlier,
         stats,

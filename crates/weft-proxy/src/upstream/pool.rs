@@ -248,50 +248,56 @@ impl HostPool {
 
     /// Sends one request over HTTP/2 (multiplexed) or HTTP/1.1 (pooled). `upgrade` requests get
     /// a connection of their own that is never returned to the pool.
-    pub async fn send(
+    // An async block rather than an `async fn`: an `async fn` moves its parameters into locals of
+    // its own, so its future holds each of them twice and copies each once more per call (see
+    // docs/ARCHITECTURE.md, "Request futures").
+    #[allow(clippy::manual_async_fn)]
+    pub fn send(
         self: &Arc<Self>,
         req: Request<Body>,
         h2: bool,
         upgrade: bool,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        if h2 {
-            let (mut sender, slot) = self.h2_sender().await?;
-            let resp = sender.send_request(req).await.map_err(classify)?;
-            return Ok(resp.map(|body| UpstreamBody {
-                inner: Inner::H2 { body, _slot: slot },
-            }));
-        }
-        // Anything beyond taking an idle connection is boxed: connecting (with TLS) would
-        // otherwise make every request's future, and what is copied per request, kilobytes
-        // larger.
-        let (conn, age) = if upgrade {
-            (
-                Box::pin(self.connect_h1(self.slot()?)).await?,
-                self.settings.fresh(),
-            )
-        } else if let Some(found) = self.take_idle() {
-            found
-        } else {
-            Box::pin(self.checkout_h1()).await?
-        };
-        let resp = conn.send(req).await?;
-        let keep = !upgrade
-            && (self.settings.max_requests_per_connection == 0
-                || age.uses + 1 < self.settings.max_requests_per_connection);
-        let ret = keep.then(|| Return {
-            pool: self.clone(),
-            age: Age {
-                uses: age.uses + 1,
-                ..age
-            },
-        });
-        Ok(resp.map(|body| {
-            let mut body = UpstreamBody {
-                inner: Inner::H1 { body, ret },
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> {
+        async move {
+            if h2 {
+                let (mut sender, slot) = self.h2_sender().await?;
+                let resp = sender.send_request(req).await.map_err(classify)?;
+                return Ok(resp.map(|body| UpstreamBody {
+                    inner: Inner::H2 { body, _slot: slot },
+                }));
+            }
+            // Anything beyond taking an idle connection is boxed: connecting (with TLS) would
+            // otherwise make every request's future, and what is copied per request, kilobytes
+            // larger.
+            let (conn, age) = if upgrade {
+                (
+                    Box::pin(self.connect_h1(self.slot()?)).await?,
+                    self.settings.fresh(),
+                )
+            } else if let Some(found) = self.take_idle() {
+                found
+            } else {
+                Box::pin(self.checkout_h1()).await?
             };
-            body.give_back_at_end();
-            body
-        }))
+            let resp = conn.send(req).await?;
+            let keep = !upgrade
+                && (self.settings.max_requests_per_connection == 0
+                    || age.uses + 1 < self.settings.max_requests_per_connection);
+            let ret = keep.then(|| Return {
+                pool: self.clone(),
+                age: Age {
+                    uses: age.uses + 1,
+                    ..age
+                },
+            });
+            Ok(resp.map(|body| {
+                let mut body = UpstreamBody {
+                    inner: Inner::H1 { body, ret },
+                };
+                body.give_back_at_end();
+                body
+            }))
+        }
     }
 
     /// A connection when none was idle: a new one if the breaker allows, else wait as a pending
