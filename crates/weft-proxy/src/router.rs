@@ -485,19 +485,10 @@ pub fn split_port(authority: &str) -> (&str, Option<u16>) {
     }
 }
 
-/// A port number: one to five ASCII digits, at most 65535.
+/// A port number: ASCII digits only (no sign), at most 65535; leading zeros allowed, as
+/// `str::parse` allowed them.
 fn parse_port(digits: &[u8]) -> Option<u16> {
-    if digits.is_empty() || digits.len() > 5 {
-        return None;
-    }
-    let mut n: u32 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n * 10 + u32::from(d - b'0');
-    }
-    u16::try_from(n).ok()
+    u16::try_from(crate::http::parse_decimal(digits)?).ok()
 }
 
 impl VirtualHost {
@@ -1472,7 +1463,8 @@ mod tests {
             ("a:", "a:", None),
             ("a:+80", "a:+80", None),
             ("a:8x", "a:8x", None),
-            ("a:000080", "a:000080", None),
+            ("a:000080", "a", Some(80)),
+            ("a:0000065536", "a:0000065536", None),
             ("[::1]:443", "[::1]", Some(443)),
             ("[::1]", "[::1]", None),
             ("[::1]:", "[::1]", None),

@@ -35,6 +35,22 @@ pub(crate) static RESPONSE_HOP_BY_HOP: [&HeaderName; 5] = [
     &PROXY_CONNECTION,
 ];
 
+/// A decimal number of ASCII digits only — no sign, no space, unlike `str::parse` — for the
+/// numbers the request path parses out of headers (ports, `content-length`); `None` when empty
+/// or past `u64`.
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if d.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
 pub(crate) fn is_response_hop_by_hop(n: &HeaderName) -> bool {
     RESPONSE_HOP_BY_HOP.contains(&n)
 }

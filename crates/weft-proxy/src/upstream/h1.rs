@@ -395,17 +395,7 @@ fn write_length(w: &mut Vec<u8>, n: u64) {
 /// A `content-length` value: ASCII digits only (RFC 9110 §8.6; no sign, unlike `str::parse`),
 /// surrounding whitespace aside.
 fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &d| {
-        if d.is_ascii_digit() {
-            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        } else {
-            None
-        }
-    })
+    crate::http::parse_decimal(v.trim_ascii())
 }
 
 fn encode_frame(
