@@ -1749,14 +1749,8 @@ fn egress_policies_and_tls_origination() {
 // 8. Locality failover
 // ---------------------------------------------------------------------------------------------
 
-const LOCALITY_FAILOVER: &str = "apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: httpbin
-spec:
-  host: httpbin
-  trafficPolicy:
-    loadBalancer:
+/// httpbin's `trafficPolicy`: locality-aware round robin, ejecting an endpoint at its first 5xx.
+const LOCALITY_FAILOVER: &str = "    loadBalancer:
       simple: ROUND_ROBIN
       localityLbSetting:
         enabled: true
@@ -1770,9 +1764,10 @@ spec:
       consecutiveLocalOriginFailures: 2
 ";
 
-/// The httpbin tasks' mesh: a local control plane with `rule` applied, and the small HTTP app
-/// written out (`python3 APP 0 FLAG` answers 200 while the file FLAG does not exist). Dropped
-/// in field order: the control plane, then the temporary directory.
+/// The httpbin tasks' mesh: a local control plane with a DestinationRule for httpbin whose
+/// `trafficPolicy` is `policy` (YAML indented under it), and the small HTTP app written out
+/// (`python3 APP 0 FLAG` answers 200 while the file FLAG does not exist). Dropped in field
+/// order: the control plane, then the temporary directory.
 struct HttpbinMesh {
     _cp: Proc,
     up: Up,
@@ -1780,11 +1775,17 @@ struct HttpbinMesh {
     tmp: tempfile::TempDir,
 }
 
-fn httpbin_mesh(rule: &str) -> HttpbinMesh {
+fn httpbin_mesh(policy: &str) -> HttpbinMesh {
     require_python3();
     let tmp = tempfile::tempdir().expect("temp dir");
     let up = Up::new(tmp.path());
-    write(&up.dir.join("httpbin-dr.yaml"), rule);
+    write(
+        &up.dir.join("httpbin-dr.yaml"),
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: \
+             httpbin\nspec:\n  host: httpbin\n  trafficPolicy:\n{policy}"
+        ),
+    );
     let cp = up.start("weft-up");
     let app = script(tmp.path(), "small_http.py", SMALL_HTTP);
     HttpbinMesh {
@@ -1906,16 +1907,9 @@ fn locality_failover() {
 // 9. Warm-up (slow start) of a new endpoint
 // ---------------------------------------------------------------------------------------------
 
-/// Istio's `warmup` on httpbin: a new endpoint starts at 10% of its weight and ramps up
-/// linearly over 6 s.
-const WARMUP: &str = "apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: httpbin
-spec:
-  host: httpbin
-  trafficPolicy:
-    loadBalancer:
+/// httpbin's `trafficPolicy` with Istio's `warmup`: a new endpoint starts at 10% of its weight
+/// and ramps up linearly over 6 s.
+const WARMUP: &str = "    loadBalancer:
       simple: ROUND_ROBIN
       warmup:
         duration: 6s

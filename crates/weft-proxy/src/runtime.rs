@@ -109,12 +109,32 @@ pub enum LoadError {
     Unsupported(String, String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// A resource of the bootstrap file refused when compiled: the file named before it.
+    #[error("{path}: {error}")]
+    InFile {
+        path: String,
+        error: crate::config::ConfigError,
+    },
     #[error("cannot bind listener {name:?} on {addr}: {source}")]
     Bind {
         name: String,
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+impl LoadError {
+    /// Names the bootstrap file in front of a refused resource (read, parse and unsupported-field
+    /// errors name it already): `FILE: cluster "x": field: why`.
+    fn in_file(self, path: &Path) -> Self {
+        match self {
+            LoadError::Config(error) => LoadError::InFile {
+                path: path.display().to_string(),
+                error,
+            },
+            other => other,
+        }
+    }
 }
 
 fn unsupported(pool: &weft_xds::DescriptorPool, full_name: &str, bytes: &[u8]) -> Vec<String> {
@@ -149,8 +169,8 @@ pub fn read_bootstrap(path: &Path) -> Result<(Bootstrap, String), LoadError> {
     if !bad.is_empty() {
         return Err(LoadError::Unsupported(refusal(&bad), name));
     }
-    crate::config::check_admin(&b)?;
-    crate::xds::check(&b)?;
+    crate::config::check_admin(&b).map_err(|e| LoadError::from(e).in_file(path))?;
+    crate::xds::check(&b).map_err(|e| LoadError::from(e).in_file(path))?;
     Ok((b, text))
 }
 
@@ -375,7 +395,7 @@ impl Control {
     ) -> Result<Arc<Control>, LoadError> {
         let (b, text) = read_bootstrap(&path)?;
         let dynamic = Arc::new(Dynamic::default());
-        let snap = compile(&b, &dynamic, None, &stats, 1)?;
+        let snap = compile(&b, &dynamic, None, &stats, 1).map_err(|e| e.in_file(&path))?;
         let xds = uses_xds(&b);
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(snap),
@@ -448,9 +468,11 @@ impl Control {
             return;
         }
         st.last_text = text;
-        let result = read_bootstrap(&st.path).and_then(|(b, _)| {
+        let path = st.path.clone();
+        let result = read_bootstrap(&path).and_then(|(b, _)| {
             let dynamic = st.dynamic.clone();
             self.commit(&mut st, b, dynamic)
+                .map_err(|e| e.in_file(&path))
         });
         match result {
             Ok(version) => {

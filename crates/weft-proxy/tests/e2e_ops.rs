@@ -542,7 +542,7 @@ fn names_field(out: &str, parent: &str, field: &str) -> bool {
     out.contains(&format!("{parent}.{field}")) || (out.contains(parent) && out.contains(field))
 }
 
-/// The proxy must refuse `yaml` (non-zero exit) and say which field.
+/// The proxy must refuse `yaml` (non-zero exit) and say in which file and which field.
 async fn expect_config_error(yaml: &str, parent: &str, field: &str) -> Result<()> {
     let (st, out) = Proxy::run_to_exit(yaml, &[], WAIT).await?;
     ensure!(
@@ -553,20 +553,31 @@ async fn expect_config_error(yaml: &str, parent: &str, field: &str) -> Result<()
         names_field(&out, parent, field),
         "the error must name {parent}.{field}; output:\n{out}"
     );
+    ensure!(
+        out.contains("bootstrap.yaml: "),
+        "the error must name the bootstrap file; output:\n{out}"
+    );
     Ok(())
+}
+
+/// [`expect_config_error`] for a bootstrap whose one cluster, `web`, carries `extra`.
+async fn expect_cluster_error(extra: &str, parent: &str, field: &str) -> Result<()> {
+    let web = EchoServer::start("web").await?;
+    let yaml = bootstrap(
+        &[http_listener("main", free_port(), &vhost_to("all", "\"*\"", "web")).build()],
+        &[cluster("web", &[web.addr], extra)],
+    );
+    expect_config_error(&yaml, parent, field).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_error_unknown_field_names_its_path() -> Result<()> {
     within(60, async {
+        expect_cluster_error("bogus_field: 1", "static_resources.clusters[0]", "bogus_field")
+            .await?;
+
         let web = EchoServer::start("web").await?;
         let port = free_port();
-        let yaml = bootstrap(
-            &[http_listener("main", port, &vhost_to("all", "\"*\"", "web")).build()],
-            &[cluster("web", &[web.addr], "bogus_field: 1")],
-        );
-        expect_config_error(&yaml, "static_resources.clusters[0]", "bogus_field").await?;
-
         let vhosts = "- name: all\n  domains: [\"*\"]\n  bogus_vhost_field: 1\n  routes:\n  - match: { prefix: \"/\" }\n    route: { cluster: web }\n";
         let yaml = bootstrap(
             &[http_listener("main", port, vhosts).build()],
@@ -581,24 +592,19 @@ async fn config_error_unknown_field_names_its_path() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_error_unsupported_feature_names_its_path() -> Result<()> {
     within(60, async {
-        let web = EchoServer::start("web").await?;
-        let port = free_port();
-        let yaml = bootstrap(
-            &[http_listener("main", port, &vhost_to("all", "\"*\"", "web")).build()],
-            &[cluster(
-                "web",
-                &[web.addr],
-                r#"
-                health_checks:
-                - timeout: 1s
-                  interval: 1s
-                  unhealthy_threshold: 1
-                  healthy_threshold: 1
-                  http_health_check: { path: /healthz }
-                "#,
-            )],
-        );
-        expect_config_error(&yaml, "static_resources.clusters[0]", "health_checks").await
+        expect_cluster_error(
+            r#"
+            health_checks:
+            - timeout: 1s
+              interval: 1s
+              unhealthy_threshold: 1
+              healthy_threshold: 1
+              http_health_check: { path: /healthz }
+            "#,
+            "static_resources.clusters[0]",
+            "health_checks",
+        )
+        .await
     })
     .await
 }
@@ -613,6 +619,20 @@ async fn config_error_route_to_unknown_cluster() -> Result<()> {
             &[cluster("web", &[web.addr], "")],
         );
         expect_config_error(&yaml, "", "nope_cluster").await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_error_refused_value_names_file_cluster_and_field() -> Result<()> {
+    within(60, async {
+        expect_cluster_error(
+            "lb_policy: LEAST_REQUEST\nleast_request_lb_config: {slow_start_config: \
+             {slow_start_window: 10s, aggression: {default_value: 0, runtime_key: k}}}",
+            "cluster \"web\": `least_request_lb_config.slow_start_config.aggression",
+            "default_value",
+        )
+        .await
     })
     .await
 }
